@@ -1,0 +1,38 @@
+#![doc = include_str!("../README.md")]
+
+pub mod compression;
+pub mod connection;
+pub mod consumer;
+pub mod entity;
+pub mod envelope;
+pub mod error;
+pub mod message;
+pub mod options;
+pub mod producer;
+pub mod registry;
+pub mod routing;
+pub mod serialization;
+pub mod simple;
+pub mod transport;
+pub mod url;
+pub mod virtual_channel;
+
+pub use compression::{CompressionRegistry, Compressor};
+pub use connection::{Connection, DEFAULT_URL};
+pub use consumer::{Consumer, ConsumerBuilder, Message};
+pub use entity::{Arguments, Binding, Exchange, ExchangeType, Queue};
+pub use envelope::Envelope;
+pub use error::{Error, ErrorKind, Result};
+pub use message::{Delivery, DeliveryInfo, DeliveryMode, Headers, Properties, RawMessage};
+pub use options::{ConnectionOptions, FailoverStrategy, SslOptions, TransportOptions};
+pub use producer::{Producer, PublishOptions};
+pub use registry::Registry;
+pub use serialization::{Accept, Payload, Serializer, SerializerRegistry};
+pub use simple::SimpleQueue;
+pub use transport::{
+    Capabilities, Channel, DeliveryStream, QueueInfo, Transport, TransportFactory, TransportKind,
+};
+pub use url::BrokerUrl;
+
+/// Re-exported for transport implementations.
+pub use async_trait::async_trait;

@@ -1,0 +1,282 @@
+//! [`Producer`]: serialize, compress and publish.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::connection::Connection;
+use crate::entity::{Exchange, Queue};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{DeliveryMode, Headers, Properties, RawMessage};
+use crate::serialization::Payload;
+use crate::transport::Channel;
+
+/// The options of one publish, as kombu's `Producer.publish` keywords.
+///
+/// ```
+/// use std::time::Duration;
+/// use kombu_core::PublishOptions;
+/// let opts = PublishOptions::new()
+///     .routing_key("tasks")
+///     .serializer("msgpack")
+///     .compression("zlib")
+///     .priority(5)
+///     .expiration(Duration::from_secs(30))
+///     .header("x-origin", "docs");
+/// assert_eq!(opts.routing_key.as_deref(), Some("tasks"));
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Exchange to publish to (default: the producer's).
+    pub exchange: Option<Exchange>,
+    /// Routing key (default: the producer's).
+    pub routing_key: Option<String>,
+    /// Serializer name: json (default), msgpack, yaml, raw, text, or a registered one.
+    pub serializer: Option<String>,
+    /// Compression name: zlib, bzip2, lzma, brotli, zstd.
+    pub compression: Option<String>,
+    /// Content type to send raw bytes with (with `content_encoding`).
+    pub content_type: Option<String>,
+    /// Content encoding to send raw bytes with.
+    pub content_encoding: Option<String>,
+    /// Application headers.
+    pub headers: Headers,
+    /// Properties (priority, expiration, correlation id, ...).
+    pub properties: Properties,
+    /// Queues to declare (with their exchanges and bindings) before publishing.
+    pub declare: Vec<Queue>,
+    /// Fail when no queue takes the message.
+    pub mandatory: bool,
+}
+
+impl PublishOptions {
+    /// No options: the producer's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Publish to this exchange.
+    pub fn exchange(mut self, exchange: Exchange) -> Self {
+        self.exchange = Some(exchange);
+        self
+    }
+    /// Use this routing key.
+    pub fn routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.routing_key = Some(routing_key.into());
+        self
+    }
+    /// Use this serializer.
+    pub fn serializer(mut self, name: impl Into<String>) -> Self {
+        self.serializer = Some(name.into());
+        self
+    }
+    /// Compress the body.
+    pub fn compression(mut self, name: impl Into<String>) -> Self {
+        self.compression = Some(name.into());
+        self
+    }
+    /// Send raw bytes with this content type and encoding.
+    pub fn content_type(mut self, content_type: &str, content_encoding: &str) -> Self {
+        self.content_type = Some(content_type.to_owned());
+        self.content_encoding = Some(content_encoding.to_owned());
+        self
+    }
+    /// Add a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.headers.insert(key.into(), value.into());
+        self
+    }
+    /// Set the priority (higher is delivered first).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.properties.priority = Some(priority);
+        self
+    }
+    /// Expire the message after `ttl`.
+    pub fn expiration(mut self, ttl: Duration) -> Self {
+        self.properties.set_expiration(ttl);
+        self
+    }
+    /// Persistent (default) or transient.
+    pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.properties.delivery_mode = Some(mode);
+        self
+    }
+    /// Set the correlation id.
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.properties.correlation_id = Some(id.into());
+        self
+    }
+    /// Set the reply-to queue.
+    pub fn reply_to(mut self, queue: impl Into<String>) -> Self {
+        self.properties.reply_to = Some(queue.into());
+        self
+    }
+    /// Set the message id.
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.properties.message_id = Some(id.into());
+        self
+    }
+    /// Declare `queue` (and its exchanges and bindings) first.
+    pub fn declare(mut self, queue: Queue) -> Self {
+        self.declare.push(queue);
+        self
+    }
+    /// Fail when no queue takes the message.
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+}
+
+/// Publishes messages to an exchange (the default exchange unless told).
+///
+/// ```
+/// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+/// use kombu_core::{Exchange, Producer, PublishOptions};
+/// let producer = Producer::new(&conn).exchange(Exchange::topic("logs"));
+/// producer
+///     .publish(serde_json::json!({"level": "error"}), PublishOptions::new().routing_key("app.error"))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Producer {
+    connection: Connection,
+    channel: tokio::sync::OnceCell<std::sync::Arc<dyn Channel>>,
+    exchange: Exchange,
+    routing_key: String,
+    serializer: Option<String>,
+    compression: Option<String>,
+    auto_declare: bool,
+    declared: Mutex<HashSet<String>>,
+}
+
+impl Producer {
+    /// A producer on `connection` publishing to the default exchange.
+    pub fn new(connection: &Connection) -> Self {
+        Producer {
+            connection: connection.clone(),
+            channel: tokio::sync::OnceCell::new(),
+            exchange: Exchange::default_exchange(),
+            routing_key: String::new(),
+            serializer: None,
+            compression: None,
+            auto_declare: true,
+            declared: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Publish to `exchange` by default (declared before the first publish).
+    pub fn exchange(mut self, exchange: Exchange) -> Self {
+        self.exchange = exchange;
+        self
+    }
+    /// Default routing key.
+    pub fn routing_key(mut self, routing_key: impl Into<String>) -> Self {
+        self.routing_key = routing_key.into();
+        self
+    }
+    /// Default serializer.
+    pub fn serializer(mut self, name: impl Into<String>) -> Self {
+        self.serializer = Some(name.into());
+        self
+    }
+    /// Default compression.
+    pub fn compression(mut self, name: impl Into<String>) -> Self {
+        self.compression = Some(name.into());
+        self
+    }
+    /// Declare exchanges before publishing to them (default true, as kombu).
+    pub fn auto_declare(mut self, yes: bool) -> Self {
+        self.auto_declare = yes;
+        self
+    }
+
+    /// The producer's channel (opened on first use).
+    pub async fn channel(&self) -> Result<&std::sync::Arc<dyn Channel>> {
+        self.channel
+            .get_or_try_init(|| self.connection.channel())
+            .await
+    }
+
+    /// Serialize `body` and publish it.
+    pub async fn publish(&self, body: impl Into<Payload>, options: PublishOptions) -> Result<()> {
+        let message = self.prepare(&body.into(), &options)?;
+        self.publish_raw(message, options).await
+    }
+
+    /// Publish an already serialized message.
+    pub async fn publish_raw(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
+        let channel = self.channel().await?;
+        for queue in &options.declare {
+            queue.declare(channel.as_ref()).await?;
+        }
+        let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
+        if self.auto_declare && !exchange.is_default() {
+            self.maybe_declare(channel.as_ref(), exchange).await?;
+        }
+        let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
+        channel
+            .basic_publish(message, &exchange.name, routing_key, options.mandatory)
+            .await
+    }
+
+    async fn maybe_declare(&self, channel: &dyn Channel, exchange: &Exchange) -> Result<()> {
+        let known = self
+            .declared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&exchange.name);
+        if !known {
+            exchange.declare(channel).await?;
+            self.declared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(exchange.name.clone());
+        }
+        Ok(())
+    }
+
+    /// Build the message `publish` would send: serialized, compressed, with
+    /// headers and properties.
+    pub fn prepare(&self, body: &Payload, options: &PublishOptions) -> Result<RawMessage> {
+        let serializer = options.serializer.as_deref().or(self.serializer.as_deref());
+        let serializers = self.connection.serializers();
+        let (mut bytes, mut content_type, mut content_encoding) =
+            serializers.encode_payload(body, serializer)?;
+        if let (Some(ct), Payload::Bytes(_)) = (&options.content_type, body) {
+            content_type = ct.clone();
+            content_encoding = options
+                .content_encoding
+                .clone()
+                .unwrap_or_else(|| "binary".into());
+        }
+        let mut headers = options.headers.clone();
+        if let Some(name) = options
+            .compression
+            .as_deref()
+            .or(self.compression.as_deref())
+        {
+            let compressor = self.connection.compressors().by_name(name).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidOption,
+                    format!("unknown compression {name:?}"),
+                )
+            })?;
+            bytes = compressor.compress(&bytes)?;
+            headers.insert("compression".into(), compressor.content_type().into());
+        }
+        let mut properties = options.properties.clone();
+        properties
+            .delivery_mode
+            .get_or_insert(DeliveryMode::Persistent);
+        Ok(RawMessage {
+            body: bytes.into(),
+            content_type: Some(content_type),
+            content_encoding: Some(content_encoding),
+            headers,
+            properties,
+        })
+    }
+}

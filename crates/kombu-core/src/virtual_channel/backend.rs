@@ -1,0 +1,147 @@
+//! The primitives a virtual transport writes (kombu's `_put`, `_get`,
+//! `_purge`, `_size`, `_delete`, `_new_queue`, `_has_queue`, plus the
+//! binding table and acknowledgement).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::entity::{Exchange, Queue};
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::routing::QueueBinding;
+use crate::transport::Capabilities;
+
+/// A backend's handle on a fetched, not yet acked message (a Redis delivery
+/// tag, an SQS receipt handle, a beanstalk job id...).
+pub type Receipt = String;
+
+/// The body of a fetched message: the envelope, or the raw bytes that could
+/// not be read as one (the channel rejects those and goes on).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FetchedBody {
+    /// A readable envelope.
+    Envelope(Envelope),
+    /// Bytes that are not a kombu envelope, and why.
+    Corrupt {
+        /// What was stored.
+        raw: Vec<u8>,
+        /// Why it could not be read.
+        error: Error,
+    },
+}
+
+/// One message taken from a queue and reserved for this client until
+/// [`VirtualBackend::ack`] or [`VirtualBackend::requeue`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Fetched {
+    /// The queue it came from.
+    pub queue: String,
+    /// The backend's handle for ack and requeue.
+    pub receipt: Receipt,
+    /// The message.
+    pub body: FetchedBody,
+}
+
+impl Fetched {
+    /// A fetched envelope.
+    pub fn new(queue: impl Into<String>, receipt: impl Into<Receipt>, envelope: Envelope) -> Self {
+        Fetched {
+            queue: queue.into(),
+            receipt: receipt.into(),
+            body: FetchedBody::Envelope(envelope),
+        }
+    }
+
+    /// Parse `raw` as an envelope; keep the bytes and the error if it is not one.
+    pub fn from_json(queue: impl Into<String>, receipt: impl Into<Receipt>, raw: &[u8]) -> Self {
+        let body = match Envelope::from_json(raw) {
+            Ok(envelope) => FetchedBody::Envelope(envelope),
+            Err(error) => FetchedBody::Corrupt {
+                raw: raw.to_vec(),
+                error,
+            },
+        };
+        Fetched {
+            queue: queue.into(),
+            receipt: receipt.into(),
+            body,
+        }
+    }
+}
+
+/// The storage primitives of a virtual transport. [`super::VirtualChannel`]
+/// builds routing, QoS, unacked tracking, redelivery, TTL, max-length and
+/// dead-lettering on top of them.
+///
+/// Priorities passed in are AMQP's (higher first); a backend maps them to
+/// its store (Redis lists, beanstalk's lower-is-urgent, ...).
+#[async_trait]
+pub trait VirtualBackend: Send + Sync + 'static {
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Create the queue's storage and remember its declaration.
+    async fn new_queue(&self, queue: &Queue) -> Result<()>;
+    /// The queue's declaration, if it was declared (for TTL, max length, DLX).
+    async fn queue_declaration(&self, queue: &str) -> Result<Option<Queue>>;
+    /// True when the queue exists.
+    async fn has_queue(&self, queue: &str) -> Result<bool>;
+    /// Delete the queue, its messages and its bindings.
+    async fn delete_queue(&self, queue: &str) -> Result<()>;
+    /// Remove ready messages; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64>;
+    /// Ready messages in the queue.
+    async fn size(&self, queue: &str) -> Result<u64>;
+
+    /// Store a message in a queue.
+    async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()>;
+    /// Take the next message of any of `queues` (a fair rotation across them
+    /// is the caller's job: it rotates the slice), waiting up to `wait` for
+    /// one to arrive. The message stays reserved until acked or requeued.
+    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>>;
+    /// Forget a fetched message for good.
+    async fn ack(&self, fetched_from: &str, receipt: &Receipt) -> Result<()>;
+    /// Return a fetched message to its queue, to be served next, with the
+    /// envelope given (marked redelivered).
+    async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()>;
+
+    /// Remember an exchange (its type matters to every publisher).
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()>;
+    /// A declared exchange, if known.
+    async fn exchange(&self, name: &str) -> Result<Option<Exchange>>;
+    /// Forget an exchange and its bindings.
+    async fn delete_exchange(&self, name: &str) -> Result<()>;
+    /// Add a binding of `exchange` (no duplicates).
+    async fn bind(&self, exchange: &str, binding: &QueueBinding) -> Result<()>;
+    /// Remove a binding of `exchange`.
+    async fn unbind(&self, exchange: &str, binding: &QueueBinding) -> Result<()>;
+    /// The bindings of `exchange`.
+    async fn bindings(&self, exchange: &str) -> Result<Vec<QueueBinding>>;
+
+    /// Publish to a fanout exchange the backend broadcasts natively
+    /// (Redis PUB/SUB); return `Ok(false)` to let the channel route it into
+    /// each bound queue instead (the default).
+    async fn put_fanout(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<bool> {
+        let _ = (exchange, routing_key, envelope);
+        Ok(false)
+    }
+
+    /// How long a fetch waits before the consume loop looks again (also its
+    /// back-off after an error).
+    fn polling_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// Release connections; called once when the transport closes.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}

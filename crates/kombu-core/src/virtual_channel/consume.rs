@@ -1,0 +1,142 @@
+//! The consume loop of a virtual channel: one task per channel that fetches
+//! from the consumed queues within the prefetch limit and hands each message
+//! to the consumer of its queue.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use super::{Admitted, State, Unacked, VirtualBackend};
+use crate::error::Result;
+use crate::message::Delivery;
+
+/// What the loop should do next.
+enum Next {
+    /// Fetch from these queues (already rotated for fairness).
+    Fetch(Vec<String>),
+    /// Wait for room (prefetch full) or for a consumer.
+    Wait,
+    /// The channel closed or every consumer left.
+    Stop,
+}
+
+pub(super) fn spawn_poller<B: VirtualBackend>(state: Weak<State<B>>) {
+    tokio::spawn(async move {
+        loop {
+            let Some(strong) = state.upgrade() else {
+                return;
+            };
+            match next_step(&strong) {
+                Next::Stop => return,
+                Next::Wait => {
+                    let wake = strong.wake_poller.clone();
+                    let interval = strong.backend.polling_interval();
+                    drop(strong);
+                    // The timeout re-checks the weak reference now and then.
+                    let _ = tokio::time::timeout(interval, wake.notified()).await;
+                }
+                Next::Fetch(queues) => {
+                    if let Err(err) = fetch_once(&strong, &queues).await {
+                        report(&strong, &queues, err).await;
+                        let interval = strong.backend.polling_interval();
+                        drop(strong);
+                        tokio::time::sleep(interval).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn next_step<B: VirtualBackend>(state: &State<B>) -> Next {
+    let mut inner = state.lock();
+    if state.closed.load(Ordering::Acquire) || inner.consumers.is_empty() {
+        inner.poller_running = false;
+        return Next::Stop;
+    }
+    if inner.prefetch > 0 && inner.unacked.len() >= usize::from(inner.prefetch) {
+        return Next::Wait;
+    }
+    let mut queues: Vec<String> = Vec::new();
+    for consumer in &inner.consumers {
+        if !queues.contains(&consumer.queue) {
+            queues.push(consumer.queue.clone());
+        }
+    }
+    inner.rotation = inner.rotation.wrapping_add(1);
+    let shift = inner.rotation % queues.len();
+    queues.rotate_left(shift);
+    Next::Fetch(queues)
+}
+
+async fn fetch_once<B: VirtualBackend>(state: &Arc<State<B>>, queues: &[String]) -> Result<()> {
+    let wait = state.backend.polling_interval();
+    let Some(fetched) = state.backend.fetch(queues, wait).await? else {
+        return Ok(());
+    };
+    let queue = fetched.queue.clone();
+    let consumer = {
+        let inner = state.lock();
+        inner
+            .consumers
+            .iter()
+            .find(|c| c.queue == queue)
+            .map(|c| (c.tag.clone(), c.no_ack, c.sender.clone()))
+    };
+    let Some((tag, no_ack, sender)) = consumer else {
+        // The consumer left (or the channel closed) while we fetched.
+        if let super::FetchedBody::Envelope(envelope) = fetched.body {
+            let item = Unacked {
+                queue,
+                receipt: fetched.receipt,
+                envelope,
+            };
+            state.release(item, false).await?;
+        }
+        return Ok(());
+    };
+    match state.admit(fetched, no_ack, Some(&tag)).await? {
+        Admitted::Deliver(delivery) => hand_over(state, &sender, *delivery).await,
+        Admitted::Skipped => Ok(()),
+        Admitted::Corrupt(error) => {
+            let _ = sender.send(Err(error)).await;
+            Ok(())
+        }
+    }
+}
+
+/// Send a delivery to its consumer; if the consumer is gone, put it back.
+async fn hand_over<B: VirtualBackend>(
+    state: &Arc<State<B>>,
+    sender: &tokio::sync::mpsc::Sender<Result<Delivery>>,
+    delivery: Delivery,
+) -> Result<()> {
+    let tag = delivery.delivery_tag;
+    if sender.send(Ok(delivery)).await.is_err() {
+        // Its receiver is gone: forget the consumer and put the message back.
+        let item = {
+            let mut inner = state.lock();
+            inner.consumers.retain(|c| !c.sender.is_closed());
+            inner.unacked.remove(&tag)
+        };
+        if let Some(item) = item {
+            state.release(item, false).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Tell every consumer of the failing queues, once, and log it.
+async fn report<B: VirtualBackend>(state: &Arc<State<B>>, queues: &[String], err: crate::Error) {
+    tracing::warn!(error = %err, ?queues, "virtual consume loop: fetch failed; retrying");
+    let senders: Vec<_> = state
+        .lock()
+        .consumers
+        .iter()
+        .filter(|c| queues.contains(&c.queue))
+        .map(|c| c.sender.clone())
+        .collect();
+    for sender in senders {
+        let copy = crate::Error::new(err.kind(), err.message().to_owned());
+        let _ = sender.try_send(Err(copy));
+    }
+}

@@ -1,0 +1,815 @@
+//! AMQP emulated on a store: a virtual transport writes a
+//! [`VirtualBackend`] and gets a full [`Channel`] from [`VirtualChannel`]
+//! and a [`Transport`] from [`VirtualTransport`].
+//!
+//! The channel does the exchange routing (direct, topic, fanout, headers),
+//! QoS/prefetch, unacked tracking and redelivery (with the redelivered flag),
+//! per-message and per-queue TTL, max length (drop oldest) and
+//! dead-lettering. Unroutable messages are dropped (counted and logged) or,
+//! with the `unroutable_queue` option, kept in that queue.
+
+mod backend;
+mod consume;
+mod convert;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, Notify};
+
+pub use backend::{Fetched, FetchedBody, Receipt, VirtualBackend};
+
+use crate::entity::{Binding, Exchange, ExchangeType, Queue};
+use crate::envelope::Envelope;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Delivery, RawMessage};
+use crate::routing::{route, QueueBinding};
+use crate::transport::{Capabilities, Channel, DeliveryStream, QueueInfo, Transport};
+use convert::{from_envelope, now_ms, published_ms, to_envelope, PUBLISHED_MS};
+
+/// Options of the virtual channel, shared by every virtual transport.
+///
+/// ```
+/// use kombu_core::virtual_channel::VirtualOptions;
+/// let opts = VirtualOptions::default().unroutable_queue("lost");
+/// assert_eq!(opts.unroutable_queue.as_deref(), Some("lost"));
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct VirtualOptions {
+    /// Queue that receives messages no binding matched (default: drop them).
+    pub unroutable_queue: Option<String>,
+}
+
+impl VirtualOptions {
+    /// Keep unroutable messages in `queue` instead of dropping them.
+    pub fn unroutable_queue(mut self, queue: impl Into<String>) -> Self {
+        self.unroutable_queue = Some(queue.into());
+        self
+    }
+
+    /// Read the channel's options from transport options
+    /// (`unroutable_queue`).
+    pub fn from_transport_options(options: &crate::options::TransportOptions) -> Result<Self> {
+        Ok(VirtualOptions {
+            unroutable_queue: options.get_str("unroutable_queue")?.map(str::to_owned),
+        })
+    }
+}
+
+/// A [`Transport`] over a [`VirtualBackend`]: every channel is a
+/// [`VirtualChannel`] sharing the backend.
+///
+/// ```
+/// # use kombu_core::virtual_channel::{VirtualBackend, VirtualOptions, VirtualTransport};
+/// # fn make<B: VirtualBackend>(backend: B) {
+/// let transport = VirtualTransport::new(backend, VirtualOptions::default());
+/// # let _ = transport; }
+/// ```
+pub struct VirtualTransport<B: VirtualBackend> {
+    backend: Arc<B>,
+    options: VirtualOptions,
+    connected: AtomicBool,
+    unroutable: Arc<AtomicU64>,
+}
+
+impl<B: VirtualBackend> VirtualTransport<B> {
+    /// A transport over `backend`.
+    pub fn new(backend: B, options: VirtualOptions) -> Self {
+        VirtualTransport {
+            backend: Arc::new(backend),
+            options,
+            connected: AtomicBool::new(true),
+            unroutable: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// Messages dropped (or diverted) because no binding matched them.
+    pub fn unroutable_count(&self) -> u64 {
+        self.unroutable.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl<B: VirtualBackend> Transport for VirtualTransport<B> {
+    fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+
+    async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
+        if !self.is_connected() {
+            return Err(Error::new(ErrorKind::Closed, "the connection is closed"));
+        }
+        let channel = VirtualChannel::with_counter(
+            self.backend.clone(),
+            self.options.clone(),
+            self.unroutable.clone(),
+        );
+        Ok(Arc::new(channel))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.connected.swap(false, Ordering::AcqRel) {
+            self.backend.close().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A message delivered and not yet acked.
+struct Unacked {
+    queue: String,
+    receipt: Receipt,
+    envelope: Envelope,
+}
+
+/// A registered consumer.
+struct ConsumerEntry {
+    tag: String,
+    queue: String,
+    no_ack: bool,
+    sender: mpsc::Sender<Result<Delivery>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    unacked: BTreeMap<u64, Unacked>,
+    prefetch: u16,
+    consumers: Vec<ConsumerEntry>,
+    poller_running: bool,
+    rotation: usize,
+    declarations: HashMap<String, Option<Queue>>,
+}
+
+/// Shared state of one channel (the consume loop holds a weak reference).
+pub(crate) struct State<B: VirtualBackend> {
+    backend: Arc<B>,
+    options: VirtualOptions,
+    inner: Mutex<Inner>,
+    next_tag: AtomicU64,
+    /// Woken when an ack, a reject or a QoS change frees prefetch room, or
+    /// when consumers change.
+    wake_poller: Arc<Notify>,
+    closed: AtomicBool,
+    unroutable: Arc<AtomicU64>,
+}
+
+/// How a fetched message was admitted.
+enum Admitted {
+    /// Hand it to the caller.
+    Deliver(Box<Delivery>),
+    /// Expired (dead-lettered or dropped): nothing to hand out.
+    Skipped,
+    /// Unreadable: rejected, and this says why.
+    Corrupt(Error),
+}
+
+/// The [`Channel`] of every virtual transport.
+pub struct VirtualChannel<B: VirtualBackend> {
+    state: Arc<State<B>>,
+}
+
+impl<B: VirtualBackend> VirtualChannel<B> {
+    /// A channel over `backend`.
+    pub fn new(backend: Arc<B>, options: VirtualOptions) -> Self {
+        Self::with_counter(backend, options, Arc::new(AtomicU64::new(0)))
+    }
+
+    fn with_counter(backend: Arc<B>, options: VirtualOptions, unroutable: Arc<AtomicU64>) -> Self {
+        VirtualChannel {
+            state: Arc::new(State {
+                backend,
+                options,
+                inner: Mutex::new(Inner::default()),
+                next_tag: AtomicU64::new(1),
+                wake_poller: Arc::new(Notify::new()),
+                closed: AtomicBool::new(false),
+                unroutable,
+            }),
+        }
+    }
+
+    /// Messages this channel's transport dropped or diverted as unroutable.
+    pub fn unroutable_count(&self) -> u64 {
+        self.state.unroutable.load(Ordering::Relaxed)
+    }
+}
+
+impl<B: VirtualBackend> Drop for VirtualChannel<B> {
+    fn drop(&mut self) {
+        if self.state.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let state = self.state.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(err) = state.close().await {
+                        tracing::warn!(error = %err, "closing a dropped channel failed");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "virtual channel dropped outside a runtime: its unacked messages return \
+                     only when the transport restores them"
+                );
+            }
+        }
+    }
+}
+
+impl<B: VirtualBackend> State<B> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::new(
+                ErrorKind::ChannelClosed,
+                "the channel is closed",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn declaration(&self, queue: &str) -> Result<Option<Queue>> {
+        if let Some(found) = self.lock().declarations.get(queue) {
+            return Ok(found.clone());
+        }
+        let found = self.backend.queue_declaration(queue).await?;
+        self.lock()
+            .declarations
+            .insert(queue.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// Route `envelope` through `exchange` and store a copy in each queue.
+    async fn route_and_put(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+        priority: u8,
+        mandatory: bool,
+    ) -> Result<()> {
+        let queues: Vec<String> = if exchange.is_empty() {
+            vec![routing_key.to_owned()]
+        } else {
+            let kind = self
+                .backend
+                .exchange(exchange)
+                .await?
+                .map(|e| e.kind)
+                .unwrap_or(ExchangeType::Direct);
+            if kind == ExchangeType::Fanout
+                && self
+                    .backend
+                    .put_fanout(exchange, routing_key, envelope)
+                    .await?
+            {
+                return Ok(());
+            }
+            let bindings = self.backend.bindings(exchange).await?;
+            route(kind, &bindings, routing_key, &envelope.headers)
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        if queues.is_empty() {
+            return self
+                .unroutable(exchange, routing_key, envelope, priority, mandatory)
+                .await;
+        }
+        for queue in &queues {
+            self.put_in_queue(queue, envelope, priority).await?;
+        }
+        Ok(())
+    }
+
+    async fn unroutable(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+        priority: u8,
+        mandatory: bool,
+    ) -> Result<()> {
+        self.unroutable.fetch_add(1, Ordering::Relaxed);
+        if mandatory {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "message to exchange {exchange:?} with routing key {routing_key:?} \
+                     matched no queue (mandatory)"
+                ),
+            ));
+        }
+        match &self.options.unroutable_queue {
+            Some(queue) => {
+                tracing::warn!(exchange, routing_key, queue = %queue, "unroutable message kept");
+                self.backend.put(queue, envelope, priority).await
+            }
+            None => {
+                tracing::warn!(exchange, routing_key, "unroutable message dropped");
+                Ok(())
+            }
+        }
+    }
+
+    async fn put_in_queue(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
+        let declaration = self.declaration(queue).await?;
+        let queue_ttl = declaration.as_ref().and_then(|q| q.message_ttl);
+        let needs_time = queue_ttl.is_some() || envelope.properties.contains_key("expiration");
+        if needs_time && !envelope.properties.contains_key(PUBLISHED_MS) {
+            let mut stamped = envelope.clone();
+            stamped
+                .properties
+                .insert(PUBLISHED_MS.into(), now_ms().into());
+            self.backend.put(queue, &stamped, priority).await?;
+        } else {
+            self.backend.put(queue, envelope, priority).await?;
+        }
+        if let Some(max) = declaration.as_ref().and_then(|q| q.max_length) {
+            self.enforce_max_length(queue, max).await?;
+        }
+        Ok(())
+    }
+
+    /// Drop the oldest messages (dead-lettering them) until `queue` holds `max`.
+    async fn enforce_max_length(&self, queue: &str, max: u64) -> Result<()> {
+        let names = [queue.to_owned()];
+        while self.backend.size(queue).await? > max {
+            let Some(fetched) = self.backend.fetch(&names, Duration::ZERO).await? else {
+                break;
+            };
+            if let FetchedBody::Envelope(envelope) = &fetched.body {
+                self.dead_letter(queue, envelope.clone(), "maxlen").await?;
+            }
+            self.backend.ack(queue, &fetched.receipt).await?;
+        }
+        Ok(())
+    }
+
+    /// Send `envelope` to `queue`'s dead-letter exchange, if it has one.
+    /// (Boxed: dead-lettering routes, and routing may dead-letter again.)
+    fn dead_letter<'a>(
+        &'a self,
+        queue: &'a str,
+        envelope: Envelope,
+        reason: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(self.dead_letter_inner(queue, envelope, reason))
+    }
+
+    async fn dead_letter_inner(
+        &self,
+        queue: &str,
+        mut envelope: Envelope,
+        reason: &str,
+    ) -> Result<()> {
+        let Some(declaration) = self.declaration(queue).await? else {
+            tracing::debug!(queue, reason, "message dropped (no dead-letter exchange)");
+            return Ok(());
+        };
+        let Some(dlx) = declaration.dead_letter_exchange.clone() else {
+            tracing::debug!(queue, reason, "message dropped (no dead-letter exchange)");
+            return Ok(());
+        };
+        let (_, info) = from_envelope(&envelope);
+        let routing_key = declaration
+            .dead_letter_routing_key
+            .clone()
+            .unwrap_or_else(|| info.routing_key.clone());
+        add_x_death(
+            &mut envelope,
+            queue,
+            reason,
+            &info.exchange,
+            &info.routing_key,
+        );
+        envelope.properties.shift_remove("expiration");
+        envelope.properties.shift_remove(PUBLISHED_MS);
+        set_delivery_info(&mut envelope, &dlx, &routing_key);
+        envelope.properties.insert(
+            "delivery_tag".into(),
+            uuid::Uuid::new_v4().to_string().into(),
+        );
+        let priority = from_envelope(&envelope).0.properties.priority.unwrap_or(0);
+        tracing::debug!(queue, reason, exchange = %dlx, "message dead-lettered");
+        self.route_and_put(&dlx, &routing_key, &envelope, priority, false)
+            .await
+    }
+
+    fn expired(&self, envelope: &Envelope, declaration: Option<&Queue>) -> bool {
+        let Some(published) = published_ms(envelope) else {
+            return false;
+        };
+        let message_ttl = from_envelope(envelope).0.properties.expiration_duration();
+        let queue_ttl = declaration.and_then(|q| q.message_ttl);
+        let ttl = match (message_ttl, queue_ttl) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return false,
+        };
+        now_ms() >= published.saturating_add(ttl.as_millis() as u64)
+    }
+
+    /// Turn a fetched message into a delivery (or skip it when expired,
+    /// or reject it when unreadable).
+    async fn admit(
+        &self,
+        fetched: Fetched,
+        no_ack: bool,
+        consumer_tag: Option<&str>,
+    ) -> Result<Admitted> {
+        let Fetched {
+            queue,
+            receipt,
+            body,
+        } = fetched;
+        let envelope = match body {
+            FetchedBody::Envelope(envelope) => envelope,
+            FetchedBody::Corrupt { raw, error } => {
+                self.reject_corrupt(&queue, &receipt, raw, &error).await?;
+                return Ok(Admitted::Corrupt(error));
+            }
+        };
+        let declaration = self.declaration(&queue).await?;
+        if self.expired(&envelope, declaration.as_ref()) {
+            self.dead_letter(&queue, envelope, "expired").await?;
+            self.backend.ack(&queue, &receipt).await?;
+            return Ok(Admitted::Skipped);
+        }
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (message, mut info) = from_envelope(&envelope);
+        info.consumer_tag = consumer_tag.map(str::to_owned);
+        info.queue = Some(queue.clone());
+        if no_ack {
+            self.backend.ack(&queue, &receipt).await?;
+        } else {
+            self.lock().unacked.insert(
+                tag,
+                Unacked {
+                    queue,
+                    receipt,
+                    envelope,
+                },
+            );
+        }
+        Ok(Admitted::Deliver(Box::new(Delivery::new(
+            tag, message, info,
+        ))))
+    }
+
+    async fn reject_corrupt(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        raw: Vec<u8>,
+        error: &Error,
+    ) -> Result<()> {
+        tracing::warn!(queue, error = %error, "unreadable message rejected");
+        let mut headers = Map::new();
+        headers.insert("x-kombu-error".into(), error.to_string().into());
+        let mut wrapped = to_envelope(
+            &RawMessage {
+                body: raw.into(),
+                content_type: Some("application/data".into()),
+                content_encoding: Some("binary".into()),
+                headers,
+                properties: Default::default(),
+            },
+            "",
+            queue,
+            &uuid::Uuid::new_v4().to_string(),
+        );
+        wrapped.properties.shift_remove("delivery_mode");
+        self.dead_letter(queue, wrapped, "rejected").await?;
+        self.backend.ack(queue, receipt).await
+    }
+
+    /// Put a reserved message back (redelivered unless it was never handed out).
+    async fn release(&self, item: Unacked, redelivered: bool) -> Result<()> {
+        let mut envelope = item.envelope;
+        if redelivered {
+            envelope.mark_redelivered();
+        }
+        self.backend
+            .requeue(&item.queue, &item.receipt, &envelope)
+            .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let unacked = {
+            let mut inner = self.lock();
+            inner.consumers.clear();
+            std::mem::take(&mut inner.unacked)
+        };
+        self.wake_poller.notify_one();
+        let mut first_error = None;
+        for (_, item) in unacked {
+            if let Err(err) = self.release(item, true).await {
+                tracing::warn!(error = %err, "could not return an unacked message");
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn set_delivery_info(envelope: &mut Envelope, exchange: &str, routing_key: &str) {
+    let mut info = Map::new();
+    info.insert("exchange".into(), exchange.into());
+    info.insert("routing_key".into(), routing_key.into());
+    envelope
+        .properties
+        .insert("delivery_info".into(), Value::Object(info));
+}
+
+/// Record a dead-lettering in the `x-death` header, as RabbitMQ does.
+fn add_x_death(envelope: &mut Envelope, queue: &str, reason: &str, exchange: &str, rk: &str) {
+    let deaths = envelope
+        .headers
+        .entry("x-death")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !deaths.is_array() {
+        *deaths = Value::Array(Vec::new());
+    }
+    let list = deaths.as_array_mut().expect("x-death is an array");
+    let same = list.iter_mut().find(|d| {
+        d.get("queue").and_then(Value::as_str) == Some(queue)
+            && d.get("reason").and_then(Value::as_str) == Some(reason)
+    });
+    if let Some(Value::Object(entry)) = same {
+        let count = entry.get("count").and_then(Value::as_u64).unwrap_or(0) + 1;
+        entry.insert("count".into(), count.into());
+        return;
+    }
+    let mut entry = Map::new();
+    entry.insert("count".into(), 1.into());
+    entry.insert("reason".into(), reason.into());
+    entry.insert("queue".into(), queue.into());
+    entry.insert("time".into(), (now_ms() / 1000).into());
+    entry.insert("exchange".into(), exchange.into());
+    entry.insert("routing-keys".into(), Value::Array(vec![rk.into()]));
+    list.insert(0, Value::Object(entry));
+    envelope
+        .headers
+        .entry("x-first-death-reason")
+        .or_insert_with(|| reason.into());
+    envelope
+        .headers
+        .entry("x-first-death-queue")
+        .or_insert_with(|| queue.into());
+}
+
+#[async_trait]
+impl<B: VirtualBackend> Channel for VirtualChannel<B> {
+    async fn exchange_declare(&self, exchange: &Exchange) -> Result<()> {
+        self.state.ensure_open()?;
+        if exchange.is_default() {
+            return Ok(());
+        }
+        let caps = self.state.backend.capabilities();
+        if !caps.supports(exchange.kind) {
+            return Err(Error::unsupported(format!(
+                "{} exchanges are not supported by this transport",
+                exchange.kind
+            )));
+        }
+        let existing = self.state.backend.exchange(&exchange.name).await?;
+        if exchange.passive {
+            return match existing {
+                Some(_) => Ok(()),
+                None => Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("exchange {:?} does not exist", exchange.name),
+                )),
+            };
+        }
+        if let Some(existing) = existing {
+            if existing.kind != exchange.kind {
+                return Err(Error::new(
+                    ErrorKind::PreconditionFailed,
+                    format!(
+                        "exchange {:?} exists with type {}, not {}",
+                        exchange.name, existing.kind, exchange.kind
+                    ),
+                ));
+            }
+        }
+        self.state.backend.declare_exchange(exchange).await
+    }
+
+    async fn exchange_delete(&self, name: &str) -> Result<()> {
+        self.state.ensure_open()?;
+        self.state.backend.delete_exchange(name).await
+    }
+
+    async fn queue_declare(&self, queue: &Queue) -> Result<QueueInfo> {
+        self.state.ensure_open()?;
+        let exists = self.state.backend.has_queue(&queue.name).await?;
+        if queue.passive && !exists {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("queue {:?} does not exist", queue.name),
+            ));
+        }
+        if !queue.passive {
+            self.state.backend.new_queue(queue).await?;
+            self.state
+                .lock()
+                .declarations
+                .insert(queue.name.clone(), Some(queue.clone()));
+        }
+        let size = self.state.backend.size(&queue.name).await?;
+        Ok(QueueInfo::new(queue.name.clone(), size, 0))
+    }
+
+    async fn queue_bind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.state.ensure_open()?;
+        if binding.exchange.is_empty() {
+            return Ok(());
+        }
+        let entry = QueueBinding::new(queue, binding.routing_key.clone())
+            .with_arguments(binding.arguments.clone());
+        self.state.backend.bind(&binding.exchange, &entry).await
+    }
+
+    async fn queue_unbind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.state.ensure_open()?;
+        let entry = QueueBinding::new(queue, binding.routing_key.clone())
+            .with_arguments(binding.arguments.clone());
+        self.state.backend.unbind(&binding.exchange, &entry).await
+    }
+
+    async fn queue_delete(&self, name: &str) -> Result<u64> {
+        self.state.ensure_open()?;
+        let size = self.state.backend.size(name).await?;
+        self.state.backend.delete_queue(name).await?;
+        self.state.lock().declarations.remove(name);
+        Ok(size)
+    }
+
+    async fn queue_purge(&self, name: &str) -> Result<u64> {
+        self.state.ensure_open()?;
+        self.state.backend.purge(name).await
+    }
+
+    async fn queue_size(&self, name: &str) -> Result<u64> {
+        self.state.ensure_open()?;
+        self.state.backend.size(name).await
+    }
+
+    async fn basic_publish(
+        &self,
+        message: RawMessage,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<()> {
+        self.state.ensure_open()?;
+        let tag = uuid::Uuid::new_v4().to_string();
+        let priority = message.properties.priority.unwrap_or(0);
+        let envelope = to_envelope(&message, exchange, routing_key, &tag);
+        self.state
+            .route_and_put(exchange, routing_key, &envelope, priority, mandatory)
+            .await
+    }
+
+    async fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
+        self.state.ensure_open()?;
+        let names = [queue.to_owned()];
+        loop {
+            let Some(fetched) = self.state.backend.fetch(&names, Duration::ZERO).await? else {
+                return Ok(None);
+            };
+            match self.state.admit(fetched, no_ack, None).await? {
+                Admitted::Deliver(delivery) => return Ok(Some(*delivery)),
+                Admitted::Skipped => continue,
+                Admitted::Corrupt(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn basic_consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        no_ack: bool,
+    ) -> Result<DeliveryStream> {
+        self.state.ensure_open()?;
+        let (sender, receiver) = mpsc::channel(256);
+        let start_poller = {
+            let mut inner = self.state.lock();
+            if inner.consumers.iter().any(|c| c.tag == consumer_tag) {
+                return Err(Error::new(
+                    ErrorKind::PreconditionFailed,
+                    format!("consumer tag {consumer_tag:?} is already in use on this channel"),
+                ));
+            }
+            inner.consumers.push(ConsumerEntry {
+                tag: consumer_tag.to_owned(),
+                queue: queue.to_owned(),
+                no_ack,
+                sender,
+            });
+            !std::mem::replace(&mut inner.poller_running, true)
+        };
+        if start_poller {
+            consume::spawn_poller(Arc::downgrade(&self.state));
+        } else {
+            self.state.wake_poller.notify_one();
+        }
+        Ok(Box::pin(futures::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+        )))
+    }
+
+    async fn basic_cancel(&self, consumer_tag: &str) -> Result<()> {
+        self.state
+            .lock()
+            .consumers
+            .retain(|c| c.tag != consumer_tag);
+        self.state.wake_poller.notify_one();
+        Ok(())
+    }
+
+    async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
+        self.state.ensure_open()?;
+        let items = take_unacked(&mut self.state.lock(), delivery_tag, multiple)?;
+        self.state.wake_poller.notify_one();
+        for item in items {
+            self.state.backend.ack(&item.queue, &item.receipt).await?;
+        }
+        Ok(())
+    }
+
+    async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
+        self.state.ensure_open()?;
+        let items = take_unacked(&mut self.state.lock(), delivery_tag, false)?;
+        self.state.wake_poller.notify_one();
+        for item in items {
+            if requeue {
+                self.state.release(item, true).await?;
+            } else {
+                self.state
+                    .dead_letter(&item.queue, item.envelope.clone(), "rejected")
+                    .await?;
+                self.state.backend.ack(&item.queue, &item.receipt).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn basic_qos(&self, prefetch_count: u16) -> Result<()> {
+        self.state.lock().prefetch = prefetch_count;
+        self.state.wake_poller.notify_one();
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.state.close().await
+    }
+
+    fn is_open(&self) -> bool {
+        !self.state.closed.load(Ordering::Acquire)
+    }
+}
+
+fn take_unacked(inner: &mut Inner, delivery_tag: u64, multiple: bool) -> Result<Vec<Unacked>> {
+    if !inner.unacked.contains_key(&delivery_tag) {
+        return Err(Error::new(
+            ErrorKind::PreconditionFailed,
+            format!("unknown delivery tag {delivery_tag} (already acked, or from another channel)"),
+        ));
+    }
+    if multiple {
+        let rest = inner.unacked.split_off(&(delivery_tag + 1));
+        Ok(std::mem::replace(&mut inner.unacked, rest)
+            .into_values()
+            .collect())
+    } else {
+        Ok(inner.unacked.remove(&delivery_tag).into_iter().collect())
+    }
+}

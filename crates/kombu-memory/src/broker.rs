@@ -1,0 +1,202 @@
+//! The in-process broker: queues ordered by priority then arrival, the
+//! exchange and binding tables, and a notification for waiting consumers.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kombu_core::routing::QueueBinding;
+use kombu_core::virtual_channel::Fetched;
+use kombu_core::{Envelope, Exchange, Queue};
+use tokio::sync::Notify;
+
+/// Every named broker of the process.
+static BROKERS: LazyLock<Mutex<HashMap<String, Arc<MemoryBroker>>>> =
+    LazyLock::new(Default::default);
+
+/// Order within a queue: higher priority first, then lower sequence first.
+type Slot = (Reverse<u8>, i64);
+
+#[derive(Default)]
+struct MemoryQueue {
+    declaration: Option<Queue>,
+    ready: BTreeMap<Slot, Envelope>,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, MemoryQueue>,
+    exchanges: HashMap<String, Exchange>,
+    bindings: HashMap<String, Vec<QueueBinding>>,
+    reserved: HashSet<String>,
+    /// Next sequence number at the back (grows) and at the front (shrinks).
+    back: i64,
+    front: i64,
+    next_receipt: u64,
+}
+
+/// One in-process broker, shared by every connection with the same name.
+pub(crate) struct MemoryBroker {
+    state: Mutex<State>,
+    arrived: Notify,
+}
+
+impl MemoryBroker {
+    /// The broker called `name`, created on first use.
+    pub(crate) fn named(name: &str) -> Arc<MemoryBroker> {
+        let mut brokers = BROKERS.lock().unwrap_or_else(|e| e.into_inner());
+        brokers
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(MemoryBroker {
+                    state: Mutex::new(State::default()),
+                    arrived: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn new_queue(&self, queue: &Queue) {
+        let mut state = self.lock();
+        let entry = state.queues.entry(queue.name.clone()).or_default();
+        entry.declaration = Some(queue.clone());
+    }
+
+    pub(crate) fn declaration(&self, queue: &str) -> Option<Queue> {
+        self.lock()
+            .queues
+            .get(queue)
+            .and_then(|q| q.declaration.clone())
+    }
+
+    pub(crate) fn has_queue(&self, queue: &str) -> bool {
+        self.lock().queues.contains_key(queue)
+    }
+
+    pub(crate) fn delete_queue(&self, queue: &str) {
+        let mut state = self.lock();
+        state.queues.remove(queue);
+        for bindings in state.bindings.values_mut() {
+            bindings.retain(|b| b.queue != queue);
+        }
+    }
+
+    pub(crate) fn purge(&self, queue: &str) -> u64 {
+        let mut state = self.lock();
+        match state.queues.get_mut(queue) {
+            Some(q) => {
+                let n = q.ready.len() as u64;
+                q.ready.clear();
+                n
+            }
+            None => 0,
+        }
+    }
+
+    pub(crate) fn size(&self, queue: &str) -> u64 {
+        self.lock()
+            .queues
+            .get(queue)
+            .map_or(0, |q| q.ready.len() as u64)
+    }
+
+    /// Store a message; `front` puts it before every message of its priority.
+    pub(crate) fn put(&self, queue: &str, envelope: Envelope, priority: u8, front: bool) {
+        {
+            let mut state = self.lock();
+            let seq = if front {
+                state.front -= 1;
+                state.front
+            } else {
+                state.back += 1;
+                state.back
+            };
+            state
+                .queues
+                .entry(queue.to_owned())
+                .or_default()
+                .ready
+                .insert((Reverse(priority), seq), envelope);
+        }
+        self.arrived.notify_waiters();
+    }
+
+    fn take(&self, queues: &[String]) -> Option<Fetched> {
+        let mut state = self.lock();
+        for name in queues {
+            let Some(queue) = state.queues.get_mut(name) else {
+                continue;
+            };
+            if let Some((_, envelope)) = queue.ready.pop_first() {
+                state.next_receipt += 1;
+                let receipt = state.next_receipt.to_string();
+                state.reserved.insert(receipt.clone());
+                return Some(Fetched::new(name.clone(), receipt, envelope));
+            }
+        }
+        None
+    }
+
+    /// Take the next message of `queues`, waiting up to `wait`.
+    pub(crate) async fn fetch(&self, queues: &[String], wait: Duration) -> Option<Fetched> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(found) = self.take(queues) {
+                return Some(found);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    pub(crate) fn forget(&self, receipt: &str) {
+        self.lock().reserved.remove(receipt);
+    }
+
+    pub(crate) fn declare_exchange(&self, exchange: &Exchange) {
+        self.lock()
+            .exchanges
+            .insert(exchange.name.clone(), exchange.clone());
+    }
+
+    pub(crate) fn exchange(&self, name: &str) -> Option<Exchange> {
+        self.lock().exchanges.get(name).cloned()
+    }
+
+    pub(crate) fn delete_exchange(&self, name: &str) {
+        let mut state = self.lock();
+        state.exchanges.remove(name);
+        state.bindings.remove(name);
+    }
+
+    pub(crate) fn bind(&self, exchange: &str, binding: &QueueBinding) {
+        let mut state = self.lock();
+        let list = state.bindings.entry(exchange.to_owned()).or_default();
+        if !list.contains(binding) {
+            list.push(binding.clone());
+        }
+    }
+
+    pub(crate) fn unbind(&self, exchange: &str, binding: &QueueBinding) {
+        if let Some(list) = self.lock().bindings.get_mut(exchange) {
+            list.retain(|b| b != binding);
+        }
+    }
+
+    pub(crate) fn bindings(&self, exchange: &str) -> Vec<QueueBinding> {
+        self.lock()
+            .bindings
+            .get(exchange)
+            .cloned()
+            .unwrap_or_default()
+    }
+}

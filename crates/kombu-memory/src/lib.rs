@@ -1,0 +1,185 @@
+#![doc = include_str!("../README.md")]
+
+mod broker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kombu_core::virtual_channel::{
+    Fetched, Receipt, VirtualBackend, VirtualOptions, VirtualTransport,
+};
+use kombu_core::{
+    async_trait, BrokerUrl, Capabilities, ConnectionOptions, Envelope, Exchange, Queue, Registry,
+    Result, Transport, TransportFactory, TransportKind,
+};
+
+use broker::MemoryBroker;
+use kombu_core::routing::QueueBinding;
+
+/// The URL schemes this transport serves.
+pub const SCHEMES: &[&str] = &["memory"];
+
+/// Transport options `memory://` understands.
+pub const KNOWN_OPTIONS: &[&str] = &["polling_interval", "unroutable_queue"];
+
+/// Add the memory transport to `registry`.
+///
+/// ```
+/// let mut registry = kombu_core::Registry::new();
+/// kombu_memory::register(&mut registry);
+/// assert!(registry.resolve("memory").is_ok());
+/// ```
+pub fn register(registry: &mut Registry) {
+    registry.register(Arc::new(MemoryTransportFactory));
+}
+
+/// Makes `memory://` transports. Every connection to the same
+/// `memory://<name>` in one process shares the same queues.
+///
+/// ```
+/// use kombu_core::TransportFactory;
+/// assert_eq!(kombu_memory::MemoryTransportFactory.schemes(), &["memory"]);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryTransportFactory;
+
+fn capabilities() -> Capabilities {
+    Capabilities::new(TransportKind::Virtual)
+        .with_fanout_note("in-process")
+        .with_shared_declarations(false)
+        .with_persistent(false)
+}
+
+#[async_trait]
+impl TransportFactory for MemoryTransportFactory {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        SCHEMES
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn connect(
+        &self,
+        url: &BrokerUrl,
+        options: &ConnectionOptions,
+    ) -> Result<Arc<dyn Transport>> {
+        let transport_options = &options.transport_options;
+        transport_options.check_known(KNOWN_OPTIONS, "memory")?;
+        let polling_interval = transport_options
+            .get_duration_secs("polling_interval")?
+            .unwrap_or(Duration::from_millis(100));
+        let name = format!(
+            "{}/{}",
+            url.hostname().unwrap_or_default(),
+            url.virtual_host().unwrap_or_default()
+        );
+        let backend = MemoryBackend {
+            broker: MemoryBroker::named(&name),
+            polling_interval,
+        };
+        let virtual_options = VirtualOptions::from_transport_options(transport_options)?;
+        Ok(Arc::new(VirtualTransport::new(backend, virtual_options)))
+    }
+}
+
+/// The [`VirtualBackend`] of `memory://`.
+pub struct MemoryBackend {
+    broker: Arc<MemoryBroker>,
+    polling_interval: Duration,
+}
+
+#[async_trait]
+impl VirtualBackend for MemoryBackend {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn new_queue(&self, queue: &Queue) -> Result<()> {
+        self.broker.new_queue(queue);
+        Ok(())
+    }
+
+    async fn queue_declaration(&self, queue: &str) -> Result<Option<Queue>> {
+        Ok(self.broker.declaration(queue))
+    }
+
+    async fn has_queue(&self, queue: &str) -> Result<bool> {
+        Ok(self.broker.has_queue(queue))
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<()> {
+        self.broker.delete_queue(queue);
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        Ok(self.broker.purge(queue))
+    }
+
+    async fn size(&self, queue: &str) -> Result<u64> {
+        Ok(self.broker.size(queue))
+    }
+
+    async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
+        self.broker.put(queue, envelope.clone(), priority, false);
+        Ok(())
+    }
+
+    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
+        Ok(self.broker.fetch(queues, wait).await)
+    }
+
+    async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+        self.broker.forget(receipt);
+        Ok(())
+    }
+
+    async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
+        self.broker.forget(receipt);
+        let priority = envelope
+            .properties
+            .get("priority")
+            .and_then(|p| p.as_u64())
+            .map_or(0, |p| p.min(255) as u8);
+        self.broker.put(queue, envelope.clone(), priority, true);
+        Ok(())
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        self.broker.declare_exchange(exchange);
+        Ok(())
+    }
+
+    async fn exchange(&self, name: &str) -> Result<Option<Exchange>> {
+        Ok(self.broker.exchange(name))
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        self.broker.delete_exchange(name);
+        Ok(())
+    }
+
+    async fn bind(&self, exchange: &str, binding: &QueueBinding) -> Result<()> {
+        self.broker.bind(exchange, binding);
+        Ok(())
+    }
+
+    async fn unbind(&self, exchange: &str, binding: &QueueBinding) -> Result<()> {
+        self.broker.unbind(exchange, binding);
+        Ok(())
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Vec<QueueBinding>> {
+        Ok(self.broker.bindings(exchange))
+    }
+
+    fn polling_interval(&self) -> Duration {
+        self.polling_interval
+    }
+}

@@ -1,0 +1,78 @@
+//! The conformance suite every kombu-rs transport runs.
+//!
+//! Each check is a plain `pub async fn(&Connection) -> Result<()>` in
+//! [`checks`]; [`conformance_tests!`] expands them into one `#[tokio::test]`
+//! each. A check the transport's [`Capabilities`](kombu_core::Capabilities)
+//! rule out prints a `SKIP` line and passes.
+//!
+//! A test that needs a server reads `KOMBU_TEST_<NAME>_URL` through
+//! [`test_url`]. Without it the test prints a skip line naming the
+//! variable; with `KOMBU_TEST_REQUIRE=1` (CI sets it) a missing URL fails.
+//!
+//! ```
+//! // In crates/kombu-foo/tests/conformance.rs:
+//! // fn connect() -> Option<kombu_core::Connection> {
+//! //     kombu_testkit::connection_for("foo", kombu_foo::register)
+//! // }
+//! // kombu_testkit::conformance_tests!(connect);
+//! assert!(kombu_testkit::unique("q").starts_with("q-"));
+//! ```
+
+pub mod checks;
+mod support;
+
+pub use support::{
+    connection_for, recv, recv_n, require_env, skip, test_url, unique, Cleanup, RECV_TIMEOUT,
+};
+
+/// Expand the conformance checks into `#[tokio::test]`s. `$connect` is a
+/// function `fn() -> Option<kombu_core::Connection>`; `None` means the
+/// server is not configured (the test prints why and passes, or fails under
+/// `KOMBU_TEST_REQUIRE=1`).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($connect:path) => {
+        $crate::conformance_tests!(@each $connect;
+            basic_publish_consume_ack,
+            default_exchange_routes_by_queue_name,
+            direct_exchange,
+            topic_exchange,
+            fanout_exchange,
+            headers_exchange,
+            unroutable_mandatory_is_an_error,
+            requeue_sets_redelivered,
+            reject_without_requeue_removes,
+            ack_twice_is_an_error,
+            prefetch_limits_unacked,
+            purge_and_size,
+            serializers_round_trip,
+            compression_round_trip,
+            raw_and_text_bodies,
+            accept_list_refuses_other_content,
+            headers_and_properties_round_trip,
+            priorities_higher_first,
+            message_ttl_expires,
+            queue_ttl_expires,
+            dead_letter_on_reject,
+            max_length_drops_oldest,
+            large_body_1mib,
+            many_producers_many_consumers,
+            dropped_consumer_redelivers,
+            consumer_on_several_queues,
+            simple_queue_put_get
+        );
+    };
+    (@each $connect:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(conn) = $connect() else { return };
+                let result = $crate::checks::$name(&conn).await;
+                let _ = conn.close().await;
+                if let Err(err) = result {
+                    panic!("{} failed on {}: {err}", stringify!($name), conn.as_uri());
+                }
+            }
+        )*
+    };
+}

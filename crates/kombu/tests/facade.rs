@@ -1,0 +1,151 @@
+//! The facade: scheme lookup, errors, the reference page's URLs and
+//! options, custom transports, and the README's transport table.
+
+use std::time::Duration;
+
+use kombu::{Connection, ConnectionOptions, ErrorKind};
+
+#[test]
+fn unknown_scheme_lists_the_compiled_in_ones() {
+    let err = Connection::new("nosuch://host").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownScheme);
+    let text = err.to_string();
+    assert!(text.contains("\"nosuch\""), "{text}");
+    assert!(text.contains("memory"), "{text}");
+}
+
+#[test]
+fn default_url_is_amqp_and_names_the_feature() {
+    if kombu::default_registry().resolve("amqp").is_ok() {
+        return; // the amqp feature is on: the default URL resolves
+    }
+    // The reference page: a connection without arguments is
+    // amqp://guest:guest@localhost:5672//.
+    for url in ["", "amqp://", "amqp://guest:guest@localhost:5672//"] {
+        let err = Connection::new(url).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::FeatureDisabled, "{url}");
+        assert!(err.to_string().contains("\"amqp\""), "{err}");
+    }
+}
+
+#[test]
+fn malformed_url_names_the_part_and_hides_the_password() {
+    let err = Connection::new("memory://user:hunter2secret@host:99999/").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidUrl);
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("port"), "{text}");
+    assert!(!text.contains("hunter2secret"), "{text}");
+}
+
+#[test]
+fn connection_is_lazy_and_masks_the_password() {
+    let conn = Connection::new("memory://alice:s3cr3tpass@somewhere:1234/vh").unwrap();
+    assert!(!conn.connected());
+    let shown = format!("{} {:?}", conn.as_uri(), conn);
+    assert!(!shown.contains("s3cr3tpass"), "{shown}");
+    assert!(conn.as_uri_with_password().contains("s3cr3tpass"));
+    assert_eq!(conn.url().hostname(), Some("somewhere"));
+    assert_eq!(conn.url().port(), Some(1234));
+    assert_eq!(conn.url().virtual_host(), Some("vh"));
+}
+
+#[test]
+fn keyword_options_fill_what_the_url_leaves_out() {
+    let opts = ConnectionOptions::new()
+        .hostname("kwhost")
+        .userid("kwuser")
+        .password("kwpass")
+        .virtual_host("kwvhost")
+        .port(7777);
+    let conn = Connection::with_options("memory://", opts.clone()).unwrap();
+    let url = conn.url();
+    assert_eq!(url.hostname(), Some("kwhost"));
+    assert_eq!(url.userid(), Some("kwuser"));
+    assert_eq!(url.password(), Some("kwpass"));
+    assert_eq!(url.virtual_host(), Some("kwvhost"));
+    assert_eq!(url.port(), Some(7777));
+    // Values in the URL win over keyword arguments.
+    let conn = Connection::with_options("memory://u:p@urlhost:1/urlvhost", opts).unwrap();
+    assert_eq!(conn.url().hostname(), Some("urlhost"));
+    assert_eq!(conn.url().userid(), Some("u"));
+    assert_eq!(conn.url().virtual_host(), Some("urlvhost"));
+    assert_eq!(conn.url().port(), Some(1));
+}
+
+#[test]
+fn defaults_are_localhost_guest_and_slash() {
+    let conn = Connection::new("memory://").unwrap();
+    let url = conn.url();
+    assert_eq!(url.hostname(), Some("localhost"));
+    assert_eq!(url.userid(), Some("guest"));
+    assert_eq!(url.password(), Some("guest"));
+    assert_eq!(url.virtual_host(), Some("/"));
+}
+
+#[test]
+fn transport_option_picks_the_transport_when_no_url() {
+    let conn = Connection::with_options("", ConnectionOptions::new().transport("memory")).unwrap();
+    assert_eq!(conn.transport_name(), "memory");
+}
+
+#[test]
+fn query_options_become_typed_options_or_transport_options() {
+    let conn =
+        Connection::new("memory://localhost/?connect_timeout=2.5&polling_interval=0.05").unwrap();
+    assert_eq!(
+        conn.options().connect_timeout,
+        Some(Duration::from_millis(2500))
+    );
+    assert_eq!(
+        conn.options()
+            .transport_options
+            .get_str("polling_interval")
+            .unwrap(),
+        Some("0.05")
+    );
+}
+
+#[tokio::test]
+async fn unknown_transport_option_is_an_error_naming_it() {
+    let conn = Connection::new("memory://x/?visibilty_timeout=5").unwrap();
+    let err = conn.connect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidOption);
+    assert!(err.to_string().contains("visibilty_timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn failover_list_keeps_order_and_connects() {
+    let conn = Connection::new("memory://first;memory://second").unwrap();
+    let hosts: Vec<_> = conn
+        .urls()
+        .iter()
+        .map(|u| u.hostname().unwrap().to_owned())
+        .collect();
+    assert_eq!(hosts, ["first", "second"]);
+    conn.connect().await.unwrap();
+    assert!(conn.connected());
+    assert_eq!(conn.url().hostname(), Some("first"));
+    conn.close().await.unwrap();
+    assert!(!conn.connected());
+}
+
+#[cfg(feature = "full")]
+#[test]
+fn readme_transport_table_matches_the_capabilities() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("<!-- transport-table:start -->")
+        .expect("README has the table start marker");
+    let end = readme
+        .find("<!-- transport-table:end -->")
+        .expect("README has the table end marker");
+    let in_readme = readme[start..end]
+        .trim_start_matches("<!-- transport-table:start -->")
+        .trim();
+    let generated = kombu::transport_table(&kombu::default_registry());
+    assert_eq!(
+        in_readme,
+        generated.trim(),
+        "README's transport table is stale; paste this:\n{generated}"
+    );
+}

@@ -1,0 +1,96 @@
+//! `cargo xtask test`: bring the services up, export their URLs, run the
+//! workspace's tests once (one build, doctests included) and report timings.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::{services, Result};
+
+/// Arguments of `cargo xtask test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Do not start services; use whatever already answers.
+    #[arg(long)]
+    no_services: bool,
+    /// Test only these packages (default: the whole workspace).
+    #[arg(short = 'p', long = "package", value_name = "NAME")]
+    packages: Vec<String>,
+    /// Extra arguments for `cargo test` (after `--`).
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+/// Whether we run under CI (`CI` set to anything but `false`/`0`/empty).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Run `cargo xtask test`; the exit code is `cargo test`'s.
+pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
+    let ci = in_ci();
+    let mut up = services::UpTimings::default();
+    let services_started = Instant::now();
+    if !args.no_services {
+        match services::up(root, &[], false) {
+            Ok(timings) => up = timings,
+            // In CI a missing service is a failure; locally the tests that
+            // need it print a skip line instead.
+            Err(err) if ci => return Err(err),
+            Err(err) => eprintln!(
+                "xtask: warning: {err}\nxtask: continuing; tests needing those services will skip"
+            ),
+        }
+    }
+    let services_time = services_started.elapsed();
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(root).arg("test");
+    if args.packages.is_empty() {
+        command.arg("--workspace");
+    } else {
+        for package in &args.packages {
+            command.args(["--package", package]);
+        }
+    }
+    command.arg("--all-features").args(&args.cargo_args);
+    for (var, url) in services::env_pairs(root) {
+        eprintln!("xtask: {var}={url}");
+        command.env(var, url);
+    }
+    if ci {
+        eprintln!("xtask: CI is set: KOMBU_TEST_REQUIRE=1 (a missing server fails its tests)");
+        command.env("KOMBU_TEST_REQUIRE", "1");
+    }
+
+    let tests_started = Instant::now();
+    let status = command
+        .status()
+        .map_err(|e| format!("could not run cargo test: {e}"))?;
+    let tests_time = tests_started.elapsed();
+
+    eprintln!("xtask: timing");
+    eprintln!("  services up  {}", secs(services_time));
+    if up.install > Duration::ZERO {
+        eprintln!("    install    {}", secs(up.install));
+    }
+    if up.start > Duration::ZERO {
+        eprintln!("    start      {}", secs(up.start));
+    }
+    eprintln!("  cargo test   {} (build + run)", secs(tests_time));
+    eprintln!("  total        {}", secs(services_started.elapsed()));
+
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
+/// A duration as seconds with one decimal.
+fn secs(d: Duration) -> String {
+    format!("{:>6.1} s", d.as_secs_f64())
+}
