@@ -5,12 +5,14 @@
 //!   (natively, or with Docker Compose when a Docker engine answers).
 //! * `cargo xtask test [--no-services] [-p NAME] [-- ARGS]` brings every
 //!   service up, exports `KOMBU_TEST_<NAME>_URL` and runs the workspace tests.
+//! * `cargo xtask python` installs the Python kombu 5.7 peer for interop tests.
 //!
 //! See `docs/development.md` for the full story.
 
 mod docker;
 mod install;
 mod process;
+mod python;
 mod services;
 mod state;
 mod test_cmd;
@@ -41,6 +43,9 @@ enum Command {
     Services(ServicesCommand),
     /// Bring the services up, export their URLs and run the workspace tests.
     Test(test_cmd::TestArgs),
+    /// Install (if missing) the Python kombu 5.7 venv used by interop tests
+    /// and print its interpreter's path.
+    Python,
 }
 
 /// `cargo xtask services ...`
@@ -85,6 +90,10 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Test(args) => test_cmd::run(&root, &args),
+        Command::Python => python::ensure(&root).map(|path| {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }),
     };
     match result {
         Ok(code) => code,

@@ -44,6 +44,14 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
             ),
         }
     }
+    match crate::python::ensure(root) {
+        Ok(python) => {
+            eprintln!("xtask: {}={}", crate::python::ENV_VAR, python.display());
+            std::env::set_var(crate::python::ENV_VAR, python);
+        }
+        Err(err) if ci => return Err(err),
+        Err(err) => eprintln!("xtask: warning: Python peer not installed: {err}"),
+    }
     let services_time = services_started.elapsed();
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

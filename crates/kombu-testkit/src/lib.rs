@@ -22,7 +22,8 @@ pub mod checks;
 mod support;
 
 pub use support::{
-    connection_for, recv, recv_n, require_env, skip, test_url, unique, Cleanup, RECV_TIMEOUT,
+    connection_for, python_peer, recv, recv_n, require_env, run_python, skip, test_url, unique,
+    Cleanup, RECV_TIMEOUT,
 };
 
 /// Expand the conformance checks into `#[tokio::test]`s. `$connect` is a

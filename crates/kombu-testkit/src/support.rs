@@ -129,3 +129,51 @@ impl Cleanup {
         }
     }
 }
+
+/// The Python kombu 5.7 interpreter for interop tests (`KOMBU_TEST_PYTHON`,
+/// set by `cargo xtask test`; `cargo xtask python` installs it and prints
+/// the path), or `None` after printing a skip line.
+pub fn python_peer() -> Option<std::path::PathBuf> {
+    require_env("KOMBU_TEST_PYTHON").map(std::path::PathBuf::from)
+}
+
+/// Run a Python `script` with the peer interpreter and these extra
+/// environment variables, on a blocking thread; returns its stdout, or an
+/// error with its stderr when it exits non-zero or runs longer than 60 s.
+pub async fn run_python(
+    python: &std::path::Path,
+    script: &str,
+    env: &[(&str, &str)],
+) -> Result<String> {
+    let python = python.to_path_buf();
+    let script = script.to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg("-c")
+            .arg(&script)
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .output()
+    });
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .map_err(|_| Error::new(ErrorKind::Timeout, "python peer ran over 60 s"))?
+        .map_err(|e| Error::new(ErrorKind::Other, e.to_string()))?
+        .map_err(|e| Error::new(ErrorKind::Other, format!("cannot run python: {e}")))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(Error::new(
+            ErrorKind::Other,
+            format!(
+                "python peer failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        ))
+    }
+}
