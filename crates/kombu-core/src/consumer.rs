@@ -16,12 +16,14 @@ use crate::message::{Delivery, DeliveryInfo, Headers, Properties};
 use crate::serialization::{Accept, Payload, SerializerRegistry};
 use crate::transport::{Channel, DeliveryStream};
 
-/// How received bodies are decoded: serializers, compressors and the accept list.
+/// How received bodies are decoded: serializers, compressors and the accept
+/// list. It also keeps the connection alive while messages can still be acked.
 #[derive(Clone)]
 pub(crate) struct Decoder {
     pub(crate) serializers: Arc<SerializerRegistry>,
     pub(crate) compressors: Arc<CompressionRegistry>,
     pub(crate) accept: Accept,
+    _connection: Connection,
 }
 
 impl Decoder {
@@ -30,6 +32,7 @@ impl Decoder {
             serializers: connection.serializers().clone(),
             compressors: connection.compressors().clone(),
             accept,
+            _connection: connection.clone(),
         }
     }
 }
