@@ -25,6 +25,11 @@ pub const REQUIREMENTS: &[&str] = &[
     "PyYAML==6.0.3",
     "brotli==1.2.1",
     "backports.zstd==1.8.0",
+    // kombu's SQS transport: boto3, and pycurl (a manylinux wheel: no
+    // compiler or libcurl headers needed) for kombu.asynchronous.http.
+    "boto3==1.44.8",
+    "pycurl==7.49.0",
+    "urllib3==2.8.0",
 ];
 
 const MARKER: &str = ".kombu-installed";
