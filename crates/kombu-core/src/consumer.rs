@@ -210,6 +210,8 @@ pub struct ConsumerBuilder {
     accept: Accept,
     declare: bool,
     tag_prefix: String,
+    serializers: Option<Arc<SerializerRegistry>>,
+    compressors: Option<Arc<CompressionRegistry>>,
 }
 
 impl ConsumerBuilder {
@@ -248,6 +250,17 @@ impl ConsumerBuilder {
         self.tag_prefix = prefix.into();
         self
     }
+    /// Decode with these serializers (for example with one of your own
+    /// registered) instead of the connection's.
+    pub fn serializers(mut self, serializers: Arc<SerializerRegistry>) -> Self {
+        self.serializers = Some(serializers);
+        self
+    }
+    /// Decompress with these compression methods instead of the connection's.
+    pub fn compressors(mut self, compressors: Arc<CompressionRegistry>) -> Self {
+        self.compressors = Some(compressors);
+        self
+    }
 
     /// Open a channel, declare, set QoS and start consuming.
     pub async fn build(self) -> Result<Consumer> {
@@ -272,8 +285,15 @@ impl ConsumerBuilder {
             );
             tags.push(tag);
         }
+        let mut decoder = Decoder::new(&self.connection, self.accept);
+        if let Some(serializers) = self.serializers {
+            decoder.serializers = serializers;
+        }
+        if let Some(compressors) = self.compressors {
+            decoder.compressors = compressors;
+        }
         Ok(Consumer {
-            decoder: Decoder::new(&self.connection, self.accept),
+            decoder,
             channel,
             streams,
             tags,
@@ -319,6 +339,8 @@ impl Consumer {
             accept: Accept::default(),
             declare: true,
             tag_prefix: "kombu-rs.".into(),
+            serializers: None,
+            compressors: None,
         }
     }
 

@@ -492,7 +492,7 @@ impl FromStr for FailoverStrategy {
 ///     .ssl(SslOptions::Enabled)
 ///     .heartbeat(Duration::from_secs(30))
 ///     .transport_option("confirm_publish", true);
-/// assert_eq!(options.connect_timeout, Some(Duration::from_secs(4)));
+/// assert_eq!(options.connect_timeout, Some(Duration::from_secs(5)));
 /// assert!(!format!("{options:?}").contains("s3cret"));
 /// ```
 #[derive(Clone, PartialEq)]
@@ -514,7 +514,7 @@ pub struct ConnectionOptions {
     pub ssl: SslOptions,
     /// Insist on connecting to this server (old AMQP; default `false`).
     pub insist: bool,
-    /// Timeout for connecting to the server; default 4 seconds.
+    /// Timeout for connecting to the server; default 5 seconds (kombu's `Connection(connect_timeout=5)`).
     pub connect_timeout: Option<Duration>,
     /// Heartbeat interval; `None` (the default) sends none.
     pub heartbeat: Option<Duration>,
@@ -537,7 +537,7 @@ impl Default for ConnectionOptions {
             transport: None,
             ssl: SslOptions::Disabled,
             insist: false,
-            connect_timeout: Some(Duration::from_secs(4)),
+            connect_timeout: Some(Duration::from_secs(5)),
             heartbeat: None,
             failover_strategy: FailoverStrategy::RoundRobin,
             transport_options: TransportOptions::new(),
@@ -577,7 +577,7 @@ const SSL_FILE_KEYS: [&str; 5] = [
 ];
 
 impl ConnectionOptions {
-    /// kombu's defaults: no keyword given, `connect_timeout` 4 seconds.
+    /// kombu's defaults: no keyword given, `connect_timeout` 5 seconds.
     ///
     /// ```
     /// # use kombu_core::ConnectionOptions;
@@ -1017,7 +1017,7 @@ mod tests {
     #[test]
     fn defaults_and_builder() {
         let options = ConnectionOptions::default();
-        assert_eq!(options.connect_timeout, Some(Duration::from_secs(4)));
+        assert_eq!(options.connect_timeout, Some(Duration::from_secs(5)));
         assert_eq!(options.ssl, SslOptions::Disabled);
         assert_eq!(options.failover_strategy, FailoverStrategy::RoundRobin);
         let options = ConnectionOptions::new()

@@ -150,6 +150,8 @@ pub struct Producer {
     compression: Option<String>,
     auto_declare: bool,
     declared: Mutex<HashSet<String>>,
+    serializers: std::sync::Arc<crate::serialization::SerializerRegistry>,
+    compressors: std::sync::Arc<crate::compression::CompressionRegistry>,
 }
 
 impl Producer {
@@ -164,7 +166,28 @@ impl Producer {
             compression: None,
             auto_declare: true,
             declared: Mutex::new(HashSet::new()),
+            serializers: connection.serializers().clone(),
+            compressors: connection.compressors().clone(),
         }
+    }
+
+    /// Use these serializers (for example with one of your own registered)
+    /// instead of the connection's.
+    pub fn serializers(
+        mut self,
+        serializers: std::sync::Arc<crate::serialization::SerializerRegistry>,
+    ) -> Self {
+        self.serializers = serializers;
+        self
+    }
+
+    /// Use these compression methods instead of the connection's.
+    pub fn compressors(
+        mut self,
+        compressors: std::sync::Arc<crate::compression::CompressionRegistry>,
+    ) -> Self {
+        self.compressors = compressors;
+        self
     }
 
     /// Publish to `exchange` by default (declared before the first publish).
@@ -242,7 +265,7 @@ impl Producer {
     /// headers and properties.
     pub fn prepare(&self, body: &Payload, options: &PublishOptions) -> Result<RawMessage> {
         let serializer = options.serializer.as_deref().or(self.serializer.as_deref());
-        let serializers = self.connection.serializers();
+        let serializers = &self.serializers;
         let (mut bytes, mut content_type, mut content_encoding) =
             serializers.encode_payload(body, serializer)?;
         if let (Some(ct), Payload::Bytes(_)) = (&options.content_type, body) {
@@ -258,7 +281,7 @@ impl Producer {
             .as_deref()
             .or(self.compression.as_deref())
         {
-            let compressor = self.connection.compressors().by_name(name).ok_or_else(|| {
+            let compressor = self.compressors.by_name(name).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidOption,
                     format!("unknown compression {name:?}"),

@@ -69,10 +69,40 @@ impl Connection {
         kombu_core::Connection::with_options(url, options, default_registry()).map(Connection)
     }
 
+    /// A lazy connection for `url` resolved through your own `registry`.
+    pub fn with_registry(url: &str, registry: std::sync::Arc<Registry>) -> Result<Self> {
+        kombu_core::Connection::with_registry(url, registry).map(Connection)
+    }
+
+    /// Release the connection: back to its pool when it came from one, else
+    /// closed (kombu's `release`).
+    pub async fn release(self) -> Result<()> {
+        self.0.release().await
+    }
+
     /// The core connection (what producers and consumers take).
     pub fn into_inner(self) -> kombu_core::Connection {
         self.0
     }
+}
+
+/// The user guide's examples, compiled and run as doctests.
+#[cfg(doctest)]
+mod user_guide {
+    #[doc = include_str!("../../../docs/connections.md")]
+    struct Connections;
+    #[doc = include_str!("../../../docs/producers.md")]
+    struct Producers;
+    #[doc = include_str!("../../../docs/consumers.md")]
+    struct Consumers;
+    #[doc = include_str!("../../../docs/simple.md")]
+    struct Simple;
+    #[doc = include_str!("../../../docs/serialization.md")]
+    struct Serialization;
+    #[doc = include_str!("../../../docs/writing-a-transport.md")]
+    struct WritingATransport;
+    #[doc = include_str!("../../../docs/wire-format.md")]
+    struct WireFormat;
 }
 
 impl Deref for Connection {
