@@ -1,0 +1,989 @@
+//! [`RedisBackend`]: the virtual channel's storage on Redis, in Python
+//! kombu 5.7's layout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kombu_core::routing::{kombu_topic_regex, route, QueueBinding};
+use kombu_core::virtual_channel::{Fetched, FetchedBody, Receipt, VirtualBackend};
+use kombu_core::{
+    async_trait, Arguments, Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType,
+    Queue, Result,
+};
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::config::{FanoutMode, QueueOrder, RedisConfig};
+use crate::error::map_redis;
+use crate::fanout::PubSubHub;
+use crate::keys::{api_priority, wire_priority, Keys};
+use crate::scripts::Scripts;
+
+/// Receipts of PUB/SUB deliveries start with this (their ack is a no-op).
+const PUBSUB_RECEIPT: &str = "pubsub:";
+/// Messages restored per `ZRANGE` of a restore sweep (kombu's `num`).
+const RESTORE_BATCH: isize = 10;
+/// kombu's BINDING_EXPIRES_FACTOR and MIN_BINDING_TTL.
+const BINDING_EXPIRES_FACTOR: u64 = 2;
+const MIN_BINDING_TTL_MS: u64 = 3_600_000;
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Exchange -> its type, `None` when unknown; with when it was read.
+    types: HashMap<String, (Instant, Option<ExchangeType>)>,
+    /// Exchange -> its bindings; with when they were read.
+    bindings: HashMap<String, (Instant, Arc<Vec<QueueBinding>>)>,
+    /// Queue -> x-expires in ms, for queues declared here.
+    expires: HashMap<String, u64>,
+    /// Binding members of expiring queues made here: (exchange, member, ttl ms).
+    expiring_bindings: Vec<(String, String, u64)>,
+    /// Queues in the order they were first consumed (queue_order_strategy=priority).
+    first_seen: Vec<String>,
+}
+
+pub(crate) struct Shared {
+    pub config: RedisConfig,
+    pub keys: Keys,
+    pub conn: ConnectionManager,
+    pub scripts: Scripts,
+    cache: Mutex<Cache>,
+    pub hub: Option<Arc<PubSubHub>>,
+    /// Woken when this process stores a message (or PUB/SUB buffers one).
+    pub arrived: Arc<Notify>,
+    pub closed: AtomicBool,
+    next_pubsub: AtomicU64,
+}
+
+/// The [`VirtualBackend`] of `redis://`.
+pub struct RedisBackend {
+    pub(crate) shared: Arc<Shared>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl RedisBackend {
+    pub(crate) fn new(config: RedisConfig, conn: ConnectionManager, client: redis::Client) -> Self {
+        let arrived = Arc::new(Notify::new());
+        let hub = (config.fanout_mode == FanoutMode::PubSub)
+            .then(|| PubSubHub::new(client, arrived.clone()));
+        let shared = Arc::new(Shared {
+            keys: Keys::new(&config),
+            config,
+            conn,
+            scripts: Scripts::new(),
+            cache: Mutex::new(Cache::default()),
+            hub,
+            arrived,
+            closed: AtomicBool::new(false),
+            next_pubsub: AtomicU64::new(1),
+        });
+        let tasks = crate::maintenance::spawn(&shared);
+        RedisBackend {
+            shared,
+            tasks: Mutex::new(tasks),
+        }
+    }
+
+    /// Return messages whose consumer has not acked them within
+    /// `visibility_timeout` to their queues (kombu's `restore_visible`),
+    /// under kombu's `unacked_mutex`; returns how many were restored.
+    /// The transport runs it every `unacked_restore_interval` and on close.
+    pub async fn restore_visible(&self) -> Result<u64> {
+        self.shared.restore_visible().await
+    }
+}
+
+impl Shared {
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn invalidate(&self, exchange: &str) {
+        let mut cache = self.cache();
+        cache.bindings.remove(exchange);
+        cache.types.remove(exchange);
+    }
+
+    /// The envelope as stored: the priority in kombu's numbering.
+    fn wire_json(&self, envelope: &Envelope, api: u8) -> (Vec<u8>, u8) {
+        let wire = wire_priority(api);
+        let mut copy = Envelope {
+            body: Vec::new(),
+            content_type: envelope.content_type.clone(),
+            content_encoding: envelope.content_encoding.clone(),
+            headers: envelope.headers.clone(),
+            properties: envelope.properties.clone(),
+        };
+        copy.properties.insert("priority".into(), wire.into());
+        copy.body = envelope.body.clone();
+        (copy.to_json(), wire)
+    }
+
+    /// Read a stored message: the priority back in the API's numbering.
+    fn read_fetched(&self, queue: &str, receipt: String, raw: &[u8]) -> Fetched {
+        let mut fetched = Fetched::from_json(queue, receipt, raw);
+        if let FetchedBody::Envelope(envelope) = &mut fetched.body {
+            let wire = envelope
+                .properties
+                .get("priority")
+                .and_then(|p| p.as_u64().or_else(|| p.as_f64().map(|f| f.max(0.0) as u64)))
+                .unwrap_or(0);
+            envelope
+                .properties
+                .insert("priority".into(), api_priority(wire).into());
+        }
+        fetched
+    }
+
+    async fn exchange_kind(&self, name: &str) -> Result<Option<ExchangeType>> {
+        let ttl = self.config.binding_cache_ttl;
+        if let Some((at, kind)) = self.cache().types.get(name) {
+            if at.elapsed() < ttl {
+                return Ok(*kind);
+            }
+        }
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.exchange_types())
+            .arg(name)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        let kind = match stored {
+            Some(text) => text.parse().ok(),
+            // Not declared by kombu-rs: a table with regex patterns is topic.
+            None => {
+                let bindings = self.bindings(name).await?;
+                bindings
+                    .iter()
+                    .any(|b| b.arguments.contains_key(PATTERN_ARG))
+                    .then_some(ExchangeType::Topic)
+            }
+        };
+        self.cache()
+            .types
+            .insert(name.to_owned(), (Instant::now(), kind));
+        Ok(kind)
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Arc<Vec<QueueBinding>>> {
+        if let Some((at, list)) = self.cache().bindings.get(exchange) {
+            if at.elapsed() < self.config.binding_cache_ttl {
+                return Ok(list.clone());
+            }
+        }
+        let (members, args): (Vec<Vec<u8>>, HashMap<Vec<u8>, Vec<u8>>) = redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(self.keys.binding(exchange))
+            .cmd("HGETALL")
+            .arg(self.keys.binding_args(exchange))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        let mut list = Vec::with_capacity(members.len());
+        for raw in members {
+            let member = String::from_utf8_lossy(&raw);
+            let Some((rk, pattern, queue)) = self.keys.parse_member(&member) else {
+                continue;
+            };
+            let mut arguments: Arguments = args
+                .get(&raw)
+                .and_then(|a| serde_json::from_slice(a).ok())
+                .unwrap_or_default();
+            if !pattern.is_empty() {
+                arguments.insert(PATTERN_ARG.into(), pattern.into());
+            }
+            list.push(QueueBinding::new(queue, rk).with_arguments(arguments));
+        }
+        list.sort_by(|a, b| (&a.queue, &a.routing_key).cmp(&(&b.queue, &b.routing_key)));
+        let list = Arc::new(list);
+        self.cache()
+            .bindings
+            .insert(exchange.to_owned(), (Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    /// The queues (exchange, routing key) reach, as kombu's `_lookup`.
+    async fn lookup(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<Vec<String>> {
+        if exchange.is_empty() {
+            return Ok(vec![routing_key.to_owned()]);
+        }
+        let kind = self
+            .exchange_kind(exchange)
+            .await?
+            .unwrap_or(ExchangeType::Direct);
+        let bindings = self.bindings(exchange).await?;
+        Ok(route(kind, &bindings, routing_key, &envelope.headers)
+            .into_iter()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    fn order(&self, queues: &[String]) -> Vec<String> {
+        match self.config.queue_order {
+            QueueOrder::RoundRobin => queues.to_vec(),
+            QueueOrder::Sorted => {
+                let mut sorted = queues.to_vec();
+                sorted.sort();
+                sorted
+            }
+            QueueOrder::Priority => {
+                let mut cache = self.cache();
+                for q in queues {
+                    if !cache.first_seen.contains(q) {
+                        cache.first_seen.push(q.clone());
+                    }
+                }
+                let mut ordered = queues.to_vec();
+                ordered.sort_by_key(|q| cache.first_seen.iter().position(|s| s == q));
+                ordered
+            }
+        }
+    }
+
+    /// One atomic look at every list of `queues`.
+    async fn try_fetch(&self, queues: &[String]) -> Result<Option<Fetched>> {
+        if let Some(hub) = &self.hub {
+            if let Some((queue, raw)) = hub.pop(queues) {
+                let n = self.next_pubsub.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(self.read_fetched(
+                    &queue,
+                    format!("{PUBSUB_RECEIPT}{n}"),
+                    &raw,
+                )));
+            }
+        }
+        let queues = self.order(queues);
+        let receipt = uuid::Uuid::new_v4().to_string();
+        let mut invocation = self.scripts.fetch.prepare_invoke();
+        invocation
+            .key(self.keys.unacked())
+            .key(self.keys.unacked_index())
+            .arg(format!("{:.6}", now_secs()))
+            .arg(&receipt);
+        let mut owners = Vec::with_capacity(queues.len() * self.keys.steps().len());
+        for step in self.keys.steps() {
+            for queue in &queues {
+                invocation.key(self.keys.list(queue, *step));
+                invocation.arg(Value::String(queue.clone()).to_string());
+                owners.push(queue);
+            }
+        }
+        let found: Option<(usize, Vec<u8>)> = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        Ok(found.map(|(index, raw)| {
+            let queue = owners
+                .get(index.saturating_sub(1))
+                .map_or("", |q| q.as_str());
+            self.read_fetched(queue, receipt, &raw)
+        }))
+    }
+
+    pub(crate) async fn restore_visible(&self) -> Result<u64> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut conn = self.conn();
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(self.keys.unacked_mutex())
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.config.unacked_mutex_expire.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_redis)?;
+        if locked.is_none() {
+            return Ok(0);
+        }
+        let result = self.restore_locked().await;
+        let unlocked: Result<i64> = self
+            .scripts
+            .unlock
+            .key(self.keys.unacked_mutex())
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_redis);
+        if let Err(err) = unlocked {
+            tracing::warn!(error = %err, "could not release unacked_mutex");
+        }
+        result
+    }
+
+    async fn restore_locked(&self) -> Result<u64> {
+        let mut conn = self.conn();
+        let limit = self.config.unacked_restore_limit.unwrap_or(u64::MAX);
+        let mut restored = 0u64;
+        let mut skipped = 0isize;
+        loop {
+            let ceil = now_secs() - self.config.visibility_timeout.as_secs_f64();
+            let tags: Vec<String> = redis::cmd("ZRANGE")
+                .arg(self.keys.unacked_index())
+                .arg(format!("{ceil:.6}"))
+                .arg(0)
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(skipped)
+                .arg(RESTORE_BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(map_redis)?;
+            let batch = tags.len();
+            for tag in tags {
+                if restored >= limit {
+                    return Ok(restored);
+                }
+                match self.restore_tag(&tag).await {
+                    Ok(true) => restored += 1,
+                    Ok(false) => {}
+                    Err(err) => {
+                        skipped += 1;
+                        tracing::warn!(error = %err, tag, "could not restore an unacked message");
+                    }
+                }
+            }
+            if (batch as isize) < RESTORE_BATCH {
+                return Ok(restored);
+            }
+        }
+    }
+
+    /// Put one unacked entry back where kombu would: `_lookup(exchange,
+    /// routing_key)`, RPUSH (served next), marked redelivered.
+    async fn restore_tag(&self, tag: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let entry: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.unacked())
+            .arg(tag)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_redis)?;
+        let Some(entry) = entry else {
+            let _: i64 = redis::cmd("ZREM")
+                .arg(self.keys.unacked_index())
+                .arg(tag)
+                .query_async(&mut conn)
+                .await
+                .map_err(map_redis)?;
+            return Ok(false);
+        };
+        let parsed: Value = serde_json::from_slice(&entry)
+            .map_err(|e| Error::new(ErrorKind::Serialization, format!("unacked entry: {e}")))?;
+        let (message, exchange, routing_key) = match &parsed {
+            Value::Array(parts) if parts.len() == 3 => (
+                serde_json::to_vec(&parts[0]).unwrap_or_default(),
+                parts[1].as_str().unwrap_or_default().to_owned(),
+                parts[2].as_str().unwrap_or_default().to_owned(),
+            ),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Serialization,
+                    "unacked entry is not [message, exchange, routing_key]",
+                ))
+            }
+        };
+        let mut envelope = Envelope::from_json(&message)?;
+        envelope.mark_redelivered();
+        let wire = envelope
+            .properties
+            .get("priority")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(255) as u8;
+        let queues = self.lookup(&exchange, &routing_key, &envelope).await?;
+        let mut invocation = self.scripts.restore.prepare_invoke();
+        invocation
+            .key(self.keys.unacked())
+            .key(self.keys.unacked_index())
+            .arg(tag)
+            .arg(&entry)
+            .arg(envelope.to_json());
+        for queue in &queues {
+            invocation.key(self.keys.list_for_wire(queue, wire));
+        }
+        let done: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_redis)?;
+        Ok(done == 1)
+    }
+
+    /// Keep the binding tables of expiring queues bound here alive (kombu's
+    /// maybe_refresh_binding_expiry) and sweep overdue ones.
+    pub(crate) async fn refresh_bindings(&self) -> Result<()> {
+        let items = self.cache().expiring_bindings.clone();
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        for (exchange, member, ttl) in items {
+            let _: () = self
+                .scripts
+                .refresh_binding
+                .key(self.keys.binding(&exchange))
+                .key(self.keys.binding_deadlines())
+                .arg(member)
+                .arg(&exchange)
+                .arg(ttl)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_redis)?;
+        }
+        let (tables, permanent) = self.keys.binding_prefixes();
+        let _: i64 = self
+            .scripts
+            .sweep_bindings
+            .key(self.keys.binding_deadlines())
+            .arg(tables)
+            .arg(permanent)
+            .arg(100)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_redis)?;
+        Ok(())
+    }
+
+    pub(crate) fn refresh_interval(&self) -> Option<Duration> {
+        let cache = self.cache();
+        cache
+            .expiring_bindings
+            .iter()
+            .map(|(_, _, ttl)| Duration::from_millis(ttl / 3))
+            .min()
+    }
+
+    async fn queue_expires(&self, queue: &str) -> Option<u64> {
+        self.cache().expires.get(queue).copied()
+    }
+
+    /// Every binding key of the database (for deleting a queue's bindings).
+    async fn binding_tables(&self) -> Result<Vec<String>> {
+        let pattern = format!("{}*", glob_escape(&self.keys.binding("")));
+        let permanent = format!("{}*", glob_escape(&self.keys.binding_permanent("")));
+        let mut keys = Vec::new();
+        for pattern in [pattern, permanent] {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(map_redis)?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// Binding argument carrying the stored regex pattern (topic tables written
+/// by kombu), so a table read back can tell topic from direct.
+const PATTERN_ARG: &str = "x-kombu-pattern";
+
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn binding_pattern(kind: ExchangeType, routing_key: &str) -> String {
+    match kind {
+        ExchangeType::Topic => kombu_topic_regex(routing_key),
+        _ => String::new(),
+    }
+}
+
+#[async_trait]
+impl VirtualBackend for RedisBackend {
+    fn capabilities(&self) -> Capabilities {
+        crate::capabilities()
+    }
+
+    async fn new_queue(&self, queue: &Queue) -> Result<()> {
+        let s = &self.shared;
+        let args = Value::Object(queue.declare_arguments()).to_string();
+        if let Some(expires) = queue.expires {
+            s.cache()
+                .expires
+                .insert(queue.name.clone(), expires.as_millis() as u64);
+        } else {
+            s.cache().expires.remove(&queue.name);
+        }
+        let _: () = redis::cmd("HSET")
+            .arg(s.keys.queue_declarations())
+            .arg(&queue.name)
+            .arg(args)
+            .query_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        Ok(())
+    }
+
+    async fn queue_declaration(&self, queue: &str) -> Result<Option<Queue>> {
+        let s = &self.shared;
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(s.keys.queue_declarations())
+            .arg(queue)
+            .query_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        Ok(stored.map(|json| {
+            let args: Arguments = serde_json::from_str(&json).unwrap_or_default();
+            Queue::from_arguments(queue, &args)
+        }))
+    }
+
+    async fn has_queue(&self, queue: &str) -> Result<bool> {
+        let s = &self.shared;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HEXISTS")
+            .arg(s.keys.queue_declarations())
+            .arg(queue);
+        for list in s.keys.lists(queue) {
+            pipe.cmd("EXISTS").arg(list);
+        }
+        let found: Vec<i64> = pipe.query_async(&mut s.conn()).await.map_err(map_redis)?;
+        Ok(found.iter().any(|n| *n > 0))
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<()> {
+        let s = &self.shared;
+        let tables = s.binding_tables().await?;
+        let mut pipe = redis::pipe();
+        for table in &tables {
+            pipe.cmd("SMEMBERS").arg(table);
+        }
+        let members: Vec<Vec<String>> = if tables.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut s.conn()).await.map_err(map_redis)?
+        };
+        let (binding_prefix, permanent_prefix) = s.keys.binding_prefixes();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (table, members) in tables.iter().zip(members) {
+            for member in members {
+                if s.keys.parse_member(&member).map(|(_, _, q)| q) == Some(queue) {
+                    pipe.cmd("SREM").arg(table).arg(&member).ignore();
+                    let exchange = table
+                        .strip_prefix(&binding_prefix)
+                        .or_else(|| table.strip_prefix(&permanent_prefix))
+                        .unwrap_or_default();
+                    pipe.cmd("HDEL")
+                        .arg(s.keys.binding_args(exchange))
+                        .arg(&member)
+                        .ignore();
+                }
+            }
+        }
+        for list in s.keys.lists(queue) {
+            pipe.cmd("DEL").arg(list).ignore();
+        }
+        pipe.cmd("HDEL")
+            .arg(s.keys.queue_declarations())
+            .arg(queue)
+            .ignore();
+        let _: () = pipe.query_async(&mut s.conn()).await.map_err(map_redis)?;
+        {
+            let mut cache = s.cache();
+            cache.bindings.clear();
+            cache.expires.remove(queue);
+            cache
+                .expiring_bindings
+                .retain(|(_, m, _)| s.keys.parse_member(m).map(|(_, _, q)| q) != Some(queue));
+        }
+        if let Some(hub) = &s.hub {
+            hub.forget_queue(queue).await?;
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let s = &self.shared;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for list in s.keys.lists(queue) {
+            pipe.cmd("LLEN").arg(&list).cmd("DEL").arg(&list).ignore();
+        }
+        let sizes: Vec<u64> = pipe.query_async(&mut s.conn()).await.map_err(map_redis)?;
+        let buffered = s.hub.as_ref().map_or(0, |h| h.purge(queue)) as u64;
+        Ok(sizes.iter().sum::<u64>() + buffered)
+    }
+
+    async fn size(&self, queue: &str) -> Result<u64> {
+        let s = &self.shared;
+        let mut pipe = redis::pipe();
+        for list in s.keys.lists(queue) {
+            pipe.cmd("LLEN").arg(list);
+        }
+        let sizes: Vec<u64> = pipe.query_async(&mut s.conn()).await.map_err(map_redis)?;
+        let buffered = s.hub.as_ref().map_or(0, |h| h.buffered(queue)) as u64;
+        Ok(sizes.iter().sum::<u64>() + buffered)
+    }
+
+    async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
+        let s = &self.shared;
+        let (json, wire) = s.wire_json(envelope, priority);
+        let list = s.keys.list_for_wire(queue, wire);
+        match s.queue_expires(queue).await {
+            Some(expires) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("LPUSH").arg(&list).arg(json).ignore();
+                for list in s.keys.lists(queue) {
+                    pipe.cmd("PEXPIRE").arg(list).arg(expires).ignore();
+                }
+                let _: () = pipe.query_async(&mut s.conn()).await.map_err(map_redis)?;
+            }
+            None => {
+                let _: i64 = redis::cmd("LPUSH")
+                    .arg(&list)
+                    .arg(json)
+                    .query_async(&mut s.conn())
+                    .await
+                    .map_err(map_redis)?;
+            }
+        }
+        s.arrived.notify_waiters();
+        Ok(())
+    }
+
+    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
+        let s = &self.shared;
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let notified = s.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(found) = s.try_fetch(queues).await? {
+                return Ok(Some(found));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || s.closed.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let _ = tokio::time::timeout(pause.min(left), notified).await;
+            pause = (pause * 2).min(s.config.polling_interval.max(Duration::from_millis(1)));
+        }
+    }
+
+    async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+        if receipt.starts_with(PUBSUB_RECEIPT) {
+            return Ok(());
+        }
+        let s = &self.shared;
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("ZREM")
+            .arg(s.keys.unacked_index())
+            .arg(receipt)
+            .ignore()
+            .cmd("HDEL")
+            .arg(s.keys.unacked())
+            .arg(receipt)
+            .ignore()
+            .query_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        Ok(())
+    }
+
+    async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
+        let s = &self.shared;
+        let priority = envelope
+            .properties
+            .get("priority")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(255) as u8;
+        let (json, wire) = s.wire_json(envelope, priority);
+        if receipt.starts_with(PUBSUB_RECEIPT) {
+            if let Some(hub) = &s.hub {
+                hub.push_front(queue, json);
+            }
+            return Ok(());
+        }
+        let _: i64 = s
+            .scripts
+            .requeue
+            .key(s.keys.unacked())
+            .key(s.keys.unacked_index())
+            .key(s.keys.list_for_wire(queue, wire))
+            .arg(receipt)
+            .arg(json)
+            .invoke_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        s.arrived.notify_waiters();
+        Ok(())
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        let s = &self.shared;
+        let _: () = redis::cmd("HSET")
+            .arg(s.keys.exchange_types())
+            .arg(&exchange.name)
+            .arg(exchange.kind.as_str())
+            .query_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        s.cache()
+            .types
+            .insert(exchange.name.clone(), (Instant::now(), Some(exchange.kind)));
+        Ok(())
+    }
+
+    async fn exchange(&self, name: &str) -> Result<Option<Exchange>> {
+        Ok(self
+            .shared
+            .exchange_kind(name)
+            .await?
+            .map(|kind| Exchange::new(name, kind)))
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        let s = &self.shared;
+        let bindings = s.bindings(name).await.unwrap_or_default();
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(s.keys.binding(name))
+            .arg(s.keys.binding_permanent(name))
+            .arg(s.keys.binding_args(name))
+            .ignore()
+            .cmd("HDEL")
+            .arg(s.keys.exchange_types())
+            .arg(name)
+            .ignore()
+            .cmd("ZREM")
+            .arg(s.keys.binding_deadlines())
+            .arg(name)
+            .ignore()
+            .query_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        s.invalidate(name);
+        s.cache().expiring_bindings.retain(|(e, _, _)| e != name);
+        if let Some(hub) = &s.hub {
+            for b in bindings.iter() {
+                for pattern in s.keys.fanout_subscriptions(name, &b.routing_key) {
+                    hub.unsubscribe(&pattern, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn bind(&self, exchange: &str, binding: &QueueBinding) -> Result<()> {
+        let s = &self.shared;
+        let kind = s.exchange_kind(exchange).await?.unwrap_or_default();
+        let member = s.keys.member(
+            &binding.routing_key,
+            &binding_pattern(kind, &binding.routing_key),
+            &binding.queue,
+        );
+        let mut conn = s.conn();
+        let arguments: Arguments = binding
+            .arguments
+            .iter()
+            .filter(|(k, _)| k.as_str() != PATTERN_ARG)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !arguments.is_empty() {
+            let _: () = redis::cmd("HSET")
+                .arg(s.keys.binding_args(exchange))
+                .arg(&member)
+                .arg(Value::Object(arguments).to_string())
+                .query_async(&mut conn)
+                .await
+                .map_err(map_redis)?;
+        }
+        match s.queue_expires(&binding.queue).await {
+            Some(expires) => {
+                let ttl = (expires * BINDING_EXPIRES_FACTOR).max(MIN_BINDING_TTL_MS);
+                let _: () = s
+                    .scripts
+                    .refresh_binding
+                    .key(s.keys.binding(exchange))
+                    .key(s.keys.binding_deadlines())
+                    .arg(&member)
+                    .arg(exchange)
+                    .arg(ttl)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(map_redis)?;
+                let mut cache = s.cache();
+                let entry = (exchange.to_owned(), member.clone(), ttl);
+                if !cache.expiring_bindings.contains(&entry) {
+                    cache.expiring_bindings.push(entry);
+                }
+            }
+            None => {
+                let _: () = redis::pipe()
+                    .atomic()
+                    .cmd("SADD")
+                    .arg(s.keys.binding(exchange))
+                    .arg(&member)
+                    .ignore()
+                    .cmd("SADD")
+                    .arg(s.keys.binding_permanent(exchange))
+                    .arg(&member)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(map_redis)?;
+            }
+        }
+        s.cache().bindings.remove(exchange);
+        if kind == ExchangeType::Fanout {
+            if let Some(hub) = &s.hub {
+                for pattern in s.keys.fanout_subscriptions(exchange, &binding.routing_key) {
+                    hub.subscribe(&pattern, &binding.queue).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn unbind(&self, exchange: &str, binding: &QueueBinding) -> Result<()> {
+        let s = &self.shared;
+        let kind = s.exchange_kind(exchange).await?.unwrap_or_default();
+        let member = s.keys.member(
+            &binding.routing_key,
+            &binding_pattern(kind, &binding.routing_key),
+            &binding.queue,
+        );
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("SREM")
+            .arg(s.keys.binding(exchange))
+            .arg(&member)
+            .ignore()
+            .cmd("SREM")
+            .arg(s.keys.binding_permanent(exchange))
+            .arg(&member)
+            .ignore()
+            .cmd("HDEL")
+            .arg(s.keys.binding_args(exchange))
+            .arg(&member)
+            .ignore()
+            .query_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        s.cache().bindings.remove(exchange);
+        s.cache()
+            .expiring_bindings
+            .retain(|(e, m, _)| !(e == exchange && m == &member));
+        if kind == ExchangeType::Fanout {
+            if let Some(hub) = &s.hub {
+                for pattern in s.keys.fanout_subscriptions(exchange, &binding.routing_key) {
+                    hub.unsubscribe(&pattern, Some(&binding.queue)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Vec<QueueBinding>> {
+        Ok(self.shared.bindings(exchange).await?.as_ref().clone())
+    }
+
+    async fn put_fanout(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<bool> {
+        let s = &self.shared;
+        if s.hub.is_none() {
+            return Ok(false);
+        }
+        let priority = envelope
+            .properties
+            .get("priority")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(255) as u8;
+        let (json, _) = s.wire_json(envelope, priority);
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(s.keys.fanout_topic(exchange, routing_key))
+            .arg(json)
+            .query_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        Ok(true)
+    }
+
+    fn polling_interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    async fn close(&self) -> Result<()> {
+        let s = &self.shared;
+        if s.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        s.arrived.notify_waiters();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            task.abort();
+        }
+        if let Some(hub) = &s.hub {
+            hub.close().await;
+        }
+        match s.restore_visible().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                restored = n,
+                "restored unacked messages past visibility_timeout"
+            ),
+            Err(err) => tracing::warn!(error = %err, "restore on close failed"),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}

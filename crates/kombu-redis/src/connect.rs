@@ -1,0 +1,141 @@
+//! Opening the Redis connections: one multiplexed, self-reconnecting
+//! connection for every command, and a client for the PUB/SUB subscriber.
+
+use kombu_core::{Error, ErrorKind, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+
+use crate::config::{Address, Credentials, RedisConfig};
+use crate::error::{map_redis, needs_auth};
+
+fn client(config: &RedisConfig, credentials: Option<&Credentials>) -> Result<redis::Client> {
+    let mut settings = RedisConnectionInfo::default().set_db(config.db);
+    if let Some(c) = credentials {
+        if let Some(user) = &c.username {
+            settings = settings.set_username(user);
+        }
+        settings = settings.set_password(&c.password);
+    }
+    let addr = match &config.address {
+        Address::Tcp { host, port } => ConnectionAddr::Tcp(host.clone(), *port),
+        Address::Unix(path) => ConnectionAddr::Unix(path.clone()),
+        Address::Tls {
+            host,
+            port,
+            insecure,
+            ..
+        } => tls_addr(host, *port, *insecure)?,
+    };
+    let info = addr
+        .into_connection_info()
+        .map_err(map_redis)?
+        .set_redis_settings(settings);
+    match &config.address {
+        #[cfg(feature = "tls")]
+        Address::Tls {
+            ca_certs,
+            certfile,
+            keyfile,
+            ..
+        } if ca_certs.is_some() || certfile.is_some() => {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    Error::invalid_option(format!("cannot read {}: {e}", path.display()))
+                })
+            };
+            let root_cert = ca_certs.as_deref().map(read).transpose()?;
+            let client_tls = match (certfile, keyfile) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read(cert)?,
+                    client_key: read(key)?,
+                }),
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(Error::invalid_option(
+                        "ssl_certfile and ssl_keyfile go together",
+                    ))
+                }
+                (None, None) => None,
+            };
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+            .map_err(map_redis)
+        }
+        _ => redis::Client::open(info).map_err(map_redis),
+    }
+}
+
+#[cfg(feature = "tls")]
+fn tls_addr(host: &str, port: u16, insecure: bool) -> Result<ConnectionAddr> {
+    // Several crates may enable rustls providers; pick ring explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(ConnectionAddr::TcpTls {
+        host: host.to_owned(),
+        port,
+        insecure,
+        tls_params: None,
+    })
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_addr(_: &str, _: u16, _: bool) -> Result<ConnectionAddr> {
+    Err(Error::new(
+        ErrorKind::FeatureDisabled,
+        "rediss:// needs the `tls` feature of kombu-redis",
+    ))
+}
+
+async fn manager(client: &redis::Client, config: &RedisConfig) -> Result<ConnectionManager> {
+    let mut cfg = ConnectionManagerConfig::new()
+        .set_response_timeout(config.socket_timeout)
+        .set_connection_timeout(config.socket_connect_timeout)
+        .set_number_of_retries(3);
+    if config.socket_timeout.is_none() {
+        // Blocking-free commands only: a generous bound still catches a dead peer.
+        cfg = cfg.set_response_timeout(Some(std::time::Duration::from_secs(30)));
+    }
+    let mut conn = client
+        .get_connection_manager_with_config(cfg)
+        .await
+        .map_err(map_redis)?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(map_redis)?;
+    Ok(conn)
+}
+
+/// The command connection and the client (for PUB/SUB) with the login that
+/// worked. With kombu-rs's `guest`/`guest` defaults, try without a login
+/// first and send the defaults only if the server asks for one.
+pub(crate) async fn open(config: &RedisConfig) -> Result<(ConnectionManager, redis::Client)> {
+    let creds = config.credentials.as_ref();
+    if let Some(c) = creds.filter(|c| c.maybe_defaults) {
+        let anonymous = client(config, None)?;
+        match manager(&anonymous, config).await {
+            Ok(conn) => return Ok((conn, anonymous)),
+            Err(err) if err.kind() == ErrorKind::Auth => {
+                let with_login = client(config, Some(c))?;
+                let conn = manager(&with_login, config).await?;
+                return Ok((conn, with_login));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let client = client(config, creds)?;
+    let conn = manager(&client, config).await.map_err(|err| {
+        if err.source_as::<redis::RedisError>().is_some_and(needs_auth) {
+            Error::new(
+                ErrorKind::Auth,
+                "redis: authentication failed (check the URL's user and password)",
+            )
+        } else {
+            err
+        }
+    })?;
+    Ok((conn, client))
+}

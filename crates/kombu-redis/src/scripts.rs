@@ -1,0 +1,114 @@
+//! The Lua scripts: each runs atomically on the server, which is what makes
+//! fetch, requeue and restore crash-safe without WATCH (a multiplexed
+//! connection cannot WATCH).
+
+use redis::Script;
+
+/// Pop the first message of the lists `KEYS[3..]` (in order, from the
+/// right, as kombu's BRPOP) and, in the same step, record it as unacked the
+/// way kombu does: `ZADD unacked_index <now> <tag>` and
+/// `HSET unacked <tag> '[<envelope>, "", "<queue>"]'` (exchange `""` and
+/// the queue as routing key: a restore puts it back in that queue only).
+///
+/// `KEYS[1]` unacked, `KEYS[2]` unacked_index; `ARGV[1]` now (seconds, a
+/// float like kombu's), `ARGV[2]` the tag, `ARGV[2 + i]` the queue name of
+/// list `i` as a JSON string. Returns `{i, message}` or nil.
+const FETCH: &str = r#"
+for i = 3, #KEYS do
+    local item = redis.call('RPOP', KEYS[i])
+    if item then
+        redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+        redis.call('HSET', KEYS[1], ARGV[2], '[' .. item .. ', "", ' .. ARGV[i] .. ']')
+        return {i - 2, item}
+    end
+end
+return false
+"#;
+
+/// Requeue a fetched message if it is still ours: `KEYS[1]` unacked,
+/// `KEYS[2]` unacked_index, `KEYS[3]` the list; `ARGV[1]` tag, `ARGV[2]`
+/// the message. RPUSH: served next. Returns 1, or 0 when a restore already
+/// put it back (so it is not duplicated).
+const REQUEUE: &str = r#"
+local mine = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if mine == 1 then
+    redis.call('RPUSH', KEYS[3], ARGV[2])
+end
+return mine
+"#;
+
+/// Restore one unacked entry if it is unchanged since it was read (the
+/// WATCH/MULTI of kombu's restore_by_tag): `KEYS[1]` unacked, `KEYS[2]`
+/// unacked_index, `KEYS[3..]` the lists to RPUSH into; `ARGV[1]` tag,
+/// `ARGV[2]` the entry as read, `ARGV[3]` the message to push.
+const RESTORE: &str = r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    return 0
+end
+if current ~= ARGV[2] then
+    return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+for i = 3, #KEYS do
+    redis.call('RPUSH', KEYS[i], ARGV[3])
+end
+return 1
+"#;
+
+/// Release kombu's `unacked_mutex` if we still hold it.
+const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// kombu 5.7's REFRESH_BINDING, verbatim.
+const REFRESH_BINDING: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[2], 'GT', ms + tonumber(ARGV[3]), ARGV[2])
+"#;
+
+/// kombu 5.7's SWEEP_BINDINGS, verbatim.
+const SWEEP_BINDINGS: &str = r#"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local overdue = redis.call(
+    'ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, exchange in ipairs(overdue) do
+    if redis.call('EXISTS', ARGV[2] .. exchange) == 0 then
+        redis.call('DEL', ARGV[1] .. exchange)
+    end
+    redis.call('ZREM', KEYS[1], exchange)
+end
+return #overdue
+"#;
+
+/// The loaded scripts (EVALSHA, falling back to EVAL once per server).
+pub(crate) struct Scripts {
+    pub fetch: Script,
+    pub requeue: Script,
+    pub restore: Script,
+    pub unlock: Script,
+    pub refresh_binding: Script,
+    pub sweep_bindings: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            fetch: Script::new(FETCH),
+            requeue: Script::new(REQUEUE),
+            restore: Script::new(RESTORE),
+            unlock: Script::new(UNLOCK),
+            refresh_binding: Script::new(REFRESH_BINDING),
+            sweep_bindings: Script::new(SWEEP_BINDINGS),
+        }
+    }
+}
