@@ -1,0 +1,643 @@
+//! The [`VirtualBackend`] of `mongodb://`: kombu 5.7's collections and
+//! documents, with leases instead of kombu's pop-before-ack.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use kombu_core::routing::QueueBinding;
+use kombu_core::virtual_channel::{Fetched, FetchedBody, Receipt, VirtualBackend};
+use kombu_core::{
+    async_trait, Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result,
+};
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, Database};
+use tokio::task::AbortHandle;
+
+use crate::broadcast::{Broadcast, RECEIPT_PREFIX};
+use crate::config::MongoConfig;
+use crate::documents::{
+    after_millis, arguments_from_bson, arguments_to_bson, binding_pattern, exchange_document,
+    exchange_from_document, lease, message_document, payload_bytes, payload_of, queue_from_document,
+    queue_options, stored_priority,
+};
+use crate::error::driver;
+use crate::lease::{spawn_renewal, LeaseCounter};
+
+/// Receipts of stored messages: `m:<_id hex>:<lease id>`.
+const MESSAGE_RECEIPT: &str = "m:";
+
+/// How long a fetch remembers which fanout exchanges a queue is bound to
+/// (for queues bound by other processes).
+const FANOUT_LOOKUP_TTL: Duration = Duration::from_secs(5);
+
+/// The collections of one database.
+#[derive(Clone)]
+pub(crate) struct Collections {
+    pub(crate) messages: Collection<Document>,
+    pub(crate) routing: Collection<Document>,
+    pub(crate) broadcast: Collection<Document>,
+    pub(crate) queues: Collection<Document>,
+    pub(crate) exchanges: Collection<Document>,
+}
+
+impl Collections {
+    pub(crate) fn new(database: &Database, config: &MongoConfig) -> Self {
+        let names = &config.collections;
+        Collections {
+            messages: database.collection(&names.messages),
+            routing: database.collection(&names.routing),
+            broadcast: database.collection(&names.broadcast),
+            queues: database.collection(&names.queues),
+            exchanges: database.collection(&names.exchanges),
+        }
+    }
+}
+
+/// The [`VirtualBackend`] of `mongodb://`.
+///
+/// Built by [`crate::MongoTransportFactory`]; public so that
+/// `VirtualTransport<MongoBackend>` can be named.
+pub struct MongoBackend {
+    config: Arc<MongoConfig>,
+    client: mongodb::Client,
+    collections: Collections,
+    /// This transport's lease owner id.
+    owner: String,
+    leases: Arc<LeaseCounter>,
+    broadcast: Arc<Broadcast>,
+    /// Queue -> when its fanout bindings were last looked up.
+    fanout_checked: Mutex<HashMap<String, Instant>>,
+    renewal: Option<AbortHandle>,
+    fetched: AtomicU64,
+}
+
+impl std::fmt::Debug for MongoBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoBackend")
+            .field("uri", &self.config.redacted_uri())
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MongoBackend {
+    pub(crate) fn new(
+        config: Arc<MongoConfig>,
+        client: mongodb::Client,
+        collections: Collections,
+    ) -> Self {
+        let owner = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let leases = Arc::new(LeaseCounter::default());
+        let renewal = spawn_renewal(
+            collections.messages.clone(),
+            owner.clone(),
+            leases.clone(),
+            config.lease_timeout,
+            config.lease_renew_interval,
+        );
+        let retry_pause = config.polling_interval.max(Duration::from_millis(100));
+        MongoBackend {
+            broadcast: Broadcast::new(collections.broadcast.clone(), retry_pause),
+            config,
+            client,
+            collections,
+            owner,
+            leases,
+            fanout_checked: Mutex::new(HashMap::new()),
+            renewal,
+            fetched: AtomicU64::new(0),
+        }
+    }
+
+    /// The id this transport writes in `lease_owner`.
+    pub fn lease_owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The database's collections, for tools and tests.
+    pub fn messages_collection(&self) -> &Collection<Document> {
+        &self.collections.messages
+    }
+
+    /// The claim filter: the queue's messages nobody holds, or whose
+    /// holder's lease lapsed.
+    fn claimable(queue: &str, now: DateTime) -> Document {
+        doc! {
+            "queue": queue,
+            "$or": [
+                { lease::UNTIL: Bson::Null },
+                { lease::UNTIL: { "$lte": now } },
+            ],
+        }
+    }
+
+    /// Claim the next message of `queue` (lowest stored priority, then
+    /// oldest) with a lease.
+    async fn claim(&self, queue: &str) -> Result<Option<Fetched>> {
+        let now = DateTime::now();
+        let lease_id = ObjectId::new().to_hex();
+        let until = after_millis(now, self.config.lease_timeout.as_millis() as u64);
+        let before = self
+            .collections
+            .messages
+            .find_one_and_update(
+                Self::claimable(queue, now),
+                doc! { "$set": {
+                    lease::OWNER: &self.owner,
+                    lease::ID: &lease_id,
+                    lease::UNTIL: until,
+                } },
+            )
+            .sort(doc! { "priority": 1, "_id": 1 })
+            .return_document(ReturnDocument::Before)
+            .await
+            .map_err(driver("claiming a message"))?;
+        let Some(document) = before else {
+            return Ok(None);
+        };
+        let Ok(id) = document.get_object_id("_id") else {
+            // Not written by kombu: no ObjectId to ack it by. Drop it.
+            tracing::warn!(queue, "message without an ObjectId _id removed");
+            self.collections
+                .messages
+                .delete_one(doc! { "_id": document.get("_id").cloned().unwrap_or(Bson::Null) })
+                .await
+                .map_err(driver("removing a message"))?;
+            return Ok(None);
+        };
+        self.leases.add();
+        self.fetched.fetch_add(1, Ordering::Relaxed);
+        let receipt = format!("{MESSAGE_RECEIPT}{}:{lease_id}", id.to_hex());
+        let mut fetched = Fetched::from_json(queue, receipt, &payload_bytes(&document));
+        // A lease that lapsed: its holder died before ack or requeue.
+        let reclaimed = matches!(document.get(lease::UNTIL), Some(Bson::DateTime(_)));
+        if reclaimed {
+            if let FetchedBody::Envelope(envelope) = &mut fetched.body {
+                envelope.mark_redelivered();
+            }
+            tracing::info!(queue, id = %id, "reclaimed a message whose lease lapsed");
+        }
+        Ok(Some(fetched))
+    }
+
+    /// Make sure `queue` is subscribed to the fanout exchanges it is bound
+    /// to (bindings made by other processes), looking again every few seconds.
+    async fn refresh_fanout(&self, queue: &str) -> Result<()> {
+        {
+            let mut checked = self.fanout_checked.lock().unwrap_or_else(|e| e.into_inner());
+            match checked.get(queue) {
+                Some(at) if at.elapsed() < FANOUT_LOOKUP_TTL => return Ok(()),
+                _ => {
+                    checked.insert(queue.to_owned(), Instant::now());
+                }
+            }
+        }
+        let routes: Vec<Document> = self
+            .collections
+            .routing
+            .find(doc! { "queue": queue })
+            .await
+            .map_err(driver("reading bindings"))?
+            .try_collect()
+            .await
+            .map_err(driver("reading bindings"))?;
+        for route in routes {
+            let Ok(exchange) = route.get_str("exchange") else {
+                continue;
+            };
+            if self.broadcast.is_subscribed(exchange, queue) {
+                continue;
+            }
+            if self.exchange_kind(exchange).await? == Some(ExchangeType::Fanout) {
+                self.broadcast.subscribe(exchange, queue).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn exchange_kind(&self, name: &str) -> Result<Option<ExchangeType>> {
+        Ok(self.exchange(name).await?.map(|e| e.kind))
+    }
+
+    /// One pass over `queues`: a buffered broadcast or a claimed message.
+    async fn poll(&self, queues: &[String]) -> Result<Option<Fetched>> {
+        for queue in queues {
+            self.refresh_fanout(queue).await?;
+            if let Some(fetched) = self.broadcast.take(queue) {
+                return Ok(Some(fetched));
+            }
+            if let Some(fetched) = self.claim(queue).await? {
+                return Ok(Some(fetched));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `expire_at` for a message put in `queue` when `ttl` is on (kombu's
+    /// `_put`): the earlier of the queue's `x-message-ttl` and the
+    /// message's `expiration`.
+    async fn message_expiry(&self, queue: &str, envelope: &Envelope) -> Result<Option<DateTime>> {
+        let now = DateTime::now();
+        let queue_ttl = self
+            .queue_declaration(queue)
+            .await?
+            .and_then(|q| q.message_ttl)
+            .map(|ttl| after_millis(now, ttl.as_millis() as u64));
+        let message_ttl = envelope
+            .properties
+            .get("expiration")
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok().map(|f| f as u64)))
+            })
+            .map(|ms| after_millis(now, ms));
+        Ok(match (queue_ttl, message_ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Parse a message receipt into its `_id` and lease id.
+    fn parse_receipt(receipt: &str) -> Result<(ObjectId, &str)> {
+        let bad = || Error::new(ErrorKind::Other, format!("mongodb: not a receipt: {receipt:?}"));
+        let rest = receipt.strip_prefix(MESSAGE_RECEIPT).ok_or_else(bad)?;
+        let (id, lease_id) = rest.split_once(':').ok_or_else(bad)?;
+        Ok((ObjectId::parse_str(id).map_err(|_| bad())?, lease_id))
+    }
+
+    /// With `ttl` on, push back the expiry of `queue` and its bindings
+    /// (kombu's `_update_queues_expire`, on every fetch).
+    async fn touch_queue_expiry(&self, queue: &str) -> Result<()> {
+        let Some(expires) = self.queue_declaration(queue).await?.and_then(|q| q.expires) else {
+            return Ok(());
+        };
+        let at = after_millis(DateTime::now(), expires.as_millis() as u64);
+        self.collections
+            .routing
+            .update_many(doc! { "queue": queue }, doc! { "$set": { "expire_at": at } })
+            .await
+            .map_err(driver("updating binding expiry"))?;
+        self.collections
+            .queues
+            .update_many(doc! { "_id": queue }, doc! { "$set": { "expire_at": at } })
+            .await
+            .map_err(driver("updating queue expiry"))?;
+        Ok(())
+    }
+}
+
+impl Drop for MongoBackend {
+    fn drop(&mut self) {
+        if let Some(renewal) = &self.renewal {
+            renewal.abort();
+        }
+        self.broadcast.shutdown();
+    }
+}
+
+#[async_trait]
+impl VirtualBackend for MongoBackend {
+    fn capabilities(&self) -> Capabilities {
+        crate::capabilities()
+    }
+
+    async fn new_queue(&self, queue: &Queue) -> Result<()> {
+        let mut set = doc! { "_id": &queue.name, "options": queue_options(queue) };
+        if self.config.ttl {
+            let expire_at = queue.expires.map_or(Bson::Null, |e| {
+                Bson::DateTime(after_millis(DateTime::now(), e.as_millis() as u64))
+            });
+            set.insert("expire_at", expire_at);
+        }
+        self.collections
+            .queues
+            .update_one(doc! { "_id": &queue.name }, doc! { "$set": set })
+            .upsert(true)
+            .await
+            .map_err(driver("declaring a queue"))?;
+        Ok(())
+    }
+
+    async fn queue_declaration(&self, queue: &str) -> Result<Option<Queue>> {
+        let found = self
+            .collections
+            .queues
+            .find_one(doc! { "_id": queue })
+            .await
+            .map_err(driver("reading a queue declaration"))?;
+        Ok(found.map(|d| queue_from_document(queue, &d)))
+    }
+
+    async fn has_queue(&self, queue: &str) -> Result<bool> {
+        // kombu writes `messages.queues` only with `ttl`: a queue declared by
+        // a Python process shows by its bindings or its messages.
+        for (collection, filter) in [
+            (&self.collections.queues, doc! { "_id": queue }),
+            (&self.collections.routing, doc! { "queue": queue }),
+            (&self.collections.messages, doc! { "queue": queue }),
+        ] {
+            let found = collection
+                .find_one(filter)
+                .projection(doc! { "_id": 1 })
+                .await
+                .map_err(driver("looking for a queue"))?;
+            if found.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<()> {
+        let c = &self.collections;
+        c.routing
+            .delete_many(doc! { "queue": queue })
+            .await
+            .map_err(driver("deleting a queue's bindings"))?;
+        c.messages
+            .delete_many(doc! { "queue": queue })
+            .await
+            .map_err(driver("deleting a queue's messages"))?;
+        c.queues
+            .delete_one(doc! { "_id": queue })
+            .await
+            .map_err(driver("deleting a queue"))?;
+        self.broadcast.forget_queue(queue);
+        self.fanout_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(queue);
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let deleted = self
+            .collections
+            .messages
+            .delete_many(Self::claimable(queue, DateTime::now()))
+            .await
+            .map_err(driver("purging a queue"))?;
+        Ok(deleted.deleted_count + self.broadcast.purge(queue))
+    }
+
+    async fn size(&self, queue: &str) -> Result<u64> {
+        if !self.config.calc_queue_size {
+            return Ok(0);
+        }
+        let stored = self
+            .collections
+            .messages
+            .count_documents(Self::claimable(queue, DateTime::now()))
+            .await
+            .map_err(driver("counting messages"))?;
+        Ok(stored + self.broadcast.buffered(queue))
+    }
+
+    async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
+        let expire_at = if self.config.ttl {
+            Some(self.message_expiry(queue, envelope).await?)
+        } else {
+            None
+        };
+        let document = message_document(queue, payload_of(envelope), priority, expire_at);
+        self.collections
+            .messages
+            .insert_one(document)
+            .await
+            .map_err(driver("storing a message"))?;
+        Ok(())
+    }
+
+    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let arrived = self.broadcast.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(fetched) = self.poll(queues).await? {
+                if self.config.ttl {
+                    self.touch_queue_expiry(&fetched.queue).await?;
+                }
+                return Ok(Some(fetched));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let pause = self.config.polling_interval.min(deadline - now);
+            let _ = tokio::time::timeout(pause, arrived).await;
+        }
+    }
+
+    async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
+        if receipt.starts_with(RECEIPT_PREFIX) {
+            return Ok(());
+        }
+        let (id, lease_id) = Self::parse_receipt(receipt)?;
+        let deleted = self
+            .collections
+            .messages
+            .delete_one(doc! { "_id": id, lease::ID: lease_id })
+            .await
+            .map_err(driver("acknowledging a message"))?;
+        self.leases.remove();
+        if deleted.deleted_count == 0 {
+            tracing::warn!(
+                queue,
+                id = %id,
+                "ack: the lease was lost (it lapsed and another consumer claimed the message, \
+                 or a Python kombu consumer popped it); it may be processed twice"
+            );
+        }
+        Ok(())
+    }
+
+    async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
+        if receipt.starts_with(RECEIPT_PREFIX) {
+            self.broadcast.put_back(queue, envelope);
+            return Ok(());
+        }
+        let (id, lease_id) = Self::parse_receipt(receipt)?;
+        let updated = self
+            .collections
+            .messages
+            .update_one(
+                doc! { "_id": id, lease::ID: lease_id },
+                doc! {
+                    "$set": {
+                        "payload": payload_of(envelope),
+                        "priority": stored_priority(envelope.priority()),
+                    },
+                    "$unset": { lease::OWNER: "", lease::ID: "", lease::UNTIL: "" },
+                },
+            )
+            .await
+            .map_err(driver("returning a message to its queue"))?;
+        self.leases.remove();
+        if updated.matched_count == 0 {
+            tracing::warn!(
+                queue,
+                id = %id,
+                "requeue: the lease was lost (another consumer holds or took the message)"
+            );
+        }
+        Ok(())
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        self.collections
+            .exchanges
+            .replace_one(doc! { "_id": &exchange.name }, exchange_document(exchange))
+            .upsert(true)
+            .await
+            .map_err(driver("declaring an exchange"))?;
+        Ok(())
+    }
+
+    async fn exchange(&self, name: &str) -> Result<Option<Exchange>> {
+        let found = self
+            .collections
+            .exchanges
+            .find_one(doc! { "_id": name })
+            .await
+            .map_err(driver("reading an exchange"))?;
+        if let Some(exchange) = found.as_ref().and_then(exchange_from_document) {
+            return Ok(Some(exchange));
+        }
+        // Declared by a Python process only: its topic bindings carry a
+        // pattern; anything else routes as direct.
+        let topic = self
+            .collections
+            .routing
+            .find_one(doc! { "exchange": name, "pattern": { "$type": "string" } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(driver("reading bindings"))?;
+        Ok(topic.map(|_| Exchange::topic(name)))
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        self.collections
+            .routing
+            .delete_many(doc! { "exchange": name })
+            .await
+            .map_err(driver("deleting an exchange's bindings"))?;
+        self.collections
+            .exchanges
+            .delete_one(doc! { "_id": name })
+            .await
+            .map_err(driver("deleting an exchange"))?;
+        self.broadcast.forget_exchange(name);
+        Ok(())
+    }
+
+    async fn bind(&self, exchange: &str, binding: &QueueBinding) -> Result<()> {
+        let kind = self
+            .exchange_kind(exchange)
+            .await?
+            .unwrap_or(ExchangeType::Direct);
+        let lookup = doc! {
+            "exchange": exchange,
+            "queue": &binding.queue,
+            "routing_key": &binding.routing_key,
+            "pattern": binding_pattern(kind, &binding.routing_key),
+        };
+        let mut data = lookup.clone();
+        if !binding.arguments.is_empty() {
+            data.insert("arguments", arguments_to_bson(&binding.arguments));
+        }
+        if self.config.ttl {
+            let expires = self
+                .queue_declaration(&binding.queue)
+                .await?
+                .and_then(|q| q.expires);
+            let at = expires.map_or(Bson::Null, |e| {
+                Bson::DateTime(after_millis(DateTime::now(), e.as_millis() as u64))
+            });
+            data.insert("expire_at", at);
+        }
+        self.collections
+            .routing
+            .update_one(lookup, doc! { "$set": data })
+            .upsert(true)
+            .await
+            .map_err(driver("binding a queue"))?;
+        if kind == ExchangeType::Fanout {
+            self.broadcast.subscribe(exchange, &binding.queue).await?;
+        }
+        Ok(())
+    }
+
+    async fn unbind(&self, exchange: &str, binding: &QueueBinding) -> Result<()> {
+        self.collections
+            .routing
+            .delete_many(doc! {
+                "exchange": exchange,
+                "queue": &binding.queue,
+                "routing_key": &binding.routing_key,
+            })
+            .await
+            .map_err(driver("unbinding a queue"))?;
+        self.broadcast.unsubscribe(exchange, &binding.queue);
+        Ok(())
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Vec<QueueBinding>> {
+        let routes: Vec<Document> = self
+            .collections
+            .routing
+            .find(doc! { "exchange": exchange })
+            .await
+            .map_err(driver("reading bindings"))?
+            .try_collect()
+            .await
+            .map_err(driver("reading bindings"))?;
+        let mut bindings: Vec<QueueBinding> = Vec::with_capacity(routes.len());
+        for route in routes {
+            let (Ok(queue), Ok(routing_key)) = (route.get_str("queue"), route.get_str("routing_key"))
+            else {
+                continue;
+            };
+            let arguments = route
+                .get_document("arguments")
+                .map(arguments_from_bson)
+                .unwrap_or_default();
+            let binding = QueueBinding::new(queue, routing_key).with_arguments(arguments);
+            if !bindings.contains(&binding) {
+                bindings.push(binding);
+            }
+        }
+        Ok(bindings)
+    }
+
+    async fn put_fanout(
+        &self,
+        exchange: &str,
+        _routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<bool> {
+        self.broadcast.publish(exchange, envelope).await?;
+        Ok(true)
+    }
+
+    fn polling_interval(&self) -> Duration {
+        self.config.polling_interval.max(Duration::from_millis(10)) * 5
+    }
+
+    async fn close(&self) -> Result<()> {
+        if let Some(renewal) = &self.renewal {
+            renewal.abort();
+        }
+        self.broadcast.shutdown();
+        self.client.clone().shutdown().immediate(true).await;
+        Ok(())
+    }
+}

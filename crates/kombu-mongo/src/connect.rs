@@ -1,0 +1,188 @@
+//! Opening the client, checking the server, and creating kombu's
+//! collections and indexes.
+
+use std::time::Duration;
+
+use kombu_core::{Error, ErrorKind, Result, SslOptions};
+use mongodb::bson::{doc, Document};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Database, IndexModel};
+
+use crate::backend::Collections;
+use crate::config::MongoConfig;
+use crate::documents::lease;
+use crate::error::map_driver;
+
+/// Error code of "collection already exists".
+const NAMESPACE_EXISTS: i32 = 48;
+
+/// A client that answered, and its database.
+pub(crate) async fn open(config: &MongoConfig) -> Result<(Client, Database)> {
+    let login = config.login.as_ref();
+    if login.is_some_and(|l| l.maybe_defaults) {
+        // kombu-rs's guest/guest defaults: MongoDB has no such user, so try
+        // without a login and send it only if the server wants one.
+        match try_open(config, false).await {
+            Err(err) if err.kind() == ErrorKind::Auth => {}
+            other => return other,
+        }
+    }
+    try_open(config, login.is_some()).await
+}
+
+async fn try_open(config: &MongoConfig, with_login: bool) -> Result<(Client, Database)> {
+    let secret = config.secret();
+    let uri = config.driver_uri(with_login);
+    let mut options = ClientOptions::parse(&uri)
+        .await
+        .map_err(|e| map_driver(e, "reading the connection string", secret))?;
+    if options.app_name.is_none() {
+        options.app_name = Some("kombu-rs".into());
+    }
+    let given = |key: &str| {
+        config
+            .driver_query
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(key))
+    };
+    if let Some(timeout) = config.connect_timeout {
+        if !given("connectTimeoutMS") {
+            options.connect_timeout = Some(timeout);
+        }
+        if !given("serverSelectionTimeoutMS") {
+            options.server_selection_timeout = Some(timeout);
+        }
+    }
+    if !given("tls") && !given("ssl") {
+        apply_ssl(&mut options, &config.ssl)?;
+    }
+    let client = Client::with_options(options)
+        .map_err(|e| map_driver(e, "creating the client", secret))?;
+    let database = client.database(&config.database);
+    // listCollections needs a login where the server wants one, so this
+    // checks the address and the credentials at once.
+    database
+        .list_collection_names()
+        .await
+        .map_err(|e| map_driver(e, &format!("connecting to {}", config.redacted_uri()), secret))?;
+    Ok((client, database))
+}
+
+/// kombu's `ssl` settings, when the URL says nothing about TLS.
+fn apply_ssl(options: &mut ClientOptions, ssl: &SslOptions) -> Result<()> {
+    #[cfg(feature = "tls")]
+    {
+        use mongodb::options::{Tls, TlsOptions};
+        match ssl {
+            SslOptions::Disabled => {}
+            SslOptions::Custom {
+                ca_certs,
+                certfile,
+                keyfile,
+                verify,
+                check_hostname: _,
+            } => {
+                if keyfile.is_some() && keyfile != certfile {
+                    return Err(Error::invalid_option(
+                        "mongodb: the client key must be in the certificate file \
+                         (tlsCertificateKeyFile): give ssl_certfile only, or \
+                         tlsCertificateKeyFile in the URL",
+                    ));
+                }
+                let mut tls = TlsOptions::default();
+                tls.ca_file_path = ca_certs.clone();
+                tls.cert_key_file_path = certfile.clone();
+                tls.allow_invalid_certificates = Some(!verify);
+                options.tls = Some(Tls::Enabled(tls));
+            }
+            _ => options.tls = Some(Tls::Enabled(TlsOptions::default())),
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = options;
+        if ssl.is_enabled() {
+            return Err(Error::new(
+                ErrorKind::FeatureDisabled,
+                "mongodb: TLS needs the `tls` feature of kombu-mongo",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// kombu's collections and indexes (its `_create_broadcast` and
+/// `_ensure_indexes`), plus the lease index kombu-rs uses.
+pub(crate) async fn prepare(
+    database: &Database,
+    config: &MongoConfig,
+    collections: &Collections,
+) -> Result<()> {
+    let secret = config.secret();
+    let names = &config.collections;
+    let existing = database
+        .list_collection_names()
+        .await
+        .map_err(|e| map_driver(e, "listing collections", secret))?;
+    if !existing.contains(&names.broadcast) {
+        let created = database
+            .create_collection(&names.broadcast)
+            .capped(true)
+            .size(config.capped_queue_size)
+            .await;
+        if let Err(err) = created {
+            let exists = matches!(
+                err.kind.as_ref(),
+                mongodb::error::ErrorKind::Command(c) if c.code == NAMESPACE_EXISTS
+            );
+            if !exists {
+                return Err(map_driver(err, "creating the broadcast collection", secret));
+            }
+        }
+    }
+    let index = |keys: Document, options: IndexOptions| {
+        IndexModel::builder().keys(keys).options(options).build()
+    };
+    let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
+    // kombu asks for `background: true`, which servers since 4.2 ignore.
+    let messages_index = named("queue_1_priority_1__id_1");
+    let mut required = vec![
+        (
+            &collections.messages,
+            index(doc! { "queue": 1, "priority": 1, "_id": 1 }, messages_index),
+        ),
+        (
+            &collections.broadcast,
+            index(doc! { "queue": 1 }, named("queue_1")),
+        ),
+        (
+            &collections.routing,
+            index(doc! { "queue": 1, "exchange": 1 }, named("queue_1_exchange_1")),
+        ),
+    ];
+    if config.ttl {
+        for collection in [&collections.messages, &collections.routing, &collections.queues] {
+            let mut ttl = named("expire_at_1");
+            ttl.expire_after = Some(Duration::ZERO);
+            required.push((collection, index(doc! { "expire_at": 1 }, ttl)));
+        }
+    }
+    for (collection, model) in required {
+        collection
+            .create_index(model)
+            .await
+            .map_err(|e| map_driver(e, "creating an index", secret))?;
+    }
+    // Lease renewal looks messages up by owner: index only leased ones.
+    let mut lease_index = named("lease_owner_1");
+    lease_index.sparse = Some(true);
+    if let Err(err) = collections
+        .messages
+        .create_index(index(doc! { lease::OWNER: 1 }, lease_index))
+        .await
+    {
+        tracing::warn!(error = %err, "mongodb: could not create the lease_owner index");
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! A consumer killed with SIGKILL loses nothing: the messages it held come
+//! back when their leases lapse.
+//!
+//! The consumer is this test binary run again with `KOMBU_MONGO_CRASH_CHILD`
+//! set: `crash_child` then consumes, acks a few messages, holds the rest
+//! unacked and waits to be killed. Without the variable `crash_child`
+//! returns at once.
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kombu_core::{Consumer, Producer, PublishOptions, Queue, TransportOptions};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use support::*;
+
+const CHILD_ENV: &str = "KOMBU_MONGO_CRASH_CHILD";
+const PUBLISHED: usize = 30;
+const CHILD_ACKS: usize = 5;
+const CHILD_HOLDS: usize = 10;
+/// Short leases so the test does not wait a minute.
+const LEASE_SECS: f64 = 2.0;
+
+fn lease_options() -> TransportOptions {
+    TransportOptions::new().set("lease_timeout", LEASE_SECS)
+}
+
+/// The consumer process (does nothing unless run by `sigkilled_consumer_loses_nothing`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (url, queue) = spec.split_once('|').expect("url|queue");
+    let conn = connection(url, lease_options());
+    let mut consumer = Consumer::builder(&conn)
+        .queue(Queue::new(queue))
+        .prefetch_count(CHILD_HOLDS as u16)
+        .build()
+        .await
+        .expect("consumer");
+    let mut held = Vec::new();
+    for i in 0..CHILD_ACKS + CHILD_HOLDS {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a message within 30 s")
+            .expect("stream open")
+            .expect("message");
+        let id: String = message.decode().expect("body");
+        if i < CHILD_ACKS {
+            message.ack().await.expect("ack");
+            println!("ACKED {id}");
+        } else {
+            println!("HELD {id}");
+            held.push(message);
+        }
+    }
+    println!("WAITING");
+    // Hold everything until SIGKILL.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_consumer_loses_nothing() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let Some(base) = base_url() else { return };
+    let database = fresh_database("kcrash");
+    let url = with_database(&base, &database);
+    let raw = raw_database(&base, &database).await;
+    let queue = "crashq";
+    let conn = connection(&url, lease_options());
+    let channel = conn.channel().await.unwrap();
+    Queue::new(queue).declare(channel.as_ref()).await.unwrap();
+    for i in 0..PUBLISHED {
+        Producer::new(&conn)
+            .publish(json!(format!("m{i}")), PublishOptions::new().routing_key(queue))
+            .await
+            .unwrap();
+    }
+
+    let exe = std::env::current_exe().unwrap();
+    let mut child = tokio::process::Command::new(exe)
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{url}|{queue}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("child consumer");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked = HashSet::new();
+    let mut held = HashSet::new();
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(id) = line.strip_prefix("ACKED ") {
+                acked.insert(id.to_owned());
+            } else if let Some(id) = line.strip_prefix("HELD ") {
+                held.insert(id.to_owned());
+            } else if line == "WAITING" {
+                return;
+            }
+        }
+        panic!("the child consumer ended before holding its messages");
+    })
+    .await;
+    assert!(waited.is_ok(), "child consumer not ready within 60 s");
+    child.start_kill().unwrap(); // SIGKILL
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "the child was killed");
+    let stored = documents(&raw, "messages").await.len();
+
+    // Everything not acked comes back: the held ones once their leases lapse.
+    let mut consumer = Consumer::builder(&conn)
+        .queue(Queue::new(queue))
+        .prefetch_count(10)
+        .build()
+        .await
+        .unwrap();
+    let mut recovered = HashSet::new();
+    let mut redelivered = 0;
+    let expected = PUBLISHED - acked.len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while recovered.len() < expected && tokio::time::Instant::now() < deadline {
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
+        else {
+            continue;
+        };
+        let message = message.unwrap();
+        let id: String = message.decode().unwrap();
+        if message.redelivered() {
+            redelivered += 1;
+        }
+        assert!(!acked.contains(&id), "{id} was acked by the child, yet delivered again");
+        recovered.insert(id);
+        message.ack().await.unwrap();
+    }
+    let lost = PUBLISHED - acked.len() - recovered.len();
+    println!(
+        "published {PUBLISHED}, acked by the child {}, held by the child at SIGKILL {}, \
+         stored after the kill {stored}, recovered {} ({redelivered} flagged redelivered), lost {lost}",
+        acked.len(),
+        held.len(),
+        recovered.len(),
+    );
+    assert_eq!(acked.len(), CHILD_ACKS);
+    assert_eq!(held.len(), CHILD_HOLDS);
+    assert_eq!(stored, PUBLISHED - CHILD_ACKS, "nothing deleted before its ack");
+    assert_eq!(lost, 0, "messages lost");
+    assert!(held.iter().all(|id| recovered.contains(id)), "every held message recovered");
+    assert_eq!(redelivered, CHILD_HOLDS, "held messages come back flagged redelivered");
+    let _ = conn.close().await;
+    drop_database(&raw).await;
+}
