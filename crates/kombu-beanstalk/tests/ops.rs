@@ -1,0 +1,191 @@
+//! beanstalk's own operations through the transport: bury on reject, kick,
+//! touch (lease), delays, priorities on the wire, tube names.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kombu_core::{
+    Connection, ConnectionOptions, Consumer, ErrorKind, Producer, PublishOptions, Queue, Registry,
+};
+use kombu_testkit::{recv, unique};
+use serde_json::json;
+
+fn connect_with(options: ConnectionOptions) -> Option<Connection> {
+    let url = kombu_testkit::test_url("beanstalk")?;
+    let mut registry = Registry::new();
+    kombu_beanstalk::register(&mut registry);
+    Some(Connection::with_options(&url, options, Arc::new(registry)).expect("beanstalk URL"))
+}
+
+fn connect() -> Option<Connection> {
+    connect_with(ConnectionOptions::new())
+}
+
+async fn consumer(conn: &Connection, q: &Queue) -> Consumer {
+    Consumer::builder(conn)
+        .queue(q.clone())
+        .prefetch_count(10)
+        .build()
+        .await
+        .expect("consumer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_buries_and_kick_brings_back() {
+    let Some(conn) = connect() else { return };
+    let q = Queue::new(unique("bury-q"));
+    let mut c = consumer(&conn, &q).await;
+    Producer::new(&conn)
+        .publish(json!("poison"), PublishOptions::new().routing_key(&q.name))
+        .await
+        .unwrap();
+    let m = recv(&mut c).await.unwrap();
+    assert!(!m.redelivered());
+    let id = kombu_beanstalk::job_id(&m).expect("job id header");
+    m.reject().await.unwrap();
+    let backend = kombu_beanstalk::backend(&conn).await.unwrap();
+    assert_eq!(backend.buried(&q.name).await.unwrap(), 1);
+    assert_eq!(c.channel().queue_size(&q.name).await.unwrap(), 0);
+    let (buried_id, envelope) = backend.peek_buried(&q.name).await.unwrap().unwrap();
+    assert_eq!(buried_id, id);
+    assert_eq!(envelope.body, br#""poison""#);
+    assert_eq!(backend.kick(&q.name, 10).await.unwrap(), 1);
+    let again = recv(&mut c).await.unwrap();
+    assert_eq!(again.decode::<String>().unwrap(), "poison");
+    assert!(again.redelivered(), "a kicked job was delivered before");
+    assert_eq!(kombu_beanstalk::job_id(&again), Some(id));
+    again.reject().await.unwrap();
+    assert!(backend.kick_job(id).await.unwrap());
+    let third = recv(&mut c).await.unwrap();
+    third.ack().await.unwrap();
+    assert_eq!(backend.buried(&q.name).await.unwrap(), 0);
+    assert!(!backend.kick_job(id).await.unwrap(), "deleted job kicked");
+    c.channel().queue_delete(&q.name).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+/// With ttr 2 s, a consumer touching its job keeps it past the ttr; one that
+/// does not loses it to another consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn touch_extends_the_lease() {
+    let options = ConnectionOptions::new().transport_option("ttr", 2);
+    let (Some(a), Some(b)) = (connect_with(options.clone()), connect_with(options)) else {
+        return;
+    };
+    let q = Queue::new(unique("touch-q"));
+    let mut ca = consumer(&a, &q).await;
+    Producer::new(&a)
+        .publish(json!("lease"), PublishOptions::new().routing_key(&q.name))
+        .await
+        .unwrap();
+    let m = recv(&mut ca).await.unwrap();
+    let backend = kombu_beanstalk::backend(&a).await.unwrap();
+    let mut cb = consumer(&b, &q).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        backend.touch_message(&m).await.unwrap();
+    }
+    // 3.2 s held with ttr 2 s: nobody else got it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), futures::StreamExt::next(&mut cb))
+            .await
+            .is_err(),
+        "a touched job went to another consumer"
+    );
+    // Stop touching: after the ttr the job goes to the other consumer.
+    let started = Instant::now();
+    let stolen = recv(&mut cb).await.unwrap();
+    assert!(stolen.redelivered());
+    println!("job came back {:?} after the last touch", started.elapsed());
+    stolen.ack().await.unwrap();
+    let err = m.ack().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    ca.channel().queue_delete(&q.name).await.unwrap();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_header_uses_the_put_delay() {
+    let Some(conn) = connect() else { return };
+    let q = Queue::new(unique("delay-q"));
+    let channel = conn.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    let started = Instant::now();
+    Producer::new(&conn)
+        .publish(
+            json!("later"),
+            PublishOptions::new()
+                .routing_key(&q.name)
+                .header(kombu_beanstalk::DELAY_HEADER, 1500),
+        )
+        .await
+        .unwrap();
+    let backend = kombu_beanstalk::backend(&conn).await.unwrap();
+    assert_eq!(backend.delayed(&q.name).await.unwrap(), 1);
+    assert_eq!(channel.queue_size(&q.name).await.unwrap(), 0);
+    let mut c = consumer(&conn, &q).await;
+    let m = recv(&mut c).await.unwrap();
+    let waited = started.elapsed();
+    println!("delayed message arrived after {waited:?} (asked 1500 ms, beanstalk rounds up to 2 s)");
+    assert!(waited >= Duration::from_millis(1500), "arrived after {waited:?}");
+    m.ack().await.unwrap();
+    channel.queue_delete(&q.name).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_on_the_wire_and_kept_on_requeue() {
+    let Some(conn) = connect() else { return };
+    let q = Queue::new(unique("pri-q"));
+    let channel = conn.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    Producer::new(&conn)
+        .publish(json!(7), PublishOptions::new().routing_key(&q.name).priority(7))
+        .await
+        .unwrap();
+    let mut c = consumer(&conn, &q).await;
+    let m = recv(&mut c).await.unwrap();
+    let id = kombu_beanstalk::job_id(&m).unwrap();
+    let url = kombu_core::BrokerUrl::parse(&kombu_testkit::test_url("beanstalk").unwrap()).unwrap();
+    let mut raw = kombu_beanstalk::protocol::Conn::connect(
+        url.hostname().unwrap(),
+        url.port().unwrap_or(11300),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(raw.stats_job(id).await.unwrap().unwrap().number("pri"), 1024 - 7);
+    m.requeue().await.unwrap();
+    let again = recv(&mut c).await.unwrap();
+    assert!(again.redelivered());
+    assert_eq!(raw.stats_job(id).await.unwrap().unwrap().number("pri"), 1024 - 7);
+    again.ack().await.unwrap();
+    channel.queue_delete(&q.name).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tube_names_are_errors() {
+    let Some(conn) = connect() else { return };
+    let channel = conn.channel().await.unwrap();
+    for name in ["has space", "-dash", "_kombu.meta", "ünïcode"] {
+        let err = channel.queue_declare(&Queue::new(name)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{name}: {err}");
+    }
+    let err = Producer::new(&conn)
+        .publish(json!(1), PublishOptions::new().routing_key("a b"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_option_is_refused() {
+    let Some(conn) = connect_with(ConnectionOptions::new().transport_option("nosuch", 1)) else {
+        return;
+    };
+    let err = conn.connect().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidOption, "{err}");
+}
