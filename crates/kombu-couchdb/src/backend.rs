@@ -1,0 +1,569 @@
+//! The [`VirtualBackend`] over a CouchDB database: messages are documents
+//! claimed with a lease (an update with owner and deadline that only one
+//! writer wins), acked by deleting them with their revision, and waited for
+//! on the changes feed.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kombu_core::routing::QueueBinding;
+use kombu_core::virtual_channel::{Fetched, Receipt, VirtualBackend};
+use kombu_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::changes::ChangesFeed;
+use crate::client::{status_error, CouchClient};
+use crate::config::CouchConfig;
+use crate::layout::{self, Lease, SequenceGenerator};
+
+/// Rows read per page when counting, purging or deleting a queue.
+const PAGE: usize = 1000;
+/// Most messages a queue's size is counted up to.
+const SIZE_LIMIT: usize = 10_000_000;
+/// Attempts at a read-modify-write that keeps losing to other writers.
+const WRITE_ATTEMPTS: usize = 8;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The [`VirtualBackend`] of `couchdb://`.
+pub struct CouchBackend {
+    client: CouchClient,
+    owner: String,
+    seqs: SequenceGenerator,
+    feed: ChangesFeed,
+    polling_interval: Duration,
+    visibility_timeout: Duration,
+    claim_batch: usize,
+}
+
+impl CouchBackend {
+    pub(crate) fn new(client: CouchClient, config: &CouchConfig) -> Self {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        CouchBackend {
+            client,
+            owner: format!("{}-{}", std::process::id(), &instance[..12]),
+            seqs: SequenceGenerator::new(),
+            feed: ChangesFeed::default(),
+            polling_interval: config.polling_interval,
+            visibility_timeout: config.visibility_timeout,
+            claim_batch: config.claim_batch,
+        }
+    }
+
+    /// The database this backend uses.
+    pub fn database(&self) -> &str {
+        self.client.database()
+    }
+
+    /// The lease owner this backend writes into the messages it claims.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Messages of `queue`: the ready ones at `want.ready_at` (or all),
+    /// most urgent then oldest first when `want.sorted`, at most
+    /// `want.limit`. Asks the Mango index; when the server fails on it
+    /// (pouchdb-server does at times under concurrent writes), reads the
+    /// queue's id range instead.
+    async fn messages(&self, queue: &str, want: Want) -> Result<Vec<Value>> {
+        match self.find(queue, &want).await? {
+            Some(docs) => Ok(docs),
+            None => self.scan(queue, &want).await,
+        }
+    }
+
+    /// [`Self::messages`] through `_find`; `None` when the server failed
+    /// on its index.
+    async fn find(&self, queue: &str, want: &Want) -> Result<Option<Vec<Value>>> {
+        let selector = match want.ready_at {
+            Some(now) => layout::ready_selector(queue, now),
+            None => layout::all_messages_selector(queue),
+        };
+        let mut query = json!({
+            "selector": selector,
+            "limit": want.limit,
+            "use_index": [layout::MESSAGE_INDEX_DDOC, layout::MESSAGE_INDEX_NAME],
+        });
+        if want.sorted {
+            query["sort"] = layout::message_sort();
+        }
+        if let Some(fields) = want.fields {
+            query["fields"] = json!(fields);
+        }
+        let mut reply = self
+            .client
+            .send(Method::POST, &["_find"], &[], Some(&query), None)
+            .await?;
+        if reply.status == StatusCode::BAD_REQUEST {
+            let error = reply.body.get("error").and_then(Value::as_str);
+            let reason = reply.body.get("reason").and_then(Value::as_str);
+            if error == Some("no_usable_index") {
+                // Someone removed the index: make it again.
+                self.client.ensure_index().await?;
+                reply = self
+                    .client
+                    .send(Method::POST, &["_find"], &[], Some(&query), None)
+                    .await?;
+            } else if reason.is_some_and(|r| r.contains("Cannot read propert")) {
+                // pouchdb-server's index updater trips over documents
+                // changed while it reads them (a JavaScript TypeError).
+                tracing::debug!(reason, "couchdb: _find failed on the server; scanning");
+                return Ok(None);
+            }
+        }
+        let mut body = reply.ok("find messages")?;
+        match body.get_mut("docs").map(Value::take) {
+            Some(Value::Array(docs)) => Ok(Some(docs)),
+            _ => Err(Error::protocol("couchdb: _find answered without docs")),
+        }
+    }
+
+    /// [`Self::messages`] by reading the queue's id range (no index).
+    async fn scan(&self, queue: &str, want: &Want) -> Result<Vec<Value>> {
+        let (start, end) = layout::message_range(queue);
+        let mut docs = self.range(start, end).await?;
+        if let Some(now) = want.ready_at {
+            docs.retain(|doc| {
+                doc.get("lease_until")
+                    .and_then(Value::as_u64)
+                    .is_none_or(|until| until < now)
+            });
+        }
+        if want.sorted {
+            // Ids are in sequence order already; the sort is stable.
+            docs.sort_by_key(|doc| doc.get("rank").and_then(Value::as_u64).unwrap_or(0));
+        }
+        docs.truncate(want.limit);
+        Ok(docs)
+    }
+
+    /// Lease the oldest ready message of `queue`, if there is one.
+    async fn claim(&self, queue: &str) -> Result<Option<Fetched>> {
+        for _round in 0..WRITE_ATTEMPTS {
+            let now = now_ms();
+            let want = Want {
+                ready_at: Some(now),
+                sorted: true,
+                limit: self.claim_batch,
+                fields: None,
+            };
+            let candidates = self.messages(queue, want).await?;
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            let until = now + self.visibility_timeout.as_millis() as u64;
+            for mut doc in candidates {
+                let Some(id) = doc.get("_id").and_then(Value::as_str).map(str::to_owned) else {
+                    continue;
+                };
+                layout::lease(&mut doc, &self.owner, now, until);
+                let reply = self
+                    .client
+                    .send(Method::PUT, &[&id], &[], Some(&doc), None)
+                    .await?;
+                match reply.status.as_u16() {
+                    201 | 202 => {
+                        let rev = reply.body.get("rev").and_then(Value::as_str).unwrap_or("");
+                        let lease = Lease::of(&doc, rev).ok_or_else(|| {
+                            Error::protocol("couchdb: a claimed message has no id")
+                        })?;
+                        let raw = layout::payload_bytes(&doc).unwrap_or_default();
+                        return Ok(Some(Fetched::from_json(queue, lease.to_receipt(), &raw)));
+                    }
+                    // Another consumer won this one (or it is gone): next.
+                    404 | 409 => continue,
+                    _ => return Err(reply.ok("lease a message").unwrap_err()),
+                }
+            }
+            // Every candidate went to someone else: look again.
+        }
+        Ok(None)
+    }
+
+    async fn claim_any(&self, queues: &[String]) -> Result<Option<Fetched>> {
+        for queue in queues {
+            if let Some(found) = self.claim(queue).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A document by id (`None` when missing or deleted).
+    async fn get_doc(&self, id: &str) -> Result<Option<Value>> {
+        let reply = self
+            .client
+            .send(Method::GET, &[id], &[], None, None)
+            .await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        reply.ok("read a document").map(Some)
+    }
+
+    /// Store `doc` (a declaration) unless an equal one is there.
+    async fn upsert(&self, mut doc: Value, ignore: &[&str]) -> Result<()> {
+        let id = doc["_id"].as_str().unwrap_or_default().to_owned();
+        for _ in 0..WRITE_ATTEMPTS {
+            if let Some(existing) = self.get_doc(&id).await? {
+                if same_content(&existing, &doc, ignore) {
+                    return Ok(());
+                }
+                doc["_rev"] = existing["_rev"].clone();
+            }
+            let reply = self
+                .client
+                .send(Method::PUT, &[&id], &[], Some(&doc), None)
+                .await?;
+            if reply.status != StatusCode::CONFLICT {
+                return reply.ok("store a declaration").map(|_| ());
+            }
+        }
+        Err(Error::new(
+            ErrorKind::PreconditionFailed,
+            "couchdb: a declaration kept changing under us",
+        ))
+    }
+
+    /// Delete a document whatever its revision (`false` when missing).
+    async fn delete_doc(&self, id: &str) -> Result<bool> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(existing) = self.get_doc(id).await? else {
+                return Ok(false);
+            };
+            let rev = existing["_rev"].as_str().unwrap_or_default().to_owned();
+            let reply = self
+                .client
+                .send(Method::DELETE, &[id], &[("rev", rev)], None, None)
+                .await?;
+            match reply.status.as_u16() {
+                200 | 202 => return Ok(true),
+                404 => return Ok(false),
+                409 => continue,
+                _ => return Err(reply.ok("delete a document").unwrap_err()),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::PreconditionFailed,
+            "couchdb: a document kept changing while being deleted",
+        ))
+    }
+
+    /// Delete documents at their revisions; returns how many went.
+    async fn bulk_delete(&self, docs: &[Value]) -> Result<u64> {
+        if docs.is_empty() {
+            return Ok(0);
+        }
+        let deletions: Vec<Value> = docs
+            .iter()
+            .map(|d| json!({"_id": d["_id"], "_rev": d["_rev"], "_deleted": true}))
+            .collect();
+        let body = self
+            .client
+            .send(
+                Method::POST,
+                &["_bulk_docs"],
+                &[],
+                Some(&json!({ "docs": deletions })),
+                None,
+            )
+            .await?
+            .ok("delete messages")?;
+        let results = body.as_array().map(Vec::as_slice).unwrap_or_default();
+        Ok(results.iter().filter(|r| r.get("error").is_none()).count() as u64)
+    }
+
+    /// Delete every message `selector` matches, page by page.
+    async fn delete_matching(&self, queue: &str, ready_only: bool) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let want = Want {
+                ready_at: ready_only.then(now_ms),
+                sorted: false,
+                limit: PAGE,
+                fields: Some(&["_id", "_rev"]),
+            };
+            let docs = self.messages(queue, want).await?;
+            let deleted = self.bulk_delete(&docs).await?;
+            total += deleted;
+            if docs.len() < PAGE || deleted == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Every binding document (of one exchange, or all).
+    async fn binding_docs(&self, exchange: Option<&str>) -> Result<Vec<Value>> {
+        let (start, end) = layout::binding_range(exchange);
+        self.range(start, end).await
+    }
+
+    /// The documents whose ids are in `start..end`, in id order.
+    async fn range(&self, start: String, end: String) -> Result<Vec<Value>> {
+        let query = [
+            ("include_docs", "true".to_owned()),
+            ("startkey", Value::from(start).to_string()),
+            ("endkey", Value::from(end).to_string()),
+        ];
+        let mut body = self
+            .client
+            .send(Method::GET, &["_all_docs"], &query, None, None)
+            .await?
+            .ok("read documents")?;
+        let rows = match body.get_mut("rows").map(Value::take) {
+            Some(Value::Array(rows)) => rows,
+            _ => Vec::new(),
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|mut row| row.get_mut("doc").map(Value::take))
+            .filter(|doc| doc.is_object())
+            .collect())
+    }
+}
+
+/// What [`CouchBackend::messages`] returns.
+struct Want {
+    /// Only messages ready at this time (ms); `None`: every message.
+    ready_at: Option<u64>,
+    /// Most urgent, then oldest, first.
+    sorted: bool,
+    /// At most this many.
+    limit: usize,
+    /// Only these fields (with `_find`).
+    fields: Option<&'static [&'static str]>,
+}
+
+/// True when `a` and `b` are equal but for `_id`, `_rev` and `ignore`.
+fn same_content(a: &Value, b: &Value, ignore: &[&str]) -> bool {
+    let strip = |v: &Value| -> Value {
+        let mut v = v.clone();
+        if let Value::Object(map) = &mut v {
+            map.remove("_id");
+            map.remove("_rev");
+            for key in ignore {
+                map.remove(*key);
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+pub(crate) fn capabilities() -> Capabilities {
+    Capabilities::new(kombu_core::TransportKind::Virtual)
+        .with_fanout_note("bindings in the database")
+        .with_shared_declarations(true)
+        .with_persistent(true)
+        .with_redelivers_unacked(true)
+}
+
+#[async_trait]
+impl VirtualBackend for CouchBackend {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn new_queue(&self, queue: &Queue) -> Result<()> {
+        self.upsert(layout::queue_doc(queue, now_ms()), &["declared_at"])
+            .await
+    }
+
+    async fn queue_declaration(&self, queue: &str) -> Result<Option<Queue>> {
+        Ok(self
+            .get_doc(&layout::queue_doc_id(queue))
+            .await?
+            .and_then(|doc| layout::queue_from_doc(&doc)))
+    }
+
+    async fn has_queue(&self, queue: &str) -> Result<bool> {
+        if self.get_doc(&layout::queue_doc_id(queue)).await?.is_some() {
+            return Ok(true);
+        }
+        let want = Want {
+            ready_at: None,
+            sorted: false,
+            limit: 1,
+            fields: Some(&["_id"]),
+        };
+        let any = self.messages(queue, want).await?;
+        Ok(!any.is_empty())
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<()> {
+        self.delete_matching(queue, false).await?;
+        self.delete_doc(&layout::queue_doc_id(queue)).await?;
+        let bindings: Vec<Value> = self
+            .binding_docs(None)
+            .await?
+            .into_iter()
+            .filter(|doc| doc.get("queue").and_then(Value::as_str) == Some(queue))
+            .collect();
+        self.bulk_delete(&bindings).await?;
+        Ok(())
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        self.delete_matching(queue, true).await
+    }
+
+    async fn size(&self, queue: &str) -> Result<u64> {
+        let want = Want {
+            ready_at: Some(now_ms()),
+            sorted: false,
+            limit: SIZE_LIMIT,
+            fields: Some(&["_id"]),
+        };
+        let docs = self.messages(queue, want).await?;
+        Ok(docs.len() as u64)
+    }
+
+    async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
+        let now = now_ms();
+        let seq = self.seqs.next(now);
+        let doc = layout::message_doc(queue, &seq, envelope, priority, now);
+        let id = layout::message_id(queue, &seq);
+        self.client
+            .send(Method::PUT, &[&id], &[], Some(&doc), None)
+            .await?
+            .ok("store a message")?;
+        Ok(())
+    }
+
+    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
+        if wait.is_zero() {
+            return self.claim_any(queues).await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        // Read the position first: whatever is stored after it wakes us.
+        let mut since = self.feed.position(&self.client).await?;
+        loop {
+            if let Some(found) = self.claim_any(queues).await? {
+                self.feed.remember(since);
+                return Ok(Some(found));
+            }
+            loop {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if remaining.is_zero() {
+                    self.feed.remember(since);
+                    return Ok(None);
+                }
+                let (next, relevant) = self
+                    .feed
+                    .wait(&self.client, &since, queues, remaining)
+                    .await?;
+                since = next;
+                if relevant {
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
+        let lease = Lease::from_receipt(receipt)
+            .ok_or_else(|| Error::protocol(format!("couchdb: bad receipt {receipt:?}")))?;
+        let reply = self
+            .client
+            .send(
+                Method::DELETE,
+                &[&lease.id],
+                &[("rev", lease.rev.clone())],
+                None,
+                None,
+            )
+            .await?;
+        match reply.status.as_u16() {
+            200 | 202 | 404 => Ok(()),
+            409 => {
+                tracing::warn!(
+                    queue,
+                    id = %lease.id,
+                    "couchdb: ack after the lease ran out: another consumer has the message \
+                     and it will be delivered again (raise visibility_timeout)"
+                );
+                Ok(())
+            }
+            _ => Err(status_error(reply.status, &reply.body, "ack a message")),
+        }
+    }
+
+    async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
+        let lease = Lease::from_receipt(receipt)
+            .ok_or_else(|| Error::protocol(format!("couchdb: bad receipt {receipt:?}")))?;
+        let doc = lease.released_doc(queue, envelope);
+        let reply = self
+            .client
+            .send(Method::PUT, &[&lease.id], &[], Some(&doc), None)
+            .await?;
+        match reply.status.as_u16() {
+            201 | 202 => Ok(()),
+            404 | 409 => {
+                tracing::warn!(
+                    queue,
+                    id = %lease.id,
+                    "couchdb: requeue after the lease ran out: the message is already back \
+                     (or was purged)"
+                );
+                Ok(())
+            }
+            _ => Err(status_error(reply.status, &reply.body, "requeue a message")),
+        }
+    }
+
+    async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
+        self.upsert(layout::exchange_doc(exchange), &[]).await
+    }
+
+    async fn exchange(&self, name: &str) -> Result<Option<Exchange>> {
+        Ok(self
+            .get_doc(&layout::exchange_doc_id(name))
+            .await?
+            .and_then(|doc| layout::exchange_from_doc(&doc)))
+    }
+
+    async fn delete_exchange(&self, name: &str) -> Result<()> {
+        let bindings = self.binding_docs(Some(name)).await?;
+        self.bulk_delete(&bindings).await?;
+        self.delete_doc(&layout::exchange_doc_id(name)).await?;
+        Ok(())
+    }
+
+    async fn bind(&self, exchange: &str, binding: &QueueBinding) -> Result<()> {
+        let doc = layout::binding_doc(exchange, binding);
+        let id = layout::binding_doc_id(exchange, binding);
+        let reply = self
+            .client
+            .send(Method::PUT, &[&id], &[], Some(&doc), None)
+            .await?;
+        match reply.status.as_u16() {
+            // 409: the same binding is there already.
+            201 | 202 | 409 => Ok(()),
+            _ => Err(status_error(reply.status, &reply.body, "store a binding")),
+        }
+    }
+
+    async fn unbind(&self, exchange: &str, binding: &QueueBinding) -> Result<()> {
+        self.delete_doc(&layout::binding_doc_id(exchange, binding))
+            .await?;
+        Ok(())
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Vec<QueueBinding>> {
+        Ok(self
+            .binding_docs(Some(exchange))
+            .await?
+            .iter()
+            .filter_map(layout::binding_from_doc)
+            .map(|(_, binding)| binding)
+            .collect())
+    }
+
+    fn polling_interval(&self) -> Duration {
+        self.polling_interval
+    }
+}

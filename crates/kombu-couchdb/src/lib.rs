@@ -1,0 +1,78 @@
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod changes;
+mod client;
+mod config;
+pub mod layout;
+
+use std::sync::Arc;
+
+use kombu_core::virtual_channel::{VirtualOptions, VirtualTransport};
+use kombu_core::{
+    async_trait, BrokerUrl, Capabilities, ConnectionOptions, Registry, Result, Transport,
+    TransportFactory,
+};
+
+pub use backend::CouchBackend;
+pub use config::{
+    database_name, CouchConfig, Credentials, DEFAULT_DATABASE, DEFAULT_PORT, KNOWN_OPTIONS,
+};
+
+/// The URL schemes this transport serves.
+pub const SCHEMES: &[&str] = &["couchdb"];
+
+/// Add the CouchDB transport to `registry`.
+///
+/// ```
+/// let mut registry = kombu_core::Registry::new();
+/// kombu_couchdb::register(&mut registry);
+/// assert!(registry.resolve("couchdb").is_ok());
+/// ```
+pub fn register(registry: &mut Registry) {
+    registry.register(Arc::new(CouchDbTransportFactory));
+}
+
+/// Makes `couchdb://` transports: one HTTP client per connection, the
+/// database (the URL's virtual host) created on first use.
+///
+/// ```
+/// use kombu_core::TransportFactory;
+/// let factory = kombu_couchdb::CouchDbTransportFactory;
+/// assert_eq!(factory.schemes(), &["couchdb"]);
+/// assert_eq!(factory.default_port(), Some(5984));
+/// assert!(factory.capabilities().shared_declarations);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CouchDbTransportFactory;
+
+#[async_trait]
+impl TransportFactory for CouchDbTransportFactory {
+    fn name(&self) -> &'static str {
+        "couchdb"
+    }
+
+    fn schemes(&self) -> &'static [&'static str] {
+        SCHEMES
+    }
+
+    fn default_port(&self) -> Option<u16> {
+        Some(DEFAULT_PORT)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        backend::capabilities()
+    }
+
+    async fn connect(
+        &self,
+        url: &BrokerUrl,
+        options: &ConnectionOptions,
+    ) -> Result<Arc<dyn Transport>> {
+        let config = CouchConfig::new(url, options)?;
+        let client = client::CouchClient::open(&config).await?;
+        let backend = CouchBackend::new(client, &config);
+        let virtual_options = VirtualOptions::from_transport_options(&options.transport_options)?;
+        Ok(Arc::new(VirtualTransport::new(backend, virtual_options)))
+    }
+}
