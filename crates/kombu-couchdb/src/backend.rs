@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kombu_core::routing::QueueBinding;
-use kombu_core::virtual_channel::{Fetched, Receipt, VirtualBackend};
+use kombu_core::virtual_channel::{Fetched, FetchedBody, Receipt, VirtualBackend};
 use kombu_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -57,6 +57,13 @@ impl CouchBackend {
     /// The database this backend uses.
     pub fn database(&self) -> &str {
         self.client.database()
+    }
+
+    /// Note the changes feed's current position (consumers wait from it).
+    pub(crate) async fn read_feed_position(&self) -> Result<()> {
+        let position = self.feed.position(&self.client).await?;
+        self.feed.remember(position);
+        Ok(())
     }
 
     /// The lease owner this backend writes into the messages it claims.
@@ -172,7 +179,15 @@ impl CouchBackend {
                             Error::protocol("couchdb: a claimed message has no id")
                         })?;
                         let raw = layout::payload_bytes(&doc).unwrap_or_default();
-                        return Ok(Some(Fetched::from_json(queue, lease.to_receipt(), &raw)));
+                        let mut fetched = Fetched::from_json(queue, lease.to_receipt(), &raw);
+                        if lease.deliveries > 1 {
+                            // Leased before by a consumer that never
+                            // acked nor released it (it died).
+                            if let FetchedBody::Envelope(envelope) = &mut fetched.body {
+                                envelope.mark_redelivered();
+                            }
+                        }
+                        return Ok(Some(fetched));
                     }
                     // Another consumer won this one (or it is gone): next.
                     404 | 409 => continue,

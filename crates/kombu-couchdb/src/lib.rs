@@ -72,6 +72,9 @@ impl TransportFactory for CouchDbTransportFactory {
         let config = CouchConfig::new(url, options)?;
         let client = client::CouchClient::open(&config).await?;
         let backend = CouchBackend::new(client, &config);
+        // Consumers wait on the changes feed from here, which saves their
+        // first fetch a request.
+        backend.read_feed_position().await?;
         let virtual_options = VirtualOptions::from_transport_options(&options.transport_options)?;
         Ok(Arc::new(VirtualTransport::new(backend, virtual_options)))
     }
