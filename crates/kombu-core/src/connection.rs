@@ -86,7 +86,8 @@ impl Connection {
             .into_iter()
             .map(|url| {
                 let factory = registry.resolve(url.scheme())?;
-                let url = url.with_defaults(&options, factory.default_port());
+                let port = factory.default_port_for(url.scheme(), options.ssl.is_enabled());
+                let url = url.with_defaults(&options, port);
                 Ok(Target { url, factory })
             })
             .collect::<Result<Vec<_>>>()?;

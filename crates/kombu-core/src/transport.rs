@@ -273,6 +273,14 @@ pub trait TransportFactory: Send + Sync {
     fn default_port(&self) -> Option<u16> {
         None
     }
+    /// The port used when a URL with `scheme` gives none, with TLS on or
+    /// off (`ssl` option or `?ssl=1`): kombu's `default_ssl_port`, for
+    /// transports whose TLS port differs (AMQP: 5672 and 5671 for `amqps`).
+    /// By default [`TransportFactory::default_port`].
+    fn default_port_for(&self, scheme: &str, ssl: bool) -> Option<u16> {
+        let _ = (scheme, ssl);
+        self.default_port()
+    }
     /// What its transports can do.
     fn capabilities(&self) -> Capabilities;
     /// Connect. `url` has had defaults filled in; `options` are the keyword

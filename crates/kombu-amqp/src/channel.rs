@@ -1,0 +1,456 @@
+//! [`AmqpChannel`]: kombu's channel as a native AMQP channel. The broker
+//! routes, keeps unacked messages and redelivers them; this only maps types.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kombu_core::{
+    async_trait, Binding, Channel, Delivery, DeliveryStream, Error, ErrorKind, Exchange,
+    ExchangeType, Queue, QueueInfo, RawMessage, Result,
+};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeBindOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::ShortString;
+use lapin::{Confirmation, Connection, ExchangeKind};
+
+use crate::config::Settings;
+use crate::errors::op;
+use crate::field_table::{short_string, to_field_table};
+use crate::properties::{no_arguments, to_basic_properties, to_delivery};
+use crate::publish_sync::{PublishSync, Tracked};
+
+/// One AMQP channel. Closing or dropping it makes the broker requeue the
+/// messages it holds unacked.
+pub struct AmqpChannel {
+    tracked: Arc<Tracked>,
+    sync: Arc<PublishSync>,
+    connection: Arc<Connection>,
+    /// Publishes wait for the broker's confirm (on with `confirm_publish`,
+    /// and from the first `mandatory` publish on).
+    confirming: AtomicBool,
+    confirm_select: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for AmqpChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpChannel")
+            .field("id", &self.tracked.channel.id())
+            .field("open", &self.is_open())
+            .field("confirming", &self.confirming.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn name(what: &str, text: &str) -> Result<ShortString> {
+    short_string(what, text)
+}
+
+fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
+    match kind {
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Headers => ExchangeKind::Headers,
+        other => ExchangeKind::Custom(other.as_str().to_owned()),
+    }
+}
+
+impl AmqpChannel {
+    pub(crate) async fn new(
+        channel: lapin::Channel,
+        connection: Arc<Connection>,
+        sync: Arc<PublishSync>,
+        settings: Settings,
+    ) -> Result<Self> {
+        let this = AmqpChannel {
+            tracked: sync.track(channel),
+            sync,
+            connection,
+            confirming: AtomicBool::new(false),
+            confirm_select: tokio::sync::Mutex::new(()),
+        };
+        if settings.confirm_publish {
+            this.enable_confirms().await?;
+        }
+        Ok(this)
+    }
+
+    /// The lapin channel, for what kombu's API does not cover.
+    pub fn lapin_channel(&self) -> &lapin::Channel {
+        &self.tracked.channel
+    }
+
+    fn channel(&self) -> &lapin::Channel {
+        &self.tracked.channel
+    }
+
+    /// True when publishes on this channel wait for the broker's confirm.
+    pub fn confirms_enabled(&self) -> bool {
+        self.confirming.load(Ordering::Acquire)
+    }
+
+    /// Put the channel in confirm mode: from now on every publish returns
+    /// once the broker has confirmed it (and fails on a nack).
+    pub async fn enable_confirms(&self) -> Result<()> {
+        if self.confirms_enabled() {
+            return Ok(());
+        }
+        let _guard = self.confirm_select.lock().await;
+        if !self.confirms_enabled() {
+            self.tracked
+                .channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(op("confirm.select"))?;
+            self.confirming.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn check_confirmation(
+        confirmation: Confirmation,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<()> {
+        let returned = |message: lapin::message::BasicReturnMessage| {
+            Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "message to exchange {exchange:?} with routing key {routing_key:?} was returned: {} {}",
+                    message.reply_code, message.reply_text
+                ),
+            )
+        };
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message)) => {
+                Err(returned(message))
+            }
+            Confirmation::Nack(None) => Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "the broker refused (nacked) the message to exchange {exchange:?} with routing key {routing_key:?}"
+                ),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for AmqpChannel {
+    async fn exchange_declare(&self, exchange: &Exchange) -> Result<()> {
+        if exchange.is_default() {
+            return Ok(());
+        }
+        let options = ExchangeDeclareOptions {
+            passive: exchange.passive,
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+            internal: false,
+            nowait: false,
+        };
+        self.channel()
+            .exchange_declare(
+                name("exchange name", &exchange.name)?,
+                exchange_kind(exchange.kind),
+                options,
+                to_field_table(&exchange.arguments)?,
+            )
+            .await
+            .map_err(op("exchange.declare"))
+    }
+
+    async fn exchange_delete(&self, exchange: &str) -> Result<()> {
+        self.channel()
+            .exchange_delete(
+                name("exchange name", exchange)?,
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .map_err(op("exchange.delete"))
+    }
+
+    async fn queue_declare(&self, queue: &Queue) -> Result<QueueInfo> {
+        let options = QueueDeclareOptions {
+            passive: queue.passive,
+            durable: queue.durable,
+            exclusive: queue.exclusive,
+            auto_delete: queue.auto_delete,
+            nowait: false,
+        };
+        let declared = self
+            .channel()
+            .queue_declare(
+                name("queue name", &queue.name)?,
+                options,
+                to_field_table(&queue.declare_arguments())?,
+            )
+            .await
+            .map_err(op("queue.declare"))?;
+        Ok(QueueInfo::new(
+            declared.name().as_str(),
+            u64::from(declared.message_count()),
+            u64::from(declared.consumer_count()),
+        ))
+    }
+
+    async fn queue_bind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.channel()
+            .queue_bind(
+                name("queue name", queue)?,
+                name("exchange name", &binding.exchange)?,
+                name("routing key", &binding.routing_key)?,
+                QueueBindOptions::default(),
+                to_field_table(&binding.arguments)?,
+            )
+            .await
+            .map_err(op("queue.bind"))
+    }
+
+    async fn queue_unbind(&self, queue: &str, binding: &Binding) -> Result<()> {
+        self.channel()
+            .queue_unbind(
+                name("queue name", queue)?,
+                name("exchange name", &binding.exchange)?,
+                name("routing key", &binding.routing_key)?,
+                to_field_table(&binding.arguments)?,
+            )
+            .await
+            .map_err(op("queue.unbind"))
+    }
+
+    async fn queue_delete(&self, queue: &str) -> Result<u64> {
+        self.channel()
+            .queue_delete(name("queue name", queue)?, QueueDeleteOptions::default())
+            .await
+            .map(u64::from)
+            .map_err(op("queue.delete"))
+    }
+
+    async fn queue_purge(&self, queue: &str) -> Result<u64> {
+        self.sync.settle().await;
+        self.channel()
+            .queue_purge(name("queue name", queue)?, QueuePurgeOptions::default())
+            .await
+            .map(u64::from)
+            .map_err(op("queue.purge"))
+    }
+
+    /// A passive declare on a short-lived channel of the same connection,
+    /// so that a missing queue (NOT_FOUND closes the channel) leaves this
+    /// channel usable.
+    async fn queue_size(&self, queue: &str) -> Result<u64> {
+        let queue = name("queue name", queue)?;
+        let published = self.sync.settle().await;
+        let side = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(op("opening a channel"))?;
+        let result = passive_count(&side, &queue, published).await;
+        if side.status().connected() {
+            let _ = side.close(200, "OK".into()).await;
+        }
+        result
+    }
+
+    async fn exchange_bind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+    ) -> Result<()> {
+        self.channel()
+            .exchange_bind(
+                name("exchange name", destination)?,
+                name("exchange name", source)?,
+                name("routing key", routing_key)?,
+                ExchangeBindOptions::default(),
+                no_arguments(),
+            )
+            .await
+            .map_err(op("exchange.bind"))
+    }
+
+    async fn basic_publish(
+        &self,
+        message: RawMessage,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<()> {
+        if mandatory {
+            // RabbitMQ sends basic.return before the confirm of the same
+            // message: waiting for the confirm tells whether it was routed.
+            self.enable_confirms().await?;
+        }
+        let properties = to_basic_properties(&message)?;
+        let confirm = self
+            .channel()
+            .basic_publish(
+                name("exchange name", exchange)?,
+                name("routing key", routing_key)?,
+                BasicPublishOptions {
+                    mandatory,
+                    immediate: false,
+                },
+                &message.body,
+                properties,
+            )
+            .await
+            .map_err(op("basic.publish"))?;
+        if !self.confirms_enabled() {
+            self.tracked.mark();
+        } else {
+            let confirmation = confirm
+                .await
+                .map_err(op("waiting for the publish confirm"))?;
+            Self::check_confirmation(confirmation, exchange, routing_key)?;
+        }
+        Ok(())
+    }
+
+    async fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
+        self.sync.settle().await;
+        let got = self
+            .channel()
+            .basic_get(name("queue name", queue)?, BasicGetOptions { no_ack })
+            .await
+            .map_err(op("basic.get"))?;
+        Ok(got.map(|message| to_delivery(message.delivery, None, queue)))
+    }
+
+    async fn basic_consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        no_ack: bool,
+    ) -> Result<DeliveryStream> {
+        let consumer = self
+            .channel()
+            .basic_consume(
+                name("queue name", queue)?,
+                name("consumer tag", consumer_tag)?,
+                BasicConsumeOptions {
+                    no_ack,
+                    ..BasicConsumeOptions::default()
+                },
+                no_arguments(),
+            )
+            .await
+            .map_err(op("basic.consume"))?;
+        let tag = consumer.tag().as_str().to_owned();
+        let queue = queue.to_owned();
+        Ok(consumer
+            .map(move |delivery| {
+                delivery
+                    .map(|d| to_delivery(d, Some(&tag), &queue))
+                    .map_err(op("receiving a delivery"))
+            })
+            .boxed())
+    }
+
+    async fn basic_cancel(&self, consumer_tag: &str) -> Result<()> {
+        self.channel()
+            .basic_cancel(
+                name("consumer tag", consumer_tag)?,
+                BasicCancelOptions::default(),
+            )
+            .await
+            .map_err(op("basic.cancel"))
+    }
+
+    async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
+        self.channel()
+            .basic_ack(delivery_tag, BasicAckOptions { multiple })
+            .await
+            .map_err(op("basic.ack"))
+    }
+
+    async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
+        self.channel()
+            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
+            .await
+            .map_err(op("basic.reject"))
+    }
+
+    /// Per-consumer prefetch (`global=false`): applies to consumers started
+    /// after it, as RabbitMQ (and quorum queues) expect.
+    async fn basic_qos(&self, prefetch_count: u16) -> Result<()> {
+        self.channel()
+            .basic_qos(prefetch_count, BasicQosOptions { global: false })
+            .await
+            .map_err(op("basic.qos"))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.tracked.channel.status().connected() {
+            return Ok(());
+        }
+        match self.tracked.channel.close(200, "OK".into()).await {
+            Ok(()) => Ok(()),
+            // Closed meanwhile (by the broker or another task): nothing to do.
+            Err(_) if !self.tracked.channel.status().connected() => Ok(()),
+            Err(err) => Err(op("channel.close")(err)),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.tracked.channel.status().connected()
+    }
+}
+
+/// The ready-message count of `queue` by passive declares on `side`.
+///
+/// RabbitMQ answers a count before it has enqueued messages already on
+/// their way to the queue (its queue process serves `stat` before pending
+/// deliveries). After publishes on this connection (`published`), read
+/// until two reads a few milliseconds apart agree (at most ~100 ms).
+async fn passive_count(side: &lapin::Channel, queue: &ShortString, published: bool) -> Result<u64> {
+    let read = || async {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        side.queue_declare(queue.clone(), options, no_arguments())
+            .await
+            .map(|q| u64::from(q.message_count()))
+            .map_err(op("queue.declare (passive)"))
+    };
+    let mut count = read().await?;
+    if published {
+        for _ in 0..30 {
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            let again = read().await?;
+            if again == count {
+                break;
+            }
+            count = again;
+        }
+    }
+    Ok(count)
+}
+
+impl Drop for AmqpChannel {
+    /// Close the channel so that RabbitMQ requeues what it holds unacked.
+    /// Without a runtime, lapin closes it when its last handle goes.
+    fn drop(&mut self) {
+        if !self.tracked.channel.status().connected() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let channel = self.tracked.channel.clone();
+            handle.spawn(async move {
+                if let Err(err) = channel.close(200, "OK".into()).await {
+                    tracing::debug!(error = %err, "closing a dropped AMQP channel failed");
+                }
+            });
+        }
+    }
+}
