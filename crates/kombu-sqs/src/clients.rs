@@ -1,0 +1,79 @@
+//! The AWS SDK clients: one rustls (ring) HTTPS client shared by SQS, SNS
+//! and the credential providers; the default credential chain or the URL's
+//! keys; the region and endpoint from the options.
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+
+use crate::settings::{SqsSettings, StaticKeys};
+
+/// The region when neither the options nor the environment name one.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// The SQS and SNS clients of one connection.
+#[derive(Clone, Debug)]
+pub(crate) struct AwsClients {
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) sns: aws_sdk_sns::Client,
+    sdk: SdkConfig,
+}
+
+fn credentials(keys: &StaticKeys) -> Credentials {
+    Credentials::new(
+        keys.access_key_id.clone(),
+        keys.secret_access_key.clone(),
+        keys.session_token.clone(),
+        None,
+        "kombu-sqs-url",
+    )
+}
+
+impl AwsClients {
+    /// Resolve region and credentials (the default chain unless the URL
+    /// gave keys) and make the clients. Nothing is sent yet.
+    pub(crate) async fn new(settings: &SqsSettings) -> AwsClients {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let region = RegionProviderChain::first_try(settings.region.clone().map(Region::new))
+            .or_default_provider()
+            .or_else(Region::new(DEFAULT_REGION));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(region);
+        if let Some(keys) = &settings.keys {
+            loader = loader.credentials_provider(credentials(keys));
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint.clone());
+        }
+        let sdk = loader.load().await;
+        AwsClients {
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            sns: aws_sdk_sns::Client::new(&sdk),
+            sdk,
+        }
+    }
+
+    /// An SQS client with other keys and maybe another region (a
+    /// predefined queue's own credentials).
+    pub(crate) fn sqs_with(&self, keys: Option<&StaticKeys>, region: Option<&str>) -> aws_sdk_sqs::Client {
+        let mut builder = aws_sdk_sqs::config::Builder::from(&self.sdk);
+        if let Some(keys) = keys {
+            builder = builder.credentials_provider(credentials(keys));
+        }
+        if let Some(region) = region {
+            builder = builder.region(Region::new(region.to_owned()));
+        }
+        aws_sdk_sqs::Client::from_conf(builder.build())
+    }
+
+    /// The region in use.
+    pub(crate) fn region(&self) -> String {
+        self.sdk
+            .region()
+            .map_or_else(|| DEFAULT_REGION.to_owned(), |r| r.to_string())
+    }
+}
