@@ -12,6 +12,9 @@
 //!    time, after 10 untimed warm-up trips.
 //!
 //! Peak RSS is the process's high-water mark (`VmHWM`), read at the end.
+//! CPU time per message (user + system, whole process, from
+//! `/proc/self/stat`) is reported too: unlike msgs/s it does not depend on
+//! how busy the machine is.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,8 +49,8 @@ pub struct Report {
     pub producers: u16,
     pub consumers: u16,
     pub prefetch: u16,
-    pub publish: Duration,
-    pub consume: Duration,
+    pub publish: Took,
+    pub consume: Took,
     pub rtt: Vec<Duration>,
     pub peak_rss_bytes: Option<u64>,
 }
@@ -82,10 +85,12 @@ impl Report {
             "producers": self.producers,
             "consumers": self.consumers,
             "prefetch": self.prefetch,
-            "publish_secs": self.publish.as_secs_f64(),
-            "publish_per_sec": per_sec(self.messages, self.publish),
-            "consume_secs": self.consume.as_secs_f64(),
-            "consume_per_sec": per_sec(self.messages, self.consume),
+            "publish_secs": self.publish.wall.as_secs_f64(),
+            "publish_per_sec": per_sec(self.messages, self.publish.wall),
+            "publish_cpu_us_per_msg": cpu_us_per_message(&self.publish, self.messages),
+            "consume_secs": self.consume.wall.as_secs_f64(),
+            "consume_per_sec": per_sec(self.messages, self.consume.wall),
+            "consume_cpu_us_per_msg": cpu_us_per_message(&self.consume, self.messages),
             "rtt_samples": self.rtt.len(),
             "rtt_method": "single round trips: publish one message, time until the consumer has it (prefetch 1, ack not timed)",
             "rtt_p50_us": percentile_us(&self.rtt, 50.0),
@@ -106,16 +111,16 @@ impl Report {
             plural(self.consumers, "consumer"),
             self.prefetch
         );
-        out.push_str(&format!(
-            "  publish       {:>12} msgs/s  ({:.2} s)\n",
-            thousands(per_sec(self.messages, self.publish)),
-            self.publish.as_secs_f64()
-        ));
-        out.push_str(&format!(
-            "  consume+ack   {:>12} msgs/s  ({:.2} s)\n",
-            thousands(per_sec(self.messages, self.consume)),
-            self.consume.as_secs_f64()
-        ));
+        for (label, took) in [("publish", &self.publish), ("consume+ack", &self.consume)] {
+            let cpu = cpu_us_per_message(took, self.messages)
+                .map(|us| format!(", {us:.1} µs CPU per message"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {label:<12}  {:>12} msgs/s  ({:.2} s{cpu})\n",
+                thousands(per_sec(self.messages, took.wall)),
+                took.wall.as_secs_f64()
+            ));
+        }
         match (percentile_us(&self.rtt, 50.0), percentile_us(&self.rtt, 99.0)) {
             (Some(p50), Some(p99)) => out.push_str(&format!(
                 "  round trip    p50 {p50:.1} µs, p99 {p99:.1} µs  ({} single round trips, publish to receipt)\n",
@@ -153,6 +158,55 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// CPU time (user + system) the process has used so far (Linux; clock
+/// ticks of /proc/self/stat, taken as 100 per second).
+pub fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at `) `.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// Wall-clock and CPU time of one phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Took {
+    pub wall: Duration,
+    pub cpu: Option<Duration>,
+}
+
+/// Times a phase from `start` on.
+struct Clock {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            cpu: cpu_time(),
+            wall: Instant::now(),
+        }
+    }
+
+    fn stop(&self) -> Took {
+        let wall = self.wall.elapsed();
+        let cpu = match (self.cpu, cpu_time()) {
+            (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+            _ => None,
+        };
+        Took { wall, cpu }
+    }
+}
+
+/// CPU microseconds per message, when known.
+fn cpu_us_per_message(took: &Took, messages: u64) -> Option<f64> {
+    took.cpu
+        .map(|cpu| (cpu.as_secs_f64() * 1e6 / messages.max(1) as f64 * 10.0).round() / 10.0)
 }
 
 /// A queue name no other run uses.
@@ -247,7 +301,7 @@ fn share(total: u64, workers: u16, index: u16) -> u64 {
     total / workers + u64::from(u64::from(index) < total % workers)
 }
 
-async fn publish_phase(args: &BenchArgs, queue: &str, body: &Bytes) -> Outcome<Duration> {
+async fn publish_phase(args: &BenchArgs, queue: &str, body: &Bytes) -> Outcome<Took> {
     let mut producers = Vec::new();
     for index in 0..args.producers {
         let conn = connect::open(&args.broker).await?;
@@ -257,7 +311,7 @@ async fn publish_phase(args: &BenchArgs, queue: &str, body: &Bytes) -> Outcome<D
     }
     let published = Arc::new(AtomicU64::new(0));
     let progress = Progress::start("publish", args.messages, published.clone());
-    let start = Instant::now();
+    let clock = Clock::start();
     let tasks = producers
         .into_iter()
         .map(|(conn, producer, count)| {
@@ -280,12 +334,12 @@ async fn publish_phase(args: &BenchArgs, queue: &str, body: &Bytes) -> Outcome<D
         })
         .collect();
     let result = supervise("publish", tasks, &published, args.messages).await;
-    let took = start.elapsed();
+    let took = clock.stop();
     progress.finish();
     result.map(|_| took)
 }
 
-async fn consume_phase(args: &BenchArgs, queue: &str) -> Outcome<Duration> {
+async fn consume_phase(args: &BenchArgs, queue: &str) -> Outcome<Took> {
     let consumed = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let done_tx = Arc::new(done_tx);
@@ -295,7 +349,7 @@ async fn consume_phase(args: &BenchArgs, queue: &str) -> Outcome<Duration> {
         connections.push(connect::open(&args.broker).await?);
     }
     let progress = Progress::start("consume+ack", total, consumed.clone());
-    let start = Instant::now();
+    let clock = Clock::start();
     let mut tasks = Vec::new();
     for conn in connections {
         let mut consumer = Consumer::builder(&conn)
@@ -327,7 +381,7 @@ async fn consume_phase(args: &BenchArgs, queue: &str) -> Outcome<Duration> {
         }));
     }
     let result = supervise("consume", tasks, &consumed, total).await;
-    let took = start.elapsed();
+    let took = clock.stop();
     let _ = done_tx.send(true);
     progress.finish();
     result.map(|_| took)
@@ -391,7 +445,7 @@ pub async fn run(args: &BenchArgs) -> Outcome {
     let rtt_queue = format!("{queue}-rtt");
     Queue::new(&queue).declare(channel.as_ref()).await?;
     let body = Bytes::from(vec![b'x'; args.size]);
-    let measured: Outcome<(Duration, Duration, Vec<Duration>)> = async {
+    let measured: Outcome<(Took, Took, Vec<Duration>)> = async {
         let publish = publish_phase(args, &queue, &body).await?;
         let consume = consume_phase(args, &queue).await?;
         let rtt = rtt_phase(args, &rtt_queue, &body).await?;
@@ -453,9 +507,16 @@ mod tests {
     }
 
     #[test]
-    fn peak_rss_is_read_on_linux() {
+    fn peak_rss_and_cpu_time_are_read_on_linux() {
         if cfg!(target_os = "linux") {
             assert!(peak_rss_bytes().unwrap() > 0);
+            let before = cpu_time().unwrap();
+            let mut x = 0u64;
+            for i in 0..50_000_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+            assert!(cpu_time().unwrap() >= before);
         }
     }
 }

@@ -48,9 +48,9 @@ pub struct BrokerArgs {
     /// A transport option (kombu's transport_options); repeat for more.
     #[arg(long = "option", value_name = "K=V", value_parser = parse_key_value)]
     pub options: Vec<(String, String)>,
-    /// Give up connecting after this many seconds.
-    #[arg(long, value_name = "SECS", default_value = "4", value_parser = parse_seconds)]
-    pub connect_timeout: Duration,
+    /// Give up connecting after this many seconds (default: kombu's, 5 s).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub connect_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -215,7 +215,7 @@ pub fn parse_seconds(input: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| "expected a number of seconds".to_owned())?;
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e9 {
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
         return Err("expected a number of seconds between 0 and 1e9".to_owned());
     }
     Ok(Duration::from_secs_f64(seconds))

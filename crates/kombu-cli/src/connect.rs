@@ -34,7 +34,10 @@ pub fn display_url(args: &BrokerArgs) -> String {
 /// The connection options: `--connect-timeout` and every `--option`
 /// (values are strings, as in a URL query; transports convert them).
 pub fn options_of(args: &BrokerArgs) -> ConnectionOptions {
-    let mut options = ConnectionOptions::new().connect_timeout(args.connect_timeout);
+    let mut options = ConnectionOptions::new();
+    if let Some(timeout) = args.connect_timeout {
+        options = options.connect_timeout(timeout);
+    }
     for (key, value) in &args.options {
         options = options.transport_option(key.clone(), value.as_str());
     }

@@ -6,16 +6,17 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::time::Duration;
 
 use common::{command, compiled_schemes, kombu, kombu_stdin, wait};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The test server URL of `transport`, when the binary has it and the
 /// server is configured; `None` (after a SKIP line) otherwise.
 fn broker_url(transport: &str) -> Option<String> {
     if !compiled_schemes().iter().any(|s| s == transport) {
-        eprintln!("SKIP {transport}: not compiled into kombu (the facade's `full` feature lacks it)");
+        eprintln!(
+            "SKIP {transport}: not compiled into kombu (the facade's `full` feature lacks it)"
+        );
         return None;
     }
     kombu_testkit::test_url(transport)
@@ -49,14 +50,40 @@ fn queue_size(url: &str, queue: &str) -> u64 {
 fn json_bodies_headers_and_properties(url: &str) {
     let q = scratch(url, "cli-json");
     let run = kombu(&[
-        "publish", "--url", url, "--queue", &q.queue, "--count", "5", "--header", "app=cli",
-        "--header", "n=7", "--priority", "3", r#"{"i": {i}, "s": "héllo"}"#,
+        "publish",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "5",
+        "--header",
+        "app=cli",
+        "--header",
+        "n=7",
+        "--priority",
+        "3",
+        r#"{"i": {i}, "s": "héllo"}"#,
     ]);
     run.expect_code(0);
-    assert!(run.stderr.starts_with("published 5 messages"), "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("published 5 messages"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(queue_size(url, &q.queue), 5);
 
-    let run = kombu(&["consume", "--url", url, "--queue", &q.queue, "--count", "5", "--timeout", "20"]);
+    let run = kombu(&[
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "5",
+        "--timeout",
+        "20",
+    ]);
     run.expect_code(0);
     let lines = run.json_lines();
     assert_eq!(lines.len(), 5, "{}", run.stdout);
@@ -72,24 +99,69 @@ fn json_bodies_headers_and_properties(url: &str) {
         assert_eq!(line["delivery_info"]["routing_key"], q.queue.as_str());
         assert_eq!(line["delivery_info"]["redelivered"], false);
     }
-    assert_eq!(queue_size(url, &q.queue), 0, "every printed message was acked");
+    assert_eq!(
+        queue_size(url, &q.queue),
+        0,
+        "every printed message was acked"
+    );
 }
 
 fn text_bytes_and_compressed_bodies(url: &str) {
     let q = scratch(url, "cli-bodies");
-    kombu(&["publish", "--url", url, "--queue", &q.queue, "--serializer", "text", "plain {i}"]).expect_code(0);
-    kombu_stdin(&["publish", "--url", url, "--queue", &q.queue, "-"], &[0, 159, 146, 150]).expect_code(0);
     kombu(&[
-        "publish", "--url", url, "--queue", &q.queue, "--serializer", "msgpack", "--compression",
-        "zlib", r#"{"a": [1, 2]}"#,
+        "publish",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--serializer",
+        "text",
+        "plain {i}",
     ])
     .expect_code(0);
-    kombu(&["publish", "--url", url, "--queue", &q.queue, "--serializer", "yaml", r#"{"y": true}"#]).expect_code(0);
+    kombu_stdin(
+        &["publish", "--url", url, "--queue", &q.queue, "-"],
+        &[0, 159, 146, 150],
+    )
+    .expect_code(0);
+    kombu(&[
+        "publish",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--serializer",
+        "msgpack",
+        "--compression",
+        "zlib",
+        r#"{"a": [1, 2]}"#,
+    ])
+    .expect_code(0);
+    kombu(&[
+        "publish",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--serializer",
+        "yaml",
+        r#"{"y": true}"#,
+    ])
+    .expect_code(0);
 
     // Only json accepted: the yaml body is shown raw, with the reason.
     let run = kombu(&[
-        "consume", "--url", url, "--queue", &q.queue, "--count", "4", "--timeout", "20",
-        "--accept", "json,msgpack,raw,text",
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "4",
+        "--timeout",
+        "20",
+        "--accept",
+        "json,msgpack,raw,text",
     ]);
     run.expect_code(0);
     let lines = run.json_lines();
@@ -103,31 +175,70 @@ fn text_bytes_and_compressed_bodies(url: &str) {
     assert_eq!(lines[2]["headers"]["compression"], "application/x-gzip");
     assert_eq!(lines[3]["content_type"], "application/x-yaml");
     assert!(lines[3]["body"]["base64"].is_string(), "{}", lines[3]);
-    assert!(lines[3]["error"].as_str().unwrap().contains("content disallowed"));
+    assert!(lines[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("content disallowed"));
 }
 
 fn topic_exchange_routing(url: &str) {
     let q = scratch(url, "cli-topic");
     let exchange = kombu_testkit::unique("cli-logs");
-    let bind = ["--exchange", exchange.as_str(), "--type", "topic", "--binding-key", "*.error"];
+    let bind = [
+        "--exchange",
+        exchange.as_str(),
+        "--type",
+        "topic",
+        "--binding-key",
+        "*.error",
+    ];
     // Declare the queue and its binding first (and on every client: virtual
     // transports may keep bindings per process).
-    let mut args = vec!["consume", "--url", url, "--queue", &q.queue, "--timeout", "0.1"];
+    let mut args = vec![
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--timeout",
+        "0.1",
+    ];
     args.extend(bind);
     kombu(&args).expect_code(0);
 
     for rk in ["app.error", "app.info", "db.error"] {
-        let mut args = vec!["publish", "--url", url, "--routing-key", rk, "--queue", &q.queue];
+        let mut args = vec![
+            "publish",
+            "--url",
+            url,
+            "--routing-key",
+            rk,
+            "--queue",
+            &q.queue,
+        ];
         args.extend(bind);
         args.push(rk);
         kombu(&args).expect_code(0);
     }
-    let mut args = vec!["consume", "--url", url, "--queue", &q.queue, "--count", "2", "--timeout", "20"];
+    let mut args = vec![
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "2",
+        "--timeout",
+        "20",
+    ];
     args.extend(bind);
     let run = kombu(&args);
     run.expect_code(0);
     let lines = run.json_lines();
-    let keys: Vec<&str> = lines.iter().map(|l| l["delivery_info"]["routing_key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = lines
+        .iter()
+        .map(|l| l["delivery_info"]["routing_key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["app.error", "db.error"]);
     assert_eq!(lines[0]["delivery_info"]["exchange"], exchange.as_str());
     assert_eq!(lines[0]["body"], "app.error");
@@ -137,7 +248,17 @@ fn topic_exchange_routing(url: &str) {
 fn timeout_with_fewer_messages(url: &str) {
     let q = scratch(url, "cli-timeout");
     kombu(&["publish", "--url", url, "--queue", &q.queue, "only one"]).expect_code(0);
-    let run = kombu(&["consume", "--url", url, "--queue", &q.queue, "--count", "3", "--timeout", "1.5"]);
+    let run = kombu(&[
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "3",
+        "--timeout",
+        "1.5",
+    ]);
     run.expect_code(1);
     assert_eq!(run.json_lines().len(), 1);
     let line = run.one_error_line();
@@ -146,35 +267,96 @@ fn timeout_with_fewer_messages(url: &str) {
 
 fn requeue_peeks(url: &str) {
     let q = scratch(url, "cli-peek");
-    kombu(&["publish", "--url", url, "--queue", &q.queue, "--count", "3", "m{i}"]).expect_code(0);
-    let run = kombu(&["consume", "--url", url, "--queue", &q.queue, "--count", "3", "--requeue", "--timeout", "20"]);
+    kombu(&[
+        "publish", "--url", url, "--queue", &q.queue, "--count", "3", "m{i}",
+    ])
+    .expect_code(0);
+    let run = kombu(&[
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "3",
+        "--requeue",
+        "--timeout",
+        "20",
+    ]);
     run.expect_code(0);
     assert_eq!(run.json_lines().len(), 3);
     assert_eq!(queue_size(url, &q.queue), 3, "a peek puts everything back");
-    let run = kombu(&["consume", "--url", url, "--queue", &q.queue, "--count", "3", "--timeout", "20"]);
+    let run = kombu(&[
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "3",
+        "--timeout",
+        "20",
+    ]);
     run.expect_code(0);
-    let mut bodies: Vec<String> = run.json_lines().iter().map(|l| l["body"].as_str().unwrap().to_owned()).collect();
+    let mut bodies: Vec<String> = run
+        .json_lines()
+        .iter()
+        .map(|l| l["body"].as_str().unwrap().to_owned())
+        .collect();
     bodies.sort();
     assert_eq!(bodies, ["m0", "m1", "m2"]);
 }
 
 fn count_takes_no_more_than_asked(url: &str) {
     let q = scratch(url, "cli-count");
-    kombu(&["publish", "--url", url, "--queue", &q.queue, "--count", "10", "m{i}"]).expect_code(0);
+    kombu(&[
+        "publish", "--url", url, "--queue", &q.queue, "--count", "10", "m{i}",
+    ])
+    .expect_code(0);
     for extra in [&[][..], &["--no-ack"][..]] {
-        let mut args = vec!["consume", "--url", url, "--queue", &q.queue, "--count", "2", "--prefetch", "50", "--timeout", "20"];
+        let mut args = vec![
+            "consume",
+            "--url",
+            url,
+            "--queue",
+            &q.queue,
+            "--count",
+            "2",
+            "--prefetch",
+            "50",
+            "--timeout",
+            "20",
+        ];
         args.extend(extra);
         let run = kombu(&args);
         run.expect_code(0);
         let lines = run.json_lines();
         assert_eq!(lines.len(), 2);
-        assert!(lines.iter().all(|l| l["delivery_info"]["redelivered"] == false));
+        assert!(lines
+            .iter()
+            .all(|l| l["delivery_info"]["redelivered"] == false));
     }
     assert_eq!(queue_size(url, &q.queue), 6);
     // What is left was never delivered, so it is not flagged redelivered.
-    let run = kombu(&["consume", "--url", url, "--queue", &q.queue, "--count", "6", "--timeout", "20"]);
+    let run = kombu(&[
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "6",
+        "--timeout",
+        "20",
+    ]);
     run.expect_code(0);
-    assert!(run.json_lines().iter().all(|l| l["delivery_info"]["redelivered"] == false), "{}", run.stdout);
+    assert!(
+        run.json_lines()
+            .iter()
+            .all(|l| l["delivery_info"]["redelivered"] == false),
+        "{}",
+        run.stdout
+    );
 }
 
 /// Start `kombu consume`, read `lines` lines, send SIGINT, then collect the rest.
@@ -186,7 +368,10 @@ fn interrupt_after(args: &[&str], lines: usize) -> (common::Run, usize) {
     let mut line = String::new();
     while printed < lines {
         line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "consume ended early");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "consume ended early"
+        );
         printed += 1;
     }
     let status = std::process::Command::new("kill")
@@ -204,21 +389,45 @@ fn interrupt_after(args: &[&str], lines: usize) -> (common::Run, usize) {
 #[cfg(unix)]
 fn ctrl_c_returns_unacked_messages(url: &str) {
     let q = scratch(url, "cli-sigint");
-    kombu(&["publish", "--url", url, "--queue", &q.queue, "--count", "20", "m{i}"]).expect_code(0);
+    kombu(&[
+        "publish", "--url", url, "--queue", &q.queue, "--count", "20", "m{i}",
+    ])
+    .expect_code(0);
     // A peek holds all 20 unacked when Ctrl-C comes: all go back.
-    let (run, printed) = interrupt_after(&["consume", "--url", url, "--queue", &q.queue, "--requeue"], 20);
+    let (run, printed) = interrupt_after(
+        &["consume", "--url", url, "--queue", &q.queue, "--requeue"],
+        20,
+    );
     run.expect_code(130);
     assert_eq!(printed, 20);
-    assert!(run.one_error_line().contains("interrupted after 20 messages"), "{}", run.stderr);
+    assert!(
+        run.one_error_line()
+            .contains("interrupted after 20 messages"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(queue_size(url, &q.queue), 20);
     // Acking: whatever was printed was acked, the rest is back in the queue.
-    let (run, printed) = interrupt_after(&["consume", "--url", url, "--queue", &q.queue, "--prefetch", "5"], 3);
+    let (run, printed) = interrupt_after(
+        &[
+            "consume",
+            "--url",
+            url,
+            "--queue",
+            &q.queue,
+            "--prefetch",
+            "5",
+        ],
+        3,
+    );
     run.expect_code(130);
     assert_eq!(queue_size(url, &q.queue), 20 - printed as u64);
 }
 
 fn run_all(transport: &str) {
-    let Some(url) = broker_url(transport) else { return };
+    let Some(url) = broker_url(transport) else {
+        return;
+    };
     json_bodies_headers_and_properties(&url);
     text_bytes_and_compressed_bodies(&url);
     topic_exchange_routing(&url);
@@ -227,12 +436,20 @@ fn run_all(transport: &str) {
     count_takes_no_more_than_asked(&url);
     #[cfg(unix)]
     ctrl_c_returns_unacked_messages(&url);
-    let run = kombu(&["bench", "--url", &url, "--messages", "300", "--rtt-samples", "20", "--json"]);
+    let run = kombu(&[
+        "bench",
+        "--url",
+        &url,
+        "--messages",
+        "300",
+        "--rtt-samples",
+        "20",
+        "--json",
+    ]);
     run.expect_code(0);
     let report = &run.json_lines()[0];
     assert_eq!(report["messages"], 300);
     assert!(report["consume_per_sec"].as_f64().unwrap() > 0.0);
-    let _ = Duration::ZERO;
 }
 
 #[test]

@@ -379,7 +379,7 @@ fn bad_flag_values_are_one_line_and_status_2() {
             "--header",
         ),
         (
-            &["publish", "--queue", "q", "--expiration", "-1", "x"],
+            &["publish", "--queue", "q", "--expiration=-1", "x"],
             "--expiration",
         ),
         (
@@ -391,7 +391,7 @@ fn bad_flag_values_are_one_line_and_status_2() {
             "--requeue",
         ),
         (&["consume", "--count", "1"], "--queue"),
-        (&["bench", "--messages", "-5"], "--messages"),
+        (&["bench", "--messages=-5"], "--messages"),
         (&["bench", "--option", "oops"], "--option"),
         (&["bench", "--frobnicate"], "--frobnicate"),
     ];
