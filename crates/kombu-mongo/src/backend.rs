@@ -21,8 +21,8 @@ use crate::broadcast::{Broadcast, RECEIPT_PREFIX};
 use crate::config::MongoConfig;
 use crate::documents::{
     after_millis, arguments_from_bson, arguments_to_bson, binding_pattern, exchange_document,
-    exchange_from_document, lease, message_document, payload_bytes, payload_of, queue_from_document,
-    queue_options, stored_priority,
+    exchange_from_document, lease, message_document, payload_bytes, payload_of,
+    queue_from_document, queue_options, stored_priority,
 };
 use crate::error::driver;
 use crate::lease::{spawn_renewal, LeaseCounter};
@@ -192,7 +192,10 @@ impl MongoBackend {
     /// to (bindings made by other processes), looking again every few seconds.
     async fn refresh_fanout(&self, queue: &str) -> Result<()> {
         {
-            let mut checked = self.fanout_checked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut checked = self
+                .fanout_checked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             match checked.get(queue) {
                 Some(at) if at.elapsed() < FANOUT_LOOKUP_TTL => return Ok(()),
                 _ => {
@@ -255,8 +258,10 @@ impl MongoBackend {
             .properties
             .get("expiration")
             .and_then(|v| {
-                v.as_u64()
-                    .or_else(|| v.as_str().and_then(|s| s.trim().parse::<f64>().ok().map(|f| f as u64)))
+                v.as_u64().or_else(|| {
+                    v.as_str()
+                        .and_then(|s| s.trim().parse::<f64>().ok().map(|f| f as u64))
+                })
             })
             .map(|ms| after_millis(now, ms));
         Ok(match (queue_ttl, message_ttl) {
@@ -267,7 +272,12 @@ impl MongoBackend {
 
     /// Parse a message receipt into its `_id` and lease id.
     fn parse_receipt(receipt: &str) -> Result<(ObjectId, &str)> {
-        let bad = || Error::new(ErrorKind::Other, format!("mongodb: not a receipt: {receipt:?}"));
+        let bad = || {
+            Error::new(
+                ErrorKind::Other,
+                format!("mongodb: not a receipt: {receipt:?}"),
+            )
+        };
         let rest = receipt.strip_prefix(MESSAGE_RECEIPT).ok_or_else(bad)?;
         let (id, lease_id) = rest.split_once(':').ok_or_else(bad)?;
         Ok((ObjectId::parse_str(id).map_err(|_| bad())?, lease_id))
@@ -282,7 +292,10 @@ impl MongoBackend {
         let at = after_millis(DateTime::now(), expires.as_millis() as u64);
         self.collections
             .routing
-            .update_many(doc! { "queue": queue }, doc! { "$set": { "expire_at": at } })
+            .update_many(
+                doc! { "queue": queue },
+                doc! { "$set": { "expire_at": at } },
+            )
             .await
             .map_err(driver("updating binding expiry"))?;
         self.collections
@@ -602,7 +615,8 @@ impl VirtualBackend for MongoBackend {
             .map_err(driver("reading bindings"))?;
         let mut bindings: Vec<QueueBinding> = Vec::with_capacity(routes.len());
         for route in routes {
-            let (Ok(queue), Ok(routing_key)) = (route.get_str("queue"), route.get_str("routing_key"))
+            let (Ok(queue), Ok(routing_key)) =
+                (route.get_str("queue"), route.get_str("routing_key"))
             else {
                 continue;
             };

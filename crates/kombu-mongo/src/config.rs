@@ -201,7 +201,10 @@ impl MongoConfig {
             database,
             collections,
             ttl: to.get_bool("ttl")?.unwrap_or(false),
-            capped_queue_size: to.get_u64("capped_queue_size")?.unwrap_or(100_000).max(4096),
+            capped_queue_size: to
+                .get_u64("capped_queue_size")?
+                .unwrap_or(100_000)
+                .max(4096),
             calc_queue_size: to.get_bool("calc_queue_size")?.unwrap_or(true),
             lease_timeout,
             lease_renew_interval,
@@ -311,9 +314,8 @@ fn login(url: &BrokerUrl, options: &ConnectionOptions) -> Option<Login> {
     let username = url.userid().filter(|u| !u.is_empty())?.to_owned();
     let password = url.password().map(str::to_owned);
     let keyword_password = options.password.as_deref().filter(|p| !p.is_empty());
-    let maybe_defaults = username == "guest"
-        && password.as_deref() == Some("guest")
-        && keyword_password.is_none();
+    let maybe_defaults =
+        username == "guest" && password.as_deref() == Some("guest") && keyword_password.is_none();
     Some(Login {
         username,
         password,
@@ -368,7 +370,10 @@ mod tests {
     #[test]
     fn login_is_encoded_and_never_shown() {
         let c = config("mongodb://us%40er:p%40ss%2Fw@h/db", TransportOptions::new()).unwrap();
-        assert_eq!(c.driver_uri(true), "mongodb://us%40er:p%40ss%2Fw@h:27017/db");
+        assert_eq!(
+            c.driver_uri(true),
+            "mongodb://us%40er:p%40ss%2Fw@h:27017/db"
+        );
         assert_eq!(c.redacted_uri(), "mongodb://us@er:**@h:27017/db");
         assert!(!format!("{c:?}").contains("p@ss"));
         assert!(!c.login.unwrap().maybe_defaults);
@@ -382,7 +387,11 @@ mod tests {
 
     #[test]
     fn srv_has_no_port_and_ipv6_has_brackets() {
-        let c = config("mongodb+srv://cluster.example.com/db", TransportOptions::new()).unwrap();
+        let c = config(
+            "mongodb+srv://cluster.example.com/db",
+            TransportOptions::new(),
+        )
+        .unwrap();
         assert_eq!(c.driver_uri(false), "mongodb+srv://cluster.example.com/db");
         let c = config("mongodb://[::1]:27018/db", TransportOptions::new()).unwrap();
         assert_eq!(c.driver_uri(false), "mongodb://[::1]:27018/db");

@@ -1,10 +1,8 @@
 //! Opening the client, checking the server, and creating kombu's
 //! collections and indexes.
 
-use std::time::Duration;
-
 use kombu_core::{Error, ErrorKind, Result, SslOptions};
-use mongodb::bson::{doc, Document};
+use mongodb::bson::doc;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Database, IndexModel};
 
@@ -56,15 +54,18 @@ async fn try_open(config: &MongoConfig, with_login: bool) -> Result<(Client, Dat
     if !given("tls") && !given("ssl") {
         apply_ssl(&mut options, &config.ssl)?;
     }
-    let client = Client::with_options(options)
-        .map_err(|e| map_driver(e, "creating the client", secret))?;
+    let client =
+        Client::with_options(options).map_err(|e| map_driver(e, "creating the client", secret))?;
     let database = client.database(&config.database);
     // listCollections needs a login where the server wants one, so this
     // checks the address and the credentials at once.
-    database
-        .list_collection_names()
-        .await
-        .map_err(|e| map_driver(e, &format!("connecting to {}", config.redacted_uri()), secret))?;
+    database.list_collection_names().await.map_err(|e| {
+        map_driver(
+            e,
+            &format!("connecting to {}", config.redacted_uri()),
+            secret,
+        )
+    })?;
     Ok((client, database))
 }
 
@@ -141,47 +142,50 @@ pub(crate) async fn prepare(
             }
         }
     }
-    let index = |keys: Document, options: IndexOptions| {
-        IndexModel::builder().keys(keys).options(options).build()
-    };
-    let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
-    // kombu asks for `background: true`, which servers since 4.2 ignore.
-    let messages_index = named("queue_1_priority_1__id_1");
+    // The index specifications pymongo sends for kombu's `create_index`
+    // calls, field for field: a server may refuse an index whose name
+    // exists with other options (SecantusDB refuses kombu's
+    // `background: true` index next to one without it).
     let mut required = vec![
         (
-            &collections.messages,
-            index(doc! { "queue": 1, "priority": 1, "_id": 1 }, messages_index),
+            &names.messages,
+            doc! { "key": { "queue": 1, "priority": 1, "_id": 1 },
+            "name": "queue_1_priority_1__id_1", "background": true },
         ),
         (
-            &collections.broadcast,
-            index(doc! { "queue": 1 }, named("queue_1")),
+            &names.broadcast,
+            doc! { "key": { "queue": 1 }, "name": "queue_1" },
         ),
         (
-            &collections.routing,
-            index(doc! { "queue": 1, "exchange": 1 }, named("queue_1_exchange_1")),
+            &names.routing,
+            doc! { "key": { "queue": 1, "exchange": 1 }, "name": "queue_1_exchange_1" },
         ),
     ];
     if config.ttl {
-        for collection in [&collections.messages, &collections.routing, &collections.queues] {
-            let mut ttl = named("expire_at_1");
-            ttl.expire_after = Some(Duration::ZERO);
-            required.push((collection, index(doc! { "expire_at": 1 }, ttl)));
+        for collection in [&names.messages, &names.routing, &names.queues] {
+            required.push((
+                collection,
+                doc! { "key": { "expire_at": 1 }, "name": "expire_at_1", "expireAfterSeconds": 0 },
+            ));
         }
     }
-    for (collection, model) in required {
-        collection
-            .create_index(model)
+    for (collection, index) in required {
+        database
+            .run_command(doc! { "createIndexes": collection.as_str(), "indexes": [index] })
             .await
-            .map_err(|e| map_driver(e, "creating an index", secret))?;
+            .map_err(|e| map_driver(e, &format!("creating an index on {collection}"), secret))?;
     }
     // Lease renewal looks messages up by owner: index only leased ones.
-    let mut lease_index = named("lease_owner_1");
-    lease_index.sparse = Some(true);
-    if let Err(err) = collections
-        .messages
-        .create_index(index(doc! { lease::OWNER: 1 }, lease_index))
-        .await
-    {
+    let lease_index = IndexModel::builder()
+        .keys(doc! { lease::OWNER: 1 })
+        .options(
+            IndexOptions::builder()
+                .name("lease_owner_1".to_owned())
+                .sparse(true)
+                .build(),
+        )
+        .build();
+    if let Err(err) = collections.messages.create_index(lease_index).await {
         tracing::warn!(error = %err, "mongodb: could not create the lease_owner index");
     }
     Ok(())

@@ -258,7 +258,9 @@ mod tests {
 
     #[test]
     fn exchanges_round_trip() {
-        let ex = Exchange::topic("logs").durable(false).argument("alternate-exchange", "ae");
+        let ex = Exchange::topic("logs")
+            .durable(false)
+            .argument("alternate-exchange", "ae");
         assert_eq!(exchange_from_document(&exchange_document(&ex)), Some(ex));
     }
 }

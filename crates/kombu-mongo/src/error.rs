@@ -6,10 +6,10 @@ use mongodb::error::{Error as DriverError, ErrorKind as DriverKind, WriteFailure
 
 /// Server error codes that mean "log in" or "not allowed".
 const AUTH_CODES: &[i32] = &[
-    13,  // Unauthorized
-    18,  // AuthenticationFailed
-    11,  // UserNotFound
-    33,  // NoSuchKey (unknown auth mechanism on some servers)
+    13, // Unauthorized
+    18, // AuthenticationFailed
+    11, // UserNotFound
+    33, // NoSuchKey (unknown auth mechanism on some servers)
 ];
 
 /// The kind of a driver error.
@@ -78,7 +78,9 @@ mod tests {
         let err = map_driver(DriverError::from(io), "ping", None);
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
         assert!(err.is_connection_error());
-        assert!(err.to_string().starts_with("connection refused: mongodb: ping:"));
+        assert!(err
+            .to_string()
+            .starts_with("connection refused: mongodb: ping:"));
     }
 
     #[test]

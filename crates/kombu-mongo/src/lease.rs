@@ -24,7 +24,9 @@ impl LeaseCounter {
     pub(crate) fn remove(&self) {
         let _ = self
             .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 
     pub(crate) fn held(&self) -> usize {
@@ -61,7 +63,9 @@ pub(crate) fn spawn_renewal(
                 )
                 .await;
             match renewed {
-                Ok(result) => tracing::trace!(owner, renewed = result.modified_count, "leases renewed"),
+                Ok(result) => {
+                    tracing::trace!(owner, renewed = result.modified_count, "leases renewed")
+                }
                 Err(err) => tracing::warn!(owner, error = %err, "renewing leases failed"),
             }
         }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, Channel, Connection, ConnectionOptions, Registry,
-    Result, Transport, TransportFactory,
+    async_trait, BrokerUrl, Capabilities, Channel, Connection, ConnectionOptions, Registry, Result,
+    Transport, TransportFactory,
 };
 
 /// True while a check's transport is open.
@@ -78,7 +78,10 @@ impl TransportFactory for TakingTurns {
         url: &BrokerUrl,
         options: &ConnectionOptions,
     ) -> Result<Arc<dyn Transport>> {
-        match kombu_mongo::MongoTransportFactory.connect(url, options).await {
+        match kombu_mongo::MongoTransportFactory
+            .connect(url, options)
+            .await
+        {
             Ok(inner) => Ok(Arc::new(Turn {
                 inner,
                 ended: AtomicBool::new(false),

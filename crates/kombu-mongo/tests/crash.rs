@@ -81,7 +81,10 @@ async fn sigkilled_consumer_loses_nothing() {
     Queue::new(queue).declare(channel.as_ref()).await.unwrap();
     for i in 0..PUBLISHED {
         Producer::new(&conn)
-            .publish(json!(format!("m{i}")), PublishOptions::new().routing_key(queue))
+            .publish(
+                json!(format!("m{i}")),
+                PublishOptions::new().routing_key(queue),
+            )
             .await
             .unwrap();
     }
@@ -100,11 +103,13 @@ async fn sigkilled_consumer_loses_nothing() {
     let mut held = HashSet::new();
     let waited = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(id) = line.strip_prefix("ACKED ") {
-                acked.insert(id.to_owned());
-            } else if let Some(id) = line.strip_prefix("HELD ") {
-                held.insert(id.to_owned());
-            } else if line == "WAITING" {
+            // libtest may print "test crash_child ... " before the first line.
+            let after = |tag: &str| line.find(tag).map(|at| line[at + tag.len()..].to_owned());
+            if let Some(id) = after("ACKED ") {
+                acked.insert(id);
+            } else if let Some(id) = after("HELD ") {
+                held.insert(id);
+            } else if line.ends_with("WAITING") {
                 return;
             }
         }
@@ -138,7 +143,10 @@ async fn sigkilled_consumer_loses_nothing() {
         if message.redelivered() {
             redelivered += 1;
         }
-        assert!(!acked.contains(&id), "{id} was acked by the child, yet delivered again");
+        assert!(
+            !acked.contains(&id),
+            "{id} was acked by the child, yet delivered again"
+        );
         recovered.insert(id);
         message.ack().await.unwrap();
     }
@@ -152,10 +160,20 @@ async fn sigkilled_consumer_loses_nothing() {
     );
     assert_eq!(acked.len(), CHILD_ACKS);
     assert_eq!(held.len(), CHILD_HOLDS);
-    assert_eq!(stored, PUBLISHED - CHILD_ACKS, "nothing deleted before its ack");
+    assert_eq!(
+        stored,
+        PUBLISHED - CHILD_ACKS,
+        "nothing deleted before its ack"
+    );
     assert_eq!(lost, 0, "messages lost");
-    assert!(held.iter().all(|id| recovered.contains(id)), "every held message recovered");
-    assert_eq!(redelivered, CHILD_HOLDS, "held messages come back flagged redelivered");
+    assert!(
+        held.iter().all(|id| recovered.contains(id)),
+        "every held message recovered"
+    );
+    assert_eq!(
+        redelivered, CHILD_HOLDS,
+        "held messages come back flagged redelivered"
+    );
     let _ = conn.close().await;
     drop_database(&raw).await;
 }

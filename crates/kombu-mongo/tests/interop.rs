@@ -221,29 +221,45 @@ with Connection(url) as conn:
 
     Producer::new(&conn)
         .exchange(Exchange::direct("ipd"))
-        .publish(json!({"kind": "direct"}), PublishOptions::new().routing_key("d"))
+        .publish(
+            json!({"kind": "direct"}),
+            PublishOptions::new().routing_key("d"),
+        )
         .await
         .unwrap();
     Producer::new(&conn)
         .exchange(Exchange::direct("ipd"))
-        .publish(vec![0u8, 1, 2, 255, 254], PublishOptions::new().routing_key("d"))
+        .publish(
+            vec![0u8, 1, 2, 255, 254],
+            PublishOptions::new().routing_key("d"),
+        )
         .await
         .unwrap();
     for key in ["a.x", "b.x"] {
         let kind = if key == "a.x" { "topic" } else { "not-matched" };
         Producer::new(&conn)
             .exchange(Exchange::topic("ipt"))
-            .publish(json!({ "kind": kind }), PublishOptions::new().routing_key(key))
+            .publish(
+                json!({ "kind": kind }),
+                PublishOptions::new().routing_key(key),
+            )
             .await
             .unwrap();
     }
     Producer::new(&conn)
         .exchange(Exchange::fanout("ipf"))
-        .publish(json!({"kind": "fanout"}), PublishOptions::new().routing_key("x"))
+        .publish(
+            json!({"kind": "fanout"}),
+            PublishOptions::new().routing_key("x"),
+        )
         .await
         .unwrap();
     for prio in [0u8, 9, 3, 6] {
-        Producer::new(&conn).publish(json!(prio), PublishOptions::new().routing_key("qp").priority(prio))
+        Producer::new(&conn)
+            .publish(
+                json!(prio),
+                PublishOptions::new().routing_key("qp").priority(prio),
+            )
             .await
             .unwrap();
     }
@@ -313,11 +329,22 @@ print("ok")
         .declare(channel.as_ref())
         .await
         .unwrap();
-    Queue::new("cmptq").bind(&tex, "a.#").declare(channel.as_ref()).await.unwrap();
-    Queue::new("cmpfq").bind(&fex, "").declare(channel.as_ref()).await.unwrap();
+    Queue::new("cmptq")
+        .bind(&tex, "a.#")
+        .declare(channel.as_ref())
+        .await
+        .unwrap();
+    Queue::new("cmpfq")
+        .bind(&fex, "")
+        .declare(channel.as_ref())
+        .await
+        .unwrap();
     Producer::new(&conn)
         .exchange(ex)
-        .publish(json!({"hello": "world"}), PublishOptions::new().routing_key("rk").priority(3))
+        .publish(
+            json!({"hello": "world"}),
+            PublishOptions::new().routing_key("rk").priority(3),
+        )
         .await
         .unwrap();
     Producer::new(&conn)
@@ -339,26 +366,75 @@ print("ok")
         d.remove("_id");
         if let Ok(payload) = d.get_str("payload") {
             let envelope: Value = serde_json::from_str(payload).unwrap();
-            let tag = envelope["properties"]["delivery_tag"].as_str().unwrap_or("").to_owned();
+            let tag = envelope["properties"]["delivery_tag"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
             let text = payload.replace(&tag, "TAG");
             d.insert("payload", text);
         }
         if let Some(mongodb::bson::Bson::DateTime(_)) = d.get("expire_at") {
             d.insert("expire_at", "<date>");
         }
-        let mut pairs: Vec<(String, String)> =
-            d.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect();
+        let mut pairs: Vec<(String, String)> = d
+            .iter()
+            .map(|(k, v)| (k.clone(), format!("{v:?}")))
+            .collect();
         pairs.sort();
         pairs
     };
-    for collection in ["messages", "messages.routing", "messages.broadcast", "messages.queues"] {
-        let mut from_py: Vec<_> = documents(&py, collection).await.into_iter().map(normalise).collect();
-        let mut from_rs: Vec<_> = documents(&rs, collection).await.into_iter().map(normalise).collect();
+    for collection in [
+        "messages",
+        "messages.routing",
+        "messages.broadcast",
+        "messages.queues",
+    ] {
+        let mut from_py: Vec<_> = documents(&py, collection)
+            .await
+            .into_iter()
+            .map(normalise)
+            .collect();
+        let mut from_rs: Vec<_> = documents(&rs, collection)
+            .await
+            .into_iter()
+            .map(normalise)
+            .collect();
         from_py.sort();
         from_rs.sort();
         assert!(!from_py.is_empty(), "python wrote no {collection}");
         assert_eq!(from_rs, from_py, "{collection}: kombu-rs vs kombu 5.7");
         println!("{collection}: {} documents identical", from_py.len());
+    }
+    // kombu's indexes, with the same specifications (a server may refuse
+    // a same-named index with other options when the other side connects).
+    for collection in [
+        "messages",
+        "messages.routing",
+        "messages.broadcast",
+        "messages.queues",
+    ] {
+        let specs = |db: mongodb::Database| async move {
+            use futures::TryStreamExt;
+            let indexes: Vec<mongodb::IndexModel> = db
+                .collection::<mongodb::bson::Document>(collection)
+                .list_indexes()
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            indexes
+                .into_iter()
+                .map(|i| format!("{:?} {:?}", i.keys, i.options))
+                .collect::<Vec<_>>()
+        };
+        let from_rs = specs(rs.clone()).await;
+        for index in specs(py.clone()).await {
+            assert!(
+                from_rs.contains(&index),
+                "{collection}: {index} missing in {from_rs:?}"
+            );
+        }
     }
     drop_database(&py).await;
     drop_database(&rs).await;

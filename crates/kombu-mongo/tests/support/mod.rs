@@ -50,7 +50,9 @@ pub fn connection(url: &str, options: TransportOptions) -> Connection {
 
 /// A plain driver client on `url`'s server, for raw documents.
 pub async fn raw_database(url: &str, database: &str) -> mongodb::Database {
-    let client = mongodb::Client::with_uri_str(url).await.expect("driver client");
+    let client = mongodb::Client::with_uri_str(url)
+        .await
+        .expect("driver client");
     client.database(database)
 }
 
