@@ -104,6 +104,14 @@ pub trait VirtualBackend: Send + Sync + 'static {
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>>;
     /// Forget a fetched message for good.
     async fn ack(&self, fetched_from: &str, receipt: &Receipt) -> Result<()>;
+    /// Drop a message rejected without requeue (the channel has already
+    /// dead-lettered it when the queue declares a dead-letter exchange).
+    /// A backend with a dead-letter store of its own (an SQS redrive
+    /// policy) may move it there. By default [`ack`](Self::ack).
+    async fn discard(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
+        let _ = envelope;
+        self.ack(queue, receipt).await
+    }
     /// Return a fetched message to its queue, to be served next, with the
     /// envelope given (marked redelivered).
     async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()>;

@@ -776,7 +776,10 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                 self.state
                     .dead_letter(&item.queue, item.envelope.clone(), "rejected")
                     .await?;
-                self.state.backend.ack(&item.queue, &item.receipt).await?;
+                self.state
+                    .backend
+                    .discard(&item.queue, &item.receipt, &item.envelope)
+                    .await?;
             }
         }
         Ok(())
