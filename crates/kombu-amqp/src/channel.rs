@@ -247,6 +247,12 @@ impl Channel for AmqpChannel {
     /// channel usable.
     async fn queue_size(&self, queue: &str) -> Result<u64> {
         let queue = name("queue name", queue)?;
+        if !self.is_open() {
+            return Err(Error::new(
+                ErrorKind::ChannelClosed,
+                "queue.declare (passive): the channel is closed",
+            ));
+        }
         let published = self.sync.settle().await;
         let side = self
             .connection

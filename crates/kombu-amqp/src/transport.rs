@@ -4,7 +4,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use kombu_core::{async_trait, Capabilities, Channel, Error, ErrorKind, Result, Transport};
+use kombu_core::{
+    async_trait, BrokerUrl, Capabilities, Channel, ConnectionOptions, Error, ErrorKind, Result,
+    Transport,
+};
 use lapin::Connection;
 
 use crate::channel::AmqpChannel;
@@ -70,9 +73,40 @@ impl AmqpTransport {
         })
     }
 
+    /// Connect to the broker at `url` (defaults filled in as
+    /// [`Connection`](kombu_core::Connection) does) with `options`, and get
+    /// the concrete transport (for [`AmqpTransport::open_channel`] and the
+    /// lapin connection).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> kombu_core::Result<()> {
+    /// use kombu_core::{BrokerUrl, ConnectionOptions};
+    /// let url = BrokerUrl::parse("amqp://guest:guest@localhost:5672//")?;
+    /// let transport = kombu_amqp::AmqpTransport::open(&url, &ConnectionOptions::new()).await?;
+    /// let channel = transport.open_channel().await?;
+    /// channel.enable_confirms().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(url: &BrokerUrl, options: &ConnectionOptions) -> Result<Self> {
+        let mut options = options.clone();
+        options.apply_query(url)?;
+        let tls = url.scheme().eq_ignore_ascii_case("amqps");
+        Self::connect(ConnectConfig::new(url, &options, tls)?).await
+    }
+
     /// The broker's `host:port`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The heartbeat interval in seconds negotiated with the broker (0: none).
+    pub fn heartbeat_secs(&self) -> u16 {
+        self.connection.configuration().heartbeat()
+    }
+
+    /// The largest frame negotiated with the broker, in bytes.
+    pub fn frame_max(&self) -> u32 {
+        self.connection.configuration().frame_max()
     }
 
     /// The lapin connection, for what kombu's API does not cover.
