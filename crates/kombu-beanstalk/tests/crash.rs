@@ -52,7 +52,9 @@ async fn sigkill_of_a_consumer_loses_nothing() {
     if child_mode().is_some() {
         return;
     }
-    let Some(conn) = connect_with(ConnectionOptions::new()) else { return };
+    let Some(conn) = connect_with(ConnectionOptions::new()) else {
+        return;
+    };
     let q = Queue::new(kombu_testkit::unique("crash-q"));
     let channel = conn.channel().await.unwrap();
     q.declare(channel.as_ref()).await.unwrap();
@@ -63,7 +65,11 @@ async fn sigkill_of_a_consumer_loses_nothing() {
             .await
             .unwrap();
     }
-    let (mut child, mut lines) = spawn_child("child_consumer", "ack", &[("KOMBU_BEANSTALK_QUEUE", &q.name)]);
+    let (mut child, mut lines) = spawn_child(
+        "child_consumer",
+        "ack",
+        &[("KOMBU_BEANSTALK_QUEUE", &q.name)],
+    );
     let mut got = BTreeSet::new();
     let mut acked = BTreeSet::new();
     while acked.len() < KILL_AFTER {
@@ -138,7 +144,10 @@ async fn sigkill_of_a_consumer_loses_nothing() {
     );
     for n in &in_flight {
         if let Some(redelivered) = parent.get(n) {
-            assert!(redelivered, "message {n} came back without the redelivered flag");
+            assert!(
+                redelivered,
+                "message {n} came back without the redelivered flag"
+            );
         }
     }
     assert_eq!(channel.queue_size(&q.name).await.unwrap(), 0);
@@ -161,7 +170,10 @@ async fn hung_consumer_loses_its_jobs_after_ttr() {
     let (mut child, mut lines) = spawn_child(
         "child_consumer",
         "hold",
-        &[("KOMBU_BEANSTALK_QUEUE", &q.name), ("KOMBU_BEANSTALK_TTR", "2")],
+        &[
+            ("KOMBU_BEANSTALK_QUEUE", &q.name),
+            ("KOMBU_BEANSTALK_TTR", "2"),
+        ],
     );
     wait_for(&mut lines, "READY").await;
     let producer = Producer::new(&conn);
@@ -172,7 +184,9 @@ async fn hung_consumer_loses_its_jobs_after_ttr() {
             .unwrap();
     }
     for _ in 0..5 {
-        let line = next_line(&mut lines, Duration::from_secs(30)).await.unwrap();
+        let line = next_line(&mut lines, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert!(line.starts_with("HELD "), "{line}");
     }
     let pid = child.id().unwrap();

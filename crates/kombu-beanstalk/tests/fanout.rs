@@ -32,7 +32,10 @@ async fn child_fanout_member() {
     m.ack().await.unwrap();
     Producer::new(&conn)
         .exchange(exchange)
-        .publish(json!("from-child"), PublishOptions::new().routing_key("any"))
+        .publish(
+            json!("from-child"),
+            PublishOptions::new().routing_key("any"),
+        )
         .await
         .unwrap();
     say("PUBLISHED");
@@ -50,7 +53,9 @@ async fn fanout_reaches_every_process() {
     if child_mode().is_some() {
         return;
     }
-    let Some(conn) = connect_with(ConnectionOptions::new()) else { return };
+    let Some(conn) = connect_with(ConnectionOptions::new()) else {
+        return;
+    };
     let exchange = Exchange::fanout(kombu_testkit::unique("xproc-fanout"));
     let mine = Queue::new(kombu_testkit::unique("xproc-parent")).bind(&exchange, "");
     let theirs = kombu_testkit::unique("xproc-child");

@@ -87,9 +87,12 @@ async fn touch_extends_the_lease() {
     }
     // 3.2 s held with ttr 2 s: nobody else got it.
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), futures::StreamExt::next(&mut cb))
-            .await
-            .is_err(),
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            futures::StreamExt::next(&mut cb)
+        )
+        .await
+        .is_err(),
         "a touched job went to another consumer"
     );
     // Stop touching: after the ttr the job goes to the other consumer.
@@ -127,8 +130,13 @@ async fn delay_header_uses_the_put_delay() {
     let mut c = consumer(&conn, &q).await;
     let m = recv(&mut c).await.unwrap();
     let waited = started.elapsed();
-    println!("delayed message arrived after {waited:?} (asked 1500 ms, beanstalk rounds up to 2 s)");
-    assert!(waited >= Duration::from_millis(1500), "arrived after {waited:?}");
+    println!(
+        "delayed message arrived after {waited:?} (asked 1500 ms, beanstalk rounds up to 2 s)"
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "arrived after {waited:?}"
+    );
     m.ack().await.unwrap();
     channel.queue_delete(&q.name).await.unwrap();
     conn.close().await.unwrap();
@@ -141,7 +149,10 @@ async fn priorities_on_the_wire_and_kept_on_requeue() {
     let channel = conn.channel().await.unwrap();
     q.declare(channel.as_ref()).await.unwrap();
     Producer::new(&conn)
-        .publish(json!(7), PublishOptions::new().routing_key(&q.name).priority(7))
+        .publish(
+            json!(7),
+            PublishOptions::new().routing_key(&q.name).priority(7),
+        )
         .await
         .unwrap();
     let mut c = consumer(&conn, &q).await;
@@ -155,11 +166,17 @@ async fn priorities_on_the_wire_and_kept_on_requeue() {
     )
     .await
     .unwrap();
-    assert_eq!(raw.stats_job(id).await.unwrap().unwrap().number("pri"), 1024 - 7);
+    assert_eq!(
+        raw.stats_job(id).await.unwrap().unwrap().number("pri"),
+        1024 - 7
+    );
     m.requeue().await.unwrap();
     let again = recv(&mut c).await.unwrap();
     assert!(again.redelivered());
-    assert_eq!(raw.stats_job(id).await.unwrap().unwrap().number("pri"), 1024 - 7);
+    assert_eq!(
+        raw.stats_job(id).await.unwrap().unwrap().number("pri"),
+        1024 - 7
+    );
     again.ack().await.unwrap();
     channel.queue_delete(&q.name).await.unwrap();
     conn.close().await.unwrap();

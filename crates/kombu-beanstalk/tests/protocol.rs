@@ -27,7 +27,7 @@ async fn put_reserve_delete_and_stats() {
     c.use_tube(&t).await.unwrap();
     let id = c.put(100, 0, 30, b"hello\r\nworld").await.unwrap();
     c.set_watched(std::slice::from_ref(&t)).await.unwrap();
-    assert_eq!(c.watched(), [t.clone()]);
+    assert_eq!(c.watched(), std::slice::from_ref(&t));
     let stats = c.stats_tube(&t).await.unwrap().unwrap();
     assert_eq!(stats.number("current-jobs-ready"), 1);
     let Reserved::Job(job) = c.reserve_with_timeout(0).await.unwrap() else {
@@ -62,13 +62,19 @@ async fn release_bury_kick_and_peek() {
     let Reserved::Job(job) = c.reserve_with_timeout(1).await.unwrap() else {
         panic!("no job")
     };
-    assert_eq!(c.stats_job(id).await.unwrap().unwrap().number("reserves"), 2);
+    assert_eq!(
+        c.stats_job(id).await.unwrap().unwrap().number("reserves"),
+        2
+    );
     assert!(c.bury(job.id, 7).await.unwrap());
     assert_eq!(c.peek_state(PeekState::Ready).await.unwrap(), None);
     let buried = c.peek_state(PeekState::Buried).await.unwrap().unwrap();
     assert_eq!(buried.id, id);
     assert_eq!(c.kick(10).await.unwrap(), 1);
-    assert_eq!(c.peek_state(PeekState::Ready).await.unwrap().unwrap().id, id);
+    assert_eq!(
+        c.peek_state(PeekState::Ready).await.unwrap().unwrap().id,
+        id
+    );
     // Delayed jobs, kick-job and peek by id.
     let delayed = c.put(0, 3600, 30, b"later").await.unwrap();
     assert_eq!(
@@ -96,7 +102,10 @@ async fn reservations_belong_to_their_connection() {
     let Reserved::Job(_) = a.reserve_with_timeout(1).await.unwrap() else {
         panic!("no job")
     };
-    assert!(!b.delete(id).await.unwrap(), "another connection deleted a reserved job");
+    assert!(
+        !b.delete(id).await.unwrap(),
+        "another connection deleted a reserved job"
+    );
     assert!(!b.release(id, 0, 0).await.unwrap());
     assert!(!b.touch(id).await.unwrap());
     assert!(b.reserve_job(id).await.unwrap().is_none());

@@ -29,7 +29,11 @@ pub fn child_mode() -> Option<String> {
 }
 
 /// Start this test binary as a child running test `test_name` in `mode`.
-pub fn spawn_child(test_name: &str, mode: &str, env: &[(&str, &str)]) -> (Child, Lines<BufReader<ChildStdout>>) {
+pub fn spawn_child(
+    test_name: &str,
+    mode: &str,
+    env: &[(&str, &str)],
+) -> (Child, Lines<BufReader<ChildStdout>>) {
     let exe = std::env::current_exe().expect("test binary path");
     let mut child = Command::new(exe)
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
@@ -46,7 +50,10 @@ pub fn spawn_child(test_name: &str, mode: &str, env: &[(&str, &str)]) -> (Child,
 }
 
 /// The next line of a child's output, within `wait`.
-pub async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>, wait: Duration) -> Option<String> {
+pub async fn next_line(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    wait: Duration,
+) -> Option<String> {
     match tokio::time::timeout(wait, lines.next_line()).await {
         Ok(Ok(line)) => line,
         _ => None,
