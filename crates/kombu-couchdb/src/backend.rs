@@ -18,6 +18,8 @@ use crate::layout::{self, Lease, SequenceGenerator};
 
 /// Rows read per page when counting, purging or deleting a queue.
 const PAGE: usize = 1000;
+/// Pause after a changes feed answer that concerned other queues.
+const IRRELEVANT_CHANGES_PAUSE: Duration = Duration::from_millis(50);
 /// Most messages a queue's size is counted up to.
 const SIZE_LIMIT: usize = 10_000_000;
 /// Attempts at a read-modify-write that keeps losing to other writers.
@@ -93,7 +95,10 @@ impl CouchBackend {
         let mut query = json!({
             "selector": selector,
             "limit": want.limit,
-            "use_index": [layout::MESSAGE_INDEX_DDOC, layout::MESSAGE_INDEX_NAME],
+            "use_index": [
+                format!("_design/{}", layout::MESSAGE_INDEX_DDOC),
+                layout::MESSAGE_INDEX_NAME
+            ],
         });
         if want.sorted {
             query["sort"] = layout::message_sort();
@@ -471,9 +476,17 @@ impl VirtualBackend for CouchBackend {
                     .feed
                     .wait(&self.client, &since, queues, remaining)
                     .await?;
+                let moved = next != since;
                 since = next;
                 if relevant {
                     break;
+                }
+                if moved {
+                    // Other queues' traffic: let it gather for a moment
+                    // rather than ask again after every write (each
+                    // waiting consumer answers each change otherwise).
+                    let pause = remaining.min(IRRELEVANT_CHANGES_PAUSE);
+                    tokio::time::sleep(pause).await;
                 }
             }
         }

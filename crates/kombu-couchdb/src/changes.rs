@@ -47,7 +47,7 @@ pub(crate) fn concerns(row: &Value, queues: &[String]) -> bool {
     row.get("id")
         .and_then(Value::as_str)
         .and_then(queue_of_message_id)
-        .is_some_and(|queue| queues.iter().any(|q| *q == queue))
+        .is_some_and(|queue| queues.contains(&queue))
 }
 
 impl ChangesFeed {
