@@ -180,10 +180,15 @@ impl TableStore {
                 }
                 match conn.stats_tube(META_TUBE).await? {
                     None => return Ok(Table::default()),
-                    Some(stats) if stats.number("current-jobs-reserved") == 0 => {
+                    Some(stats)
+                        if stats.number("current-jobs-reserved") == 0
+                            && stats.number("current-jobs-ready") == 0 =>
+                    {
                         return Ok(Table::default())
                     }
-                    Some(_) => {} // a writer holds it: wait for its new version
+                    // A writer holds it, or put its new version since our
+                    // peek: look again.
+                    Some(_) => {}
                 }
             }
             if Instant::now() >= deadline {
@@ -208,18 +213,27 @@ impl TableStore {
                             .await?
                             .map_or(0, |s| s.number("current-jobs-reserved"));
                         if others > 1 {
-                            // Another writer holds a second version: back off.
-                            conn.release(job.id, priority_of(0), 0).await?;
+                            // Another writer holds a second version: give
+                            // this one back unchanged (same priority) and
+                            // try again.
+                            let body = chunks::load(conn, job.body.clone()).await?;
+                            let version = Table::parse(&body).map_or(0, |t| t.version);
+                            conn.release(job.id, priority_of(version), 0).await?;
                         } else {
                             return self.write_over(conn, job, &mut change).await;
                         }
                     }
                     Reserved::TimedOut => {
                         let stats = conn.stats_tube(META_TUBE).await?;
-                        let held = stats.map_or(0, |s| {
-                            s.number("current-jobs-reserved") + s.number("current-jobs-delayed")
+                        // Create the table only when the tube is empty: a
+                        // version may have been put (ready) since our reserve.
+                        let jobs = stats.map_or(0, |s| {
+                            s.number("current-jobs-ready")
+                                + s.number("current-jobs-reserved")
+                                + s.number("current-jobs-delayed")
+                                + s.number("current-jobs-buried")
                         });
-                        if held == 0 {
+                        if jobs == 0 {
                             let mut table = Table::default();
                             change(&mut table);
                             table.version = 1;

@@ -206,3 +206,53 @@ async fn unknown_option_is_refused() {
     let err = conn.connect().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidOption, "{err}");
 }
+
+/// Binds from several connections at once all land in the shared table
+/// (the reserve-as-lock protocol loses no update).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_binds_all_land_in_the_table() {
+    use kombu_core::virtual_channel::VirtualBackend;
+    let Some(first) = connect() else { return };
+    let exchange = kombu_core::Exchange::direct(unique("concurrent-ex"));
+    let mut tasks = Vec::new();
+    for worker in 0..3 {
+        let conn = connect().unwrap();
+        let exchange = exchange.clone();
+        tasks.push(tokio::spawn(async move {
+            let channel = conn.channel().await.unwrap();
+            let mut names = Vec::new();
+            for i in 0..8 {
+                let name = format!("{}-w{worker}-{i}", exchange.name);
+                let q = Queue::new(&name).bind(&exchange, &name);
+                q.declare(channel.as_ref()).await.unwrap();
+                channel.queue_bind(&name, &q.bindings[0]).await.unwrap();
+                names.push(name);
+            }
+            conn.close().await.unwrap();
+            names
+        }));
+    }
+    let mut expected = Vec::new();
+    for t in tasks {
+        expected.extend(t.await.unwrap());
+    }
+    let backend = kombu_beanstalk::backend(&first).await.unwrap();
+    let mut bound: Vec<String> = backend
+        .bindings(&exchange.name)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.queue)
+        .collect();
+    bound.sort();
+    expected.sort();
+    assert_eq!(bound, expected, "a concurrent table update was lost");
+    let channel = first.channel().await.unwrap();
+    for name in &expected {
+        assert!(backend.queue_declaration(name).await.unwrap().is_some());
+        channel.queue_delete(name).await.unwrap();
+    }
+    channel.exchange_delete(&exchange.name).await.unwrap();
+    assert!(backend.bindings(&exchange.name).await.unwrap().is_empty());
+    first.close().await.unwrap();
+}
