@@ -30,6 +30,8 @@ pub const REQUIREMENTS: &[&str] = &[
     "boto3==1.44.8",
     "pycurl==7.49.0",
     "urllib3==2.8.0",
+    // kombu's MongoDB transport.
+    "pymongo==4.20.0",
 ];
 
 const MARKER: &str = ".kombu-installed";
