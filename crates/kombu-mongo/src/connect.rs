@@ -3,7 +3,7 @@
 
 use kombu_core::{Error, ErrorKind, Result, SslOptions};
 use mongodb::bson::doc;
-use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
 use mongodb::{Client, Database, IndexModel};
 
 use crate::backend::Collections;
@@ -71,46 +71,31 @@ async fn try_open(config: &MongoConfig, with_login: bool) -> Result<(Client, Dat
 
 /// kombu's `ssl` settings, when the URL says nothing about TLS.
 fn apply_ssl(options: &mut ClientOptions, ssl: &SslOptions) -> Result<()> {
-    #[cfg(feature = "tls")]
-    {
-        use mongodb::options::{Tls, TlsOptions};
-        match ssl {
-            SslOptions::Disabled => {}
-            SslOptions::Custom {
-                ca_certs,
-                certfile,
-                keyfile,
-                verify,
-                check_hostname: _,
-            } => {
-                if keyfile.is_some() && keyfile != certfile {
-                    return Err(Error::invalid_option(
-                        "mongodb: the client key must be in the certificate file \
-                         (tlsCertificateKeyFile): give ssl_certfile only, or \
-                         tlsCertificateKeyFile in the URL",
-                    ));
-                }
-                let mut tls = TlsOptions::default();
-                tls.ca_file_path = ca_certs.clone();
-                tls.cert_key_file_path = certfile.clone();
-                tls.allow_invalid_certificates = Some(!verify);
-                options.tls = Some(Tls::Enabled(tls));
+    match ssl {
+        SslOptions::Disabled => {}
+        SslOptions::Custom {
+            ca_certs,
+            certfile,
+            keyfile,
+            verify,
+            check_hostname: _,
+        } => {
+            if keyfile.is_some() && keyfile != certfile {
+                return Err(Error::invalid_option(
+                    "mongodb: the client key must be in the certificate file \
+                     (tlsCertificateKeyFile): give ssl_certfile only, or \
+                     tlsCertificateKeyFile in the URL",
+                ));
             }
-            _ => options.tls = Some(Tls::Enabled(TlsOptions::default())),
+            let mut tls = TlsOptions::default();
+            tls.ca_file_path = ca_certs.clone();
+            tls.cert_key_file_path = certfile.clone();
+            tls.allow_invalid_certificates = Some(!verify);
+            options.tls = Some(Tls::Enabled(tls));
         }
-        Ok(())
+        _ => options.tls = Some(Tls::Enabled(TlsOptions::default())),
     }
-    #[cfg(not(feature = "tls"))]
-    {
-        let _ = options;
-        if ssl.is_enabled() {
-            return Err(Error::new(
-                ErrorKind::FeatureDisabled,
-                "mongodb: TLS needs the `tls` feature of kombu-mongo",
-            ));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// kombu's collections and indexes (its `_create_broadcast` and

@@ -20,11 +20,7 @@ pub(crate) mod lease {
     pub const UNTIL: &str = "lease_until";
 }
 
-/// The `priority` field kombu stores: `9 - min(priority, 9)`.
-///
-/// ```ignore
-/// assert_eq!(stored_priority(3), 6);
-/// ```
+/// The `priority` field kombu stores: `9 - min(priority, 9)` (3 -> 6).
 pub(crate) fn stored_priority(priority: u8) -> i32 {
     i32::from(MAX_PRIORITY - priority.min(MAX_PRIORITY))
 }
