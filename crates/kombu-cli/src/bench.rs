@@ -445,13 +445,17 @@ pub async fn run(args: &BenchArgs) -> Outcome {
     let rtt_queue = format!("{queue}-rtt");
     Queue::new(&queue).declare(channel.as_ref()).await?;
     let body = Bytes::from(vec![b'x'; args.size]);
-    let measured: Outcome<(Took, Took, Vec<Duration>)> = async {
+    let phases = async {
         let publish = publish_phase(args, &queue, &body).await?;
         let consume = consume_phase(args, &queue).await?;
         let rtt = rtt_phase(args, &rtt_queue, &body).await?;
         Ok((publish, consume, rtt))
-    }
-    .await;
+    };
+    // Ctrl-C stops the run; the queues are still deleted.
+    let measured: Outcome<(Took, Took, Vec<Duration>)> = tokio::select! {
+        measured = phases => measured,
+        _ = crate::consume::interrupted() => Err(Failure::interrupted("bench interrupted")),
+    };
     for name in [&queue, &rtt_queue] {
         let _ = channel.queue_delete(name).await;
     }

@@ -75,7 +75,7 @@ pub async fn open(args: &BrokerArgs) -> Outcome<Connection> {
             Err(Failure::usage(format!(
                 "cannot connect to {} ({}, connect timeout {timeout}): {err}",
                 host_port(&conn),
-                conn.as_uri(),
+                display_url(args),
             )))
         }
     }

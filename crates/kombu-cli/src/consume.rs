@@ -39,7 +39,7 @@ enum Stop {
 }
 
 /// Resolves on Ctrl-C, or SIGTERM on Unix.
-async fn interrupted() {
+pub async fn interrupted() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

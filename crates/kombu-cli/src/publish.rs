@@ -120,7 +120,10 @@ pub async fn run(args: &PublishArgs) -> Outcome {
     }
     let template = read_body(&args.body)?;
     let conn = connect::open(&args.broker).await?;
-    let result = publish(&conn, args, exchange.clone(), &routing_key, &template).await;
+    let result = tokio::select! {
+        result = publish(&conn, args, exchange.clone(), &routing_key, &template) => result,
+        _ = crate::consume::interrupted() => Err(Failure::interrupted("publish interrupted")),
+    };
     let _ = conn.close().await;
     let (sent, elapsed) = result?;
     let target = if exchange.is_default() {

@@ -76,20 +76,22 @@ pub fn command(args: &[&str]) -> Command {
     cmd
 }
 
-/// Wait for `child`, killing it (and failing) after [`LIMIT`].
+/// Read a pipe to its end on a thread (nothing when it was taken already).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut s);
+        }
+        s
+    })
+}
+
+/// Wait for `child`, killing it (and failing) after [`LIMIT`]. Its stdout
+/// and stderr are collected unless the caller took them.
 pub fn wait(mut child: Child) -> Run {
-    let mut stdout = child.stdout.take().expect("stdout piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for kombu") {
