@@ -165,6 +165,10 @@ pub struct DeliveryInfo {
     pub consumer_tag: Option<String>,
     /// The queue it was taken from, when the transport knows.
     pub queue: Option<String>,
+    /// The transport's own handle on this delivery, where it has one (a
+    /// virtual transport's receipt: the SQS receipt handle, ...), for
+    /// transport-specific calls such as extending an SQS message's lease.
+    pub receipt: Option<String>,
 }
 
 impl DeliveryInfo {

@@ -73,6 +73,11 @@ pub struct Capabilities {
     pub persistent: bool,
     /// An unacked message of a consumer that died is delivered again.
     pub redelivers_unacked: bool,
+    /// The largest serialized body the transport carries (after its own
+    /// encoding overhead, approximately), when it has a limit (SQS: 256 KiB
+    /// for the whole message). A larger message is a
+    /// [`LimitExceeded`](crate::ErrorKind::LimitExceeded) error.
+    pub max_body_size: Option<u64>,
 }
 
 impl Capabilities {
@@ -90,6 +95,7 @@ impl Capabilities {
             shared_declarations: false,
             persistent: false,
             redelivers_unacked: true,
+            max_body_size: None,
         }
     }
 
@@ -141,6 +147,11 @@ impl Capabilities {
     /// Set whether unacked messages of a dead consumer come back.
     pub fn with_redelivers_unacked(mut self, yes: bool) -> Self {
         self.redelivers_unacked = yes;
+        self
+    }
+    /// Set the largest body the transport carries (`None`: no limit).
+    pub fn with_max_body_size(mut self, bytes: Option<u64>) -> Self {
+        self.max_body_size = bytes;
         self
     }
 }

@@ -694,7 +694,8 @@ pub async fn max_length_drops_oldest(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// A 1 MiB body arrives intact.
+/// A 1 MiB body arrives intact (on a transport with a smaller size limit:
+/// publishing it is a `LimitExceeded` error and nothing is queued).
 pub async fn large_body_1mib(conn: &Connection) -> Result<()> {
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&unique("large-q")));
@@ -702,6 +703,21 @@ pub async fn large_body_1mib(conn: &Connection) -> Result<()> {
     let body: Vec<u8> = (0..1024 * 1024)
         .map(|i: u32| (i.wrapping_mul(31) % 251) as u8)
         .collect();
+    if let Some(limit) = conn.capabilities().max_body_size {
+        if limit < body.len() as u64 {
+            let result = Producer::new(conn)
+                .publish(body.clone(), PublishOptions::new().routing_key(&q.name))
+                .await;
+            let refused = matches!(&result, Err(e) if e.kind() == ErrorKind::LimitExceeded);
+            check(
+                refused,
+                format!("1 MiB over a {limit}-byte limit: {result:?}"),
+            )?;
+            expect_eq(c.channel().queue_size(&q.name).await?, 0, "queued")?;
+            clean.run(c.channel().as_ref()).await;
+            return Ok(());
+        }
+    }
     Producer::new(conn)
         .publish(body.clone(), PublishOptions::new().routing_key(&q.name))
         .await?;

@@ -102,6 +102,20 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// is the caller's job: it rotates the slice), waiting up to `wait` for
     /// one to arrive. The message stays reserved until acked or requeued.
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>>;
+    /// Take up to `max` messages (at least one is asked for) of `queues`
+    /// in one go, waiting up to `wait` for the first. The consume loop asks
+    /// for as many as the channel's prefetch has room for, so a backend
+    /// that receives in batches (SQS: up to 10 per request) never holds
+    /// more than the prefetch allows. By default one [`fetch`](Self::fetch).
+    async fn fetch_batch(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>> {
+        let _ = max;
+        Ok(self.fetch(queues, wait).await?.into_iter().collect())
+    }
     /// Forget a fetched message for good.
     async fn ack(&self, fetched_from: &str, receipt: &Receipt) -> Result<()>;
     /// Drop a message rejected without requeue (the channel has already

@@ -11,8 +11,9 @@ use crate::message::Delivery;
 
 /// What the loop should do next.
 enum Next {
-    /// Fetch from these queues (already rotated for fairness).
-    Fetch(Vec<String>),
+    /// Fetch up to this many messages from these queues (already rotated
+    /// for fairness).
+    Fetch(Vec<String>, usize),
     /// Wait for room (prefetch full) or for a consumer.
     Wait,
     /// The channel closed or every consumer left.
@@ -34,8 +35,8 @@ pub(super) fn spawn_poller<B: VirtualBackend>(state: Weak<State<B>>) {
                     // The timeout re-checks the weak reference now and then.
                     let _ = tokio::time::timeout(interval, wake.notified()).await;
                 }
-                Next::Fetch(queues) => {
-                    if let Err(err) = fetch_once(&strong, &queues).await {
+                Next::Fetch(queues, room) => {
+                    if let Err(err) = fetch_once(&strong, &queues, room).await {
                         report(&strong, &queues, err).await;
                         let interval = strong.backend.polling_interval();
                         drop(strong);
@@ -56,6 +57,13 @@ fn next_step<B: VirtualBackend>(state: &State<B>) -> Next {
     if inner.prefetch > 0 && inner.unacked.len() >= usize::from(inner.prefetch) {
         return Next::Wait;
     }
+    // Room left under the prefetch limit (no limit: as many as the backend
+    // likes to take at once).
+    let room = if inner.prefetch > 0 {
+        usize::from(inner.prefetch) - inner.unacked.len()
+    } else {
+        usize::from(u16::MAX)
+    };
     let mut queues: Vec<String> = Vec::new();
     for consumer in &inner.consumers {
         if !queues.contains(&consumer.queue) {
@@ -65,14 +73,29 @@ fn next_step<B: VirtualBackend>(state: &State<B>) -> Next {
     inner.rotation = inner.rotation.wrapping_add(1);
     let shift = inner.rotation % queues.len();
     queues.rotate_left(shift);
-    Next::Fetch(queues)
+    Next::Fetch(queues, room)
 }
 
-async fn fetch_once<B: VirtualBackend>(state: &Arc<State<B>>, queues: &[String]) -> Result<()> {
+async fn fetch_once<B: VirtualBackend>(
+    state: &Arc<State<B>>,
+    queues: &[String],
+    room: usize,
+) -> Result<()> {
     let wait = state.backend.polling_interval();
-    let Some(fetched) = state.backend.fetch(queues, wait).await? else {
-        return Ok(());
-    };
+    let batch = state.backend.fetch_batch(queues, wait, room.max(1)).await?;
+    let mut first_error = None;
+    for fetched in batch {
+        // Deliver every message of the batch even if one fails, so none
+        // stays reserved without an owner.
+        if let Err(err) = deliver(state, fetched).await {
+            first_error.get_or_insert(err);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Hand one fetched message to the consumer of its queue.
+async fn deliver<B: VirtualBackend>(state: &Arc<State<B>>, fetched: super::Fetched) -> Result<()> {
     let queue = fetched.queue.clone();
     let consumer = {
         let inner = state.lock();

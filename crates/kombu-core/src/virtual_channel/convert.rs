@@ -117,6 +117,7 @@ pub(crate) fn from_envelope(envelope: &Envelope) -> (RawMessage, DeliveryInfo) {
         redelivered,
         consumer_tag: None,
         queue: None,
+        receipt: None,
     };
     let message = RawMessage {
         body: envelope.body.clone().into(),

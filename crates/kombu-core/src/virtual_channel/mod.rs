@@ -460,6 +460,7 @@ impl<B: VirtualBackend> State<B> {
         let (message, mut info) = from_envelope(&envelope);
         info.consumer_tag = consumer_tag.map(str::to_owned);
         info.queue = Some(queue.clone());
+        info.receipt = Some(receipt.clone());
         if no_ack {
             self.backend.ack(&queue, &receipt).await?;
         } else {
