@@ -12,8 +12,7 @@ use aws_sdk_sqs::types::{
 use kombu_core::routing::QueueBinding;
 use kombu_core::virtual_channel::{Fetched, Receipt, VirtualBackend};
 use kombu_core::{
-    Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result,
-    TransportKind,
+    Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result, TransportKind,
 };
 
 use crate::batch::{Batcher, MAX_BATCH};
@@ -30,12 +29,28 @@ use crate::settings::SqsSettings;
 /// (kombu: 5 minutes).
 const REDRIVE_CACHE: Duration = Duration::from_secs(300);
 
+/// About the largest serialized body that fits in `max_message_size`: the
+/// envelope base64-encodes the body, and `sqs_base64_encoding` the
+/// envelope (1 KiB is left for the envelope's other fields).
+pub(crate) fn max_body_size(max_message_size: usize, base64: bool) -> u64 {
+    let envelope = if base64 {
+        max_message_size / 4 * 3
+    } else {
+        max_message_size
+    };
+    (envelope.saturating_sub(1024) / 4 * 3) as u64
+}
+
 /// The capabilities of `sqs://` with fanout on or off.
-pub(crate) fn capabilities(fanout: bool) -> Capabilities {
+pub(crate) fn capabilities(fanout: bool, max_body: u64) -> Capabilities {
     let types: &[ExchangeType] = if fanout {
         &ExchangeType::ALL
     } else {
-        &[ExchangeType::Direct, ExchangeType::Topic, ExchangeType::Headers]
+        &[
+            ExchangeType::Direct,
+            ExchangeType::Topic,
+            ExchangeType::Headers,
+        ]
     };
     Capabilities::new(TransportKind::Virtual)
         .with_exchange_types(types)
@@ -44,6 +59,7 @@ pub(crate) fn capabilities(fanout: bool) -> Capabilities {
         .with_max_length(false)
         .with_shared_declarations(true)
         .with_persistent(true)
+        .with_max_body_size(Some(max_body))
 }
 
 /// A queue's SQS identity: its URL and the client allowed to use it.
@@ -246,7 +262,12 @@ impl SqsBackend {
             .predefined_queues
             .iter()
             .filter(|(_, q)| q.keys.is_some() || q.region.is_some())
-            .map(|(name, q)| (name.clone(), clients.sqs_with(q.keys.as_ref(), q.region.as_deref())))
+            .map(|(name, q)| {
+                (
+                    name.clone(),
+                    clients.sqs_with(q.keys.as_ref(), q.region.as_deref()),
+                )
+            })
             .collect();
         let budget = settings.max_message_size;
         SqsBackend {
@@ -268,7 +289,11 @@ impl SqsBackend {
         canonical(&self.settings.queue_name_prefix, queue)
     }
 
-    fn predefined(&self, queue: &str, sqs_name: &str) -> Option<(&String, &crate::settings::PredefinedQueue)> {
+    fn predefined(
+        &self,
+        queue: &str,
+        sqs_name: &str,
+    ) -> Option<(&String, &crate::settings::PredefinedQueue)> {
         let queues = &self.settings.predefined_queues;
         queues
             .get_key_value(queue)
@@ -302,13 +327,21 @@ impl SqsBackend {
     async fn lookup_sqs_name(&self, sqs_name: String) -> Result<Option<QueueRef>> {
         let client = self.clients.sqs.clone();
         if let Some(url) = self.caches().urls.get(&sqs_name).cloned() {
-            return Ok(Some(QueueRef { url, client, sqs_name }));
+            return Ok(Some(QueueRef {
+                url,
+                client,
+                sqs_name,
+            }));
         }
         match client.get_queue_url().queue_name(&sqs_name).send().await {
             Ok(out) => {
                 let url = out.queue_url().unwrap_or_default().to_owned();
                 self.caches().urls.insert(sqs_name.clone(), url.clone());
-                Ok(Some(QueueRef { url, client, sqs_name }))
+                Ok(Some(QueueRef {
+                    url,
+                    client,
+                    sqs_name,
+                }))
             }
             Err(e) if is_missing_queue(&e) => Ok(None),
             Err(e) => Err(from_sdk(&format!("looking up SQS queue {sqs_name}"), e)),
@@ -366,7 +399,11 @@ impl SqsBackend {
             .map_err(|e| from_sdk(&format!("creating SQS queue {sqs_name}"), e))?;
         let url = out.queue_url().unwrap_or_default().to_owned();
         self.caches().urls.insert(sqs_name.clone(), url.clone());
-        Ok(QueueRef { url, client, sqs_name })
+        Ok(QueueRef {
+            url,
+            client,
+            sqs_name,
+        })
     }
 
     async fn tags_of(&self, q: &QueueRef) -> Result<HashMap<String, String>> {
@@ -420,7 +457,11 @@ impl SqsBackend {
         Ok(())
     }
 
-    async fn queue_attribute(&self, q: &QueueRef, name: QueueAttributeName) -> Result<Option<String>> {
+    async fn queue_attribute(
+        &self,
+        q: &QueueRef,
+        name: QueueAttributeName,
+    ) -> Result<Option<String>> {
         let out = q
             .client
             .get_queue_attributes()
@@ -428,7 +469,12 @@ impl SqsBackend {
             .attribute_names(name.clone())
             .send()
             .await
-            .map_err(|e| from_sdk(&format!("reading attributes of SQS queue {}", q.sqs_name), e))?;
+            .map_err(|e| {
+                from_sdk(
+                    &format!("reading attributes of SQS queue {}", q.sqs_name),
+                    e,
+                )
+            })?;
         Ok(out.attributes().and_then(|a| a.get(&name)).cloned())
     }
 
@@ -460,7 +506,10 @@ impl SqsBackend {
     }
 
     /// Type and bindings of `exchange`, from the cache when fresh.
-    async fn exchange_entry(&self, exchange: &str) -> Result<(Option<ExchangeType>, Vec<QueueBinding>)> {
+    async fn exchange_entry(
+        &self,
+        exchange: &str,
+    ) -> Result<(Option<ExchangeType>, Vec<QueueBinding>)> {
         if let Some(entry) = self.caches().exchanges.get(exchange) {
             if entry.read_at.elapsed() < self.settings.binding_cache {
                 return Ok((entry.kind, entry.bindings.clone()));
@@ -512,14 +561,18 @@ impl SqsBackend {
             .await
             .map_err(|e| from_sdk(&format!("creating SNS topic {name}"), e))?;
         let arn = out.topic_arn().unwrap_or_default().to_owned();
-        self.caches().topics.insert(exchange.to_owned(), arn.clone());
+        self.caches()
+            .topics
+            .insert(exchange.to_owned(), arn.clone());
         Ok(arn)
     }
 
     async fn subscribe(&self, exchange: &str, queue: &QueueRef) -> Result<()> {
         let topic_arn = self.topic_arn(exchange).await?;
         let queue_arn = self.queue_arn(queue).await?;
-        let policy = self.queue_attribute(queue, QueueAttributeName::Policy).await?;
+        let policy = self
+            .queue_attribute(queue, QueueAttributeName::Policy)
+            .await?;
         let new_policy = policy_allowing(policy.as_deref(), &queue_arn, &topic_arn);
         if policy.as_deref() != Some(new_policy.as_str()) {
             queue
@@ -654,7 +707,9 @@ impl SqsBackend {
                 return Ok(target.clone());
             }
         }
-        let policy = self.queue_attribute(q, QueueAttributeName::RedrivePolicy).await?;
+        let policy = self
+            .queue_attribute(q, QueueAttributeName::RedrivePolicy)
+            .await?;
         let target = policy
             .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
             .and_then(|p| p.get("deadLetterTargetArn")?.as_str().map(str::to_owned));
@@ -682,7 +737,12 @@ impl SqsBackend {
     }
 
     /// Send a message straight to a queue URL (no batching).
-    async fn send_to_url(&self, client: &aws_sdk_sqs::Client, url: &str, outgoing: Outgoing) -> Result<()> {
+    async fn send_to_url(
+        &self,
+        client: &aws_sdk_sqs::Client,
+        url: &str,
+        outgoing: Outgoing,
+    ) -> Result<()> {
         let item = SendItem {
             client: client.clone(),
             outgoing,
@@ -695,15 +755,36 @@ impl SqsBackend {
 #[async_trait]
 impl VirtualBackend for SqsBackend {
     fn capabilities(&self) -> Capabilities {
-        capabilities(self.settings.supports_fanout)
+        capabilities(
+            self.settings.supports_fanout,
+            max_body_size(
+                self.settings.max_message_size,
+                self.settings.base64_encoding,
+            ),
+        )
     }
 
     async fn new_queue(&self, queue: &Queue) -> Result<()> {
         let tags = catalog::declaration_tags(queue)?;
-        self.caches().declarations.remove(&queue.name);
+        let known = self
+            .caches()
+            .declarations
+            .get(&queue.name)
+            .cloned()
+            .flatten();
+        let unchanged =
+            known.is_some_and(|k| catalog::declaration_tags(&k).ok() == Some(tags.clone()));
         match self.lookup(&queue.name).await? {
-            Some(existing) => self.tag(&existing, tags).await,
-            None => self.ensure_queue(&queue.name, &tags).await.map(|_| ()),
+            Some(_) if unchanged => Ok(()),
+            Some(existing) => {
+                self.tag(&existing, tags).await?;
+                self.caches().declarations.remove(&queue.name);
+                Ok(())
+            }
+            None => {
+                self.caches().declarations.remove(&queue.name);
+                self.ensure_queue(&queue.name, &tags).await.map(|_| ())
+            }
         }
     }
 
@@ -806,7 +887,12 @@ impl VirtualBackend for SqsBackend {
         Ok(batch.pop())
     }
 
-    async fn fetch_batch(&self, queues: &[String], wait: Duration, max: usize) -> Result<Vec<Fetched>> {
+    async fn fetch_batch(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>> {
         if queues.is_empty() {
             return Ok(Vec::new());
         }
@@ -907,7 +993,10 @@ impl VirtualBackend for SqsBackend {
     }
 
     async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {
-        let type_tag = vec![(catalog::TYPE_TAG.to_owned(), exchange.kind.as_str().to_owned())];
+        let type_tag = vec![(
+            catalog::TYPE_TAG.to_owned(),
+            exchange.kind.as_str().to_owned(),
+        )];
         let marker = self.ensure_marker(&exchange.name, &type_tag).await?;
         self.tag(&marker, type_tag).await?;
         if exchange.kind == ExchangeType::Fanout && self.settings.supports_fanout {
@@ -925,7 +1014,13 @@ impl VirtualBackend for SqsBackend {
     async fn delete_exchange(&self, name: &str) -> Result<()> {
         let (kind, _) = self.exchange_entry(name).await?;
         if let Some(marker) = self.marker(name).await? {
-            match marker.client.delete_queue().queue_url(&marker.url).send().await {
+            match marker
+                .client
+                .delete_queue()
+                .queue_url(&marker.url)
+                .send()
+                .await
+            {
                 Ok(_) => {}
                 Err(e) if is_missing_queue(&e) => {}
                 Err(e) => return Err(from_sdk("deleting an exchange's SQS marker queue", e)),
@@ -985,7 +1080,12 @@ impl VirtualBackend for SqsBackend {
         Ok(self.exchange_entry(exchange).await?.1)
     }
 
-    async fn put_fanout(&self, exchange: &str, _routing_key: &str, envelope: &Envelope) -> Result<bool> {
+    async fn put_fanout(
+        &self,
+        exchange: &str,
+        _routing_key: &str,
+        envelope: &Envelope,
+    ) -> Result<bool> {
         if !self.settings.supports_fanout {
             return Ok(false);
         }
@@ -993,7 +1093,13 @@ impl VirtualBackend for SqsBackend {
         let name = self.topic_name(exchange)?;
         // Python kombu publishes the envelope JSON as it is (SNS delivers it
         // raw into each queue); the size check is the same as for SQS.
-        let outgoing = Outgoing::new(envelope, &name, false, &self.settings.message_attributes, self.settings.max_message_size)?;
+        let outgoing = Outgoing::new(
+            envelope,
+            &name,
+            false,
+            &self.settings.message_attributes,
+            self.settings.max_message_size,
+        )?;
         let mut req = self
             .clients
             .sns
@@ -1017,8 +1123,6 @@ impl VirtualBackend for SqsBackend {
     }
 
     fn polling_interval(&self) -> Duration {
-        self.settings
-            .polling_interval
-            .max(Duration::from_secs(1))
+        self.settings.polling_interval.max(Duration::from_secs(1))
     }
 }

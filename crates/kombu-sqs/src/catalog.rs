@@ -58,12 +58,17 @@ pub(crate) fn binding_tag(exchange: &str, binding: &QueueBinding) -> Result<(Str
             ),
         ));
     }
-    let key = format!("{BINDING_PREFIX}{}", stable_hash(value.to_string().as_bytes()));
+    let key = format!(
+        "{BINDING_PREFIX}{}",
+        stable_hash(value.to_string().as_bytes())
+    );
     Ok((key, encoded))
 }
 
 /// The exchange type and bindings an exchange marker's tags hold.
-pub(crate) fn read_exchange(tags: &HashMap<String, String>) -> (Option<ExchangeType>, Vec<QueueBinding>) {
+pub(crate) fn read_exchange(
+    tags: &HashMap<String, String>,
+) -> (Option<ExchangeType>, Vec<QueueBinding>) {
     let kind = tags.get(TYPE_TAG).and_then(|t| t.parse().ok());
     let mut bindings: Vec<(String, QueueBinding)> = tags
         .iter()
@@ -72,8 +77,15 @@ pub(crate) fn read_exchange(tags: &HashMap<String, String>) -> (Option<ExchangeT
             let value = decode(v)?;
             let queue = value.get(0)?.as_str()?;
             let key = value.get(1)?.as_str()?;
-            let arguments = value.get(2).and_then(Value::as_object).cloned().unwrap_or_default();
-            Some((k.clone(), QueueBinding::new(queue, key).with_arguments(arguments)))
+            let arguments = value
+                .get(2)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            Some((
+                k.clone(),
+                QueueBinding::new(queue, key).with_arguments(arguments),
+            ))
         })
         .collect();
     bindings.sort_by(|a, b| a.0.cmp(&b.0));
@@ -84,7 +96,9 @@ pub(crate) fn read_exchange(tags: &HashMap<String, String>) -> (Option<ExchangeT
 pub(crate) fn binding_keys_of_queue(tags: &HashMap<String, String>, queue: &str) -> Vec<String> {
     tags.iter()
         .filter(|(k, _)| k.starts_with(BINDING_PREFIX))
-        .filter(|(_, v)| decode(v).and_then(|j| j.get(0)?.as_str().map(|q| q == queue)) == Some(true))
+        .filter(|(_, v)| {
+            decode(v).and_then(|j| j.get(0)?.as_str().map(|q| q == queue)) == Some(true)
+        })
         .map(|(k, _)| k.clone())
         .collect()
 }
@@ -144,7 +158,10 @@ pub(crate) fn declaration_tags(queue: &Queue) -> Result<Vec<(String, String)>> {
     if chunks.len() > 8 {
         return Err(Error::new(
             ErrorKind::LimitExceeded,
-            format!("the declaration of queue {:?} is too long to store in SQS tags", queue.name),
+            format!(
+                "the declaration of queue {:?} is too long to store in SQS tags",
+                queue.name
+            ),
         ));
     }
     Ok(chunks)
@@ -163,7 +180,10 @@ pub(crate) fn read_declaration(name: &str, tags: &HashMap<String, String>) -> Qu
         let text = |k: &str| decl.get(k).and_then(Value::as_str).map(str::to_owned);
         queue.dead_letter_exchange = text("dlx");
         queue.dead_letter_routing_key = text("dlrk");
-        queue.message_ttl = decl.get("ttl_ms").and_then(Value::as_u64).map(Duration::from_millis);
+        queue.message_ttl = decl
+            .get("ttl_ms")
+            .and_then(Value::as_u64)
+            .map(Duration::from_millis);
         queue.max_length = decl.get("max_length").and_then(Value::as_u64);
     }
     queue
@@ -188,7 +208,11 @@ mod tests {
         all.push(binding_tag("ex", &b2).unwrap());
         for (k, v) in &all {
             assert!(k.len() <= 128 && v.len() <= MAX_TAG_VALUE);
-            assert!(v.chars().all(|c| c.is_alphanumeric() || "_.:/=+-@ ".contains(c)), "{v}");
+            assert!(
+                v.chars()
+                    .all(|c| c.is_alphanumeric() || "_.:/=+-@ ".contains(c)),
+                "{v}"
+            );
         }
         let map = tags(all);
         let (kind, bindings) = read_exchange(&map);
@@ -197,13 +221,19 @@ mod tests {
         assert!(bindings.contains(&b1) && bindings.contains(&b2));
         assert_eq!(binding_keys_of_queue(&map, "q1").len(), 1);
         // The same binding makes the same key (no duplicates).
-        assert_eq!(binding_tag("ex", &b1).unwrap(), binding_tag("ex", &b1).unwrap());
+        assert_eq!(
+            binding_tag("ex", &b1).unwrap(),
+            binding_tag("ex", &b1).unwrap()
+        );
     }
 
     #[test]
     fn too_long_binding_is_an_error() {
         let b = QueueBinding::new("q", "k".repeat(200));
-        assert_eq!(binding_tag("ex", &b).unwrap_err().kind(), ErrorKind::LimitExceeded);
+        assert_eq!(
+            binding_tag("ex", &b).unwrap_err().kind(),
+            ErrorKind::LimitExceeded
+        );
     }
 
     #[test]
@@ -219,6 +249,9 @@ mod tests {
         assert_eq!(back.message_ttl, Some(Duration::from_millis(1500)));
         assert!(declaration_tags(&Queue::new("plain")).unwrap().is_empty());
         let (k, v) = bound_tag("ex.1").unwrap();
-        assert_eq!(bound_exchanges(&tags(vec![(k, v)])), vec!["ex.1".to_owned()]);
+        assert_eq!(
+            bound_exchanges(&tags(vec![(k, v)])),
+            vec!["ex.1".to_owned()]
+        );
     }
 }

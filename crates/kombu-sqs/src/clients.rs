@@ -2,7 +2,6 @@
 //! and the credential providers; the default credential chain or the URL's
 //! keys; the region and endpoint from the options.
 
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
@@ -37,19 +36,25 @@ impl AwsClients {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let region = RegionProviderChain::first_try(settings.region.clone().map(Region::new))
-            .or_default_provider()
-            .or_else(Region::new(DEFAULT_REGION));
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(region);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        // Without a `region` option the loader's own chain (environment,
+        // profile, instance metadata: with the client above) decides.
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
         if let Some(keys) = &settings.keys {
             loader = loader.credentials_provider(credentials(keys));
         }
         if let Some(endpoint) = &settings.endpoint_url {
             loader = loader.endpoint_url(endpoint.clone());
         }
-        let sdk = loader.load().await;
+        let mut sdk = loader.load().await;
+        if sdk.region().is_none() {
+            sdk = sdk
+                .into_builder()
+                .region(Region::new(DEFAULT_REGION))
+                .build();
+        }
         AwsClients {
             sqs: aws_sdk_sqs::Client::new(&sdk),
             sns: aws_sdk_sns::Client::new(&sdk),
@@ -59,7 +64,11 @@ impl AwsClients {
 
     /// An SQS client with other keys and maybe another region (a
     /// predefined queue's own credentials).
-    pub(crate) fn sqs_with(&self, keys: Option<&StaticKeys>, region: Option<&str>) -> aws_sdk_sqs::Client {
+    pub(crate) fn sqs_with(
+        &self,
+        keys: Option<&StaticKeys>,
+        region: Option<&str>,
+    ) -> aws_sdk_sqs::Client {
         let mut builder = aws_sdk_sqs::config::Builder::from(&self.sdk);
         if let Some(keys) = keys {
             builder = builder.credentials_provider(credentials(keys));

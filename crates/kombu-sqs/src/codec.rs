@@ -33,7 +33,7 @@ pub fn encode_body(envelope: &Envelope, base64: bool) -> String {
 fn optional_b64_decode(raw: &str) -> Vec<u8> {
     let candidate = raw.trim();
     let looks_like = !candidate.is_empty()
-        && candidate.len() % 4 == 0
+        && candidate.len().is_multiple_of(4)
         && candidate
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
@@ -181,9 +181,12 @@ impl Outgoing {
 /// the message id, else the publish's delivery tag (one per publish, shared
 /// by every copy and every retry of it). Never a fresh random value.
 fn dedup_id(envelope: &Envelope) -> String {
-    let id = message_value(envelope, &["MessageDeduplicationId", "message_id", "delivery_tag"])
-        .map(as_text)
-        .unwrap_or_else(|| crate::names::stable_hash(&envelope.body));
+    let id = message_value(
+        envelope,
+        &["MessageDeduplicationId", "message_id", "delivery_tag"],
+    )
+    .map(as_text)
+    .unwrap_or_else(|| crate::names::stable_hash(&envelope.body));
     // SQS: at most 128 characters of [\x21-\x7e].
     let clean: String = id
         .chars()
@@ -248,7 +251,10 @@ mod tests {
         let a = Outgoing::new(&e, "q.fifo", true, &BTreeMap::new(), 262_144).unwrap();
         let b = Outgoing::new(&e, "q.fifo", true, &BTreeMap::new(), 262_144).unwrap();
         assert_eq!(a.group_id.as_deref(), Some("default"));
-        assert_eq!(a.dedup_id.as_deref(), Some("6d434860-0000-4000-8000-000000000000"));
+        assert_eq!(
+            a.dedup_id.as_deref(),
+            Some("6d434860-0000-4000-8000-000000000000")
+        );
         assert_eq!(a.dedup_id, b.dedup_id);
         let e = envelope(serde_json::json!({"message_id": "order-7", "MessageGroupId": "cust-1"}));
         let o = Outgoing::new(&e, "q.fifo", true, &BTreeMap::new(), 262_144).unwrap();

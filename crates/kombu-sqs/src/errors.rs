@@ -18,7 +18,10 @@ pub fn error_kind_for_code(code: &str) -> ErrorKind {
         .or_else(|| code.strip_prefix("com.amazonaws.sqs#"))
         .unwrap_or(code);
     match code {
-        "NonExistentQueue" | "QueueDoesNotExist" | "NotFound" | "NotFoundException"
+        "NonExistentQueue"
+        | "QueueDoesNotExist"
+        | "NotFound"
+        | "NotFoundException"
         | "ResourceNotFoundException" => ErrorKind::NotFound,
         "InvalidClientTokenId"
         | "SignatureDoesNotMatch"
@@ -44,16 +47,28 @@ pub fn error_kind_for_code(code: &str) -> ErrorKind {
         | "KMS.ThrottlingException"
         | "RequestTimeout"
         | "RequestTimeoutException" => ErrorKind::Timeout,
-        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "InternalErrorException"
+        "InternalError"
+        | "InternalFailure"
+        | "ServiceUnavailable"
+        | "InternalErrorException"
         | "KMSInternal" => ErrorKind::ConnectionLost,
-        "QueueAlreadyExists" | "QueueNameExists" | "QueueDeletedRecently"
-        | "PurgeQueueInProgress" | "ReceiptHandleIsInvalid" | "InvalidReceiptHandle"
-        | "MessageNotInflight" | "InvalidIdFormat" | "FifoThrottlingException" => {
-            ErrorKind::PreconditionFailed
-        }
-        "OverLimit" | "TooManyEntriesInBatchRequest" | "BatchRequestTooLong"
-        | "TagLimitExceeded" | "TagLimitExceededException" | "SubscriptionLimitExceeded"
-        | "TopicLimitExceeded" | "KMSLimitExceeded" => ErrorKind::LimitExceeded,
+        "QueueAlreadyExists"
+        | "QueueNameExists"
+        | "QueueDeletedRecently"
+        | "PurgeQueueInProgress"
+        | "ReceiptHandleIsInvalid"
+        | "InvalidReceiptHandle"
+        | "MessageNotInflight"
+        | "InvalidIdFormat"
+        | "FifoThrottlingException" => ErrorKind::PreconditionFailed,
+        "OverLimit"
+        | "TooManyEntriesInBatchRequest"
+        | "BatchRequestTooLong"
+        | "TagLimitExceeded"
+        | "TagLimitExceededException"
+        | "SubscriptionLimitExceeded"
+        | "TopicLimitExceeded"
+        | "KMSLimitExceeded" => ErrorKind::LimitExceeded,
         "InvalidParameterValue"
         | "InvalidParameterValueException"
         | "InvalidParameter"
@@ -131,7 +146,10 @@ mod tests {
     #[test]
     fn codes_map_to_kinds() {
         for (code, kind) in [
-            ("AWS.SimpleQueueService.NonExistentQueue", ErrorKind::NotFound),
+            (
+                "AWS.SimpleQueueService.NonExistentQueue",
+                ErrorKind::NotFound,
+            ),
             ("QueueDoesNotExist", ErrorKind::NotFound),
             ("com.amazonaws.sqs#QueueDoesNotExist", ErrorKind::NotFound),
             ("SignatureDoesNotMatch", ErrorKind::Auth),
@@ -140,7 +158,10 @@ mod tests {
             ("RequestThrottled", ErrorKind::Timeout),
             ("ThrottlingException", ErrorKind::Timeout),
             ("ServiceUnavailable", ErrorKind::ConnectionLost),
-            ("AWS.SimpleQueueService.PurgeQueueInProgress", ErrorKind::PreconditionFailed),
+            (
+                "AWS.SimpleQueueService.PurgeQueueInProgress",
+                ErrorKind::PreconditionFailed,
+            ),
             ("QueueAlreadyExists", ErrorKind::PreconditionFailed),
             ("InvalidParameterValue", ErrorKind::Rejected),
             ("TooManyEntriesInBatchRequest", ErrorKind::LimitExceeded),

@@ -44,7 +44,9 @@ pub(crate) fn policy_allowing(existing: Option<&str>, queue_arn: &str, topic_arn
         let old = list.remove(index);
         match old.pointer("/Condition/ArnLike/aws:SourceArn") {
             Some(Value::String(s)) => topics.push(s.clone()),
-            Some(Value::Array(a)) => topics.extend(a.iter().filter_map(|v| v.as_str().map(str::to_owned))),
+            Some(Value::Array(a)) => {
+                topics.extend(a.iter().filter_map(|v| v.as_str().map(str::to_owned)))
+            }
             _ => {}
         }
     }
@@ -64,12 +66,20 @@ mod tests {
         let q = "arn:aws:sqs:us-east-1:1:q";
         let first = policy_allowing(None, q, "arn:t1");
         let v: Value = serde_json::from_str(&first).unwrap();
-        assert_eq!(v["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"], "arn:t1");
-        let existing = json!({"Version": "2012-10-17", "Statement": [{"Sid": "Mine"}, v["Statement"][0]]}).to_string();
+        assert_eq!(
+            v["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"],
+            "arn:t1"
+        );
+        let existing =
+            json!({"Version": "2012-10-17", "Statement": [{"Sid": "Mine"}, v["Statement"][0]]})
+                .to_string();
         let second = policy_allowing(Some(&existing), q, "arn:t2");
         let v: Value = serde_json::from_str(&second).unwrap();
         assert_eq!(v["Statement"][0]["Sid"], "Mine");
-        assert_eq!(v["Statement"][1]["Condition"]["ArnLike"]["aws:SourceArn"], json!(["arn:t1", "arn:t2"]));
+        assert_eq!(
+            v["Statement"][1]["Condition"]["ArnLike"]["aws:SourceArn"],
+            json!(["arn:t1", "arn:t2"])
+        );
         // Adding a topic twice changes nothing.
         assert_eq!(policy_allowing(Some(&second), q, "arn:t2"), second);
     }

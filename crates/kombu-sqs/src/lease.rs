@@ -51,7 +51,9 @@ pub async fn extend_visibility(info: &DeliveryInfo, timeout: Duration) -> Result
             "this SQS message is not held any more (acked, rejected, requeued or its channel closed)",
         )
     })?;
-    let seconds = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX).min(43_200);
+    let seconds = i32::try_from(timeout.as_secs())
+        .unwrap_or(i32::MAX)
+        .min(43_200);
     client
         .change_message_visibility()
         .queue_url(url)

@@ -63,7 +63,10 @@ impl TransportFactory for SqsTransportFactory {
     }
 
     fn capabilities(&self) -> Capabilities {
-        backend::capabilities(true)
+        backend::capabilities(
+            true,
+            backend::max_body_size(settings::DEFAULT_MAX_MESSAGE_SIZE, true),
+        )
     }
 
     async fn connect(

@@ -111,6 +111,16 @@ mod tests {
     }
 
     #[test]
+    fn matches_python_kombu_output() {
+        // Printed by kombu 5.7: Channel.entity_name(None, <chars 32..127>).
+        let printable: String = (32u8..127).map(char::from).collect();
+        assert_eq!(
+            entity_name(&printable),
+            " ____________--_0123456789_______ABCDEFGHIJKLMNOPQRSTUVWXYZ______abcdefghijklmnopqrstuvwxyz____"
+        );
+    }
+
+    #[test]
     fn dots_become_dashes_and_punctuation_underscores() {
         assert_eq!(entity_name("cap.sqs.q"), "cap-sqs-q");
         assert_eq!(entity_name("a-b_c"), "a-b_c");

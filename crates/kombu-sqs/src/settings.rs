@@ -174,7 +174,7 @@ impl SqsSettings {
         // credential chain", as `sqs://` does in kombu.
         let keys = match (url.userid(), url.password()) {
             (Some(user), Some(secret))
-                if !(user == "guest" && secret == "guest") && !user.is_empty() =>
+                if !(user.is_empty() || user == "guest" && secret == "guest") =>
             {
                 Some(StaticKeys {
                     access_key_id: user.to_owned(),
@@ -199,7 +199,10 @@ impl SqsSettings {
                 })
             }
         };
-        let endpoint_url = options.get_str("endpoint_url")?.map(str::to_owned).or(url_endpoint);
+        let endpoint_url = options
+            .get_str("endpoint_url")?
+            .map(str::to_owned)
+            .or(url_endpoint);
         let max_message_size = options
             .get_u64("max_message_size")?
             .map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as usize);

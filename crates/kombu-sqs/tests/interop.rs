@@ -19,7 +19,9 @@ fn connection(url: &str) -> Connection {
     let mut registry = Registry::new();
     kombu_sqs::register(&mut registry);
     let options = ConnectionOptions::new().transport_options(
-        TransportOptions::new().set("region", "us-east-1").set("wait_time_seconds", 1),
+        TransportOptions::new()
+            .set("region", "us-east-1")
+            .set("wait_time_seconds", 1),
     );
     Connection::with_options(url, options, Arc::new(registry)).expect("a usable URL")
 }
@@ -97,7 +99,10 @@ async fn python_publishes_rust_consumes() {
     assert_eq!(headers["x-origin"], "python-raw");
     let (ct, body, headers) = &seen[1];
     assert_eq!(ct.as_deref(), Some("application/json"));
-    assert_eq!(serde_json::from_slice::<Value>(body).unwrap(), json!({"from": "python", "n": 1}));
+    assert_eq!(
+        serde_json::from_slice::<Value>(body).unwrap(),
+        json!({"from": "python", "n": 1})
+    );
     assert_eq!(headers["x-origin"], "python");
     assert_eq!(headers["x-list"], json!([1, 2]));
     clean.run(channel.as_ref()).await;
@@ -116,13 +121,18 @@ async fn rust_publishes_python_consumes() {
     let p = Producer::new(&conn);
     p.publish(
         json!({"from": "rust", "n": 2}),
-        PublishOptions::new().routing_key(&q.name).header("x-origin", "rust").header("x-map", json!({"a": 1})),
+        PublishOptions::new()
+            .routing_key(&q.name)
+            .header("x-origin", "rust")
+            .header("x-map", json!({"a": 1})),
     )
     .await
     .unwrap();
     p.publish(
         vec![0u8, 1, 2, 255],
-        PublishOptions::new().routing_key(&q.name).header("x-origin", "rust-raw"),
+        PublishOptions::new()
+            .routing_key(&q.name)
+            .header("x-origin", "rust-raw"),
     )
     .await
     .unwrap();
@@ -131,11 +141,17 @@ async fn rust_publishes_python_consumes() {
         .unwrap();
     let got: Vec<Value> = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(got.len(), 2, "{out}");
-    let json_msg = got.iter().find(|m| m["content_type"] == "application/json").expect("json message");
+    let json_msg = got
+        .iter()
+        .find(|m| m["content_type"] == "application/json")
+        .expect("json message");
     assert_eq!(json_msg["payload"], json!({"from": "rust", "n": 2}));
     assert_eq!(json_msg["headers"]["x-origin"], "rust");
     assert_eq!(json_msg["headers"]["x-map"], json!({"a": 1}));
-    let raw = got.iter().find(|m| m["content_type"] == "application/data").expect("raw message");
+    let raw = got
+        .iter()
+        .find(|m| m["content_type"] == "application/data")
+        .expect("raw message");
     let body = base64::engine::general_purpose::STANDARD
         .decode(raw["body"].as_str().unwrap())
         .unwrap();

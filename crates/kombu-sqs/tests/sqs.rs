@@ -31,13 +31,8 @@ async fn consumer(conn: &Connection, queue: &Queue) -> Consumer {
 async fn raw_sqs() -> Option<aws_sdk_sqs::Client> {
     let url = kombu_core::BrokerUrl::parse(&test_url("sqs")?).ok()?;
     let endpoint = format!("http://{}:{}", url.hostname()?, url.port()?);
-    let creds = aws_credential_types::Credentials::new(
-        url.userid()?,
-        url.password()?,
-        None,
-        None,
-        "test",
-    );
+    let creds =
+        aws_credential_types::Credentials::new(url.userid()?, url.password()?, None, None, "test");
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -55,7 +50,9 @@ async fn raw_sqs() -> Option<aws_sdk_sqs::Client> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_names_are_sanitized_like_kombu() {
-    let Some(conn) = connection(TransportOptions::new()) else { return };
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
     let Some(sqs) = raw_sqs().await else { return };
     let mut clean = Cleanup::new();
     let name = clean.queue(&format!("{}.a:b@c", unique("names")));
@@ -63,7 +60,12 @@ async fn queue_names_are_sanitized_like_kombu() {
     Queue::new(&name).declare(channel.as_ref()).await.unwrap();
     let sqs_name = kombu_sqs::entity_name(&name);
     assert!(sqs_name.ends_with("-a_b_c"), "{sqs_name}");
-    let url = sqs.get_queue_url().queue_name(&sqs_name).send().await.unwrap();
+    let url = sqs
+        .get_queue_url()
+        .queue_name(&sqs_name)
+        .send()
+        .await
+        .unwrap();
     assert!(url.queue_url().unwrap().ends_with(&sqs_name));
     clean.run(channel.as_ref()).await;
     conn.close().await.unwrap();
@@ -71,17 +73,29 @@ async fn queue_names_are_sanitized_like_kombu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_is_base64_of_the_envelope_as_kombu_writes() {
-    let Some(conn) = connection(TransportOptions::new()) else { return };
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
     let Some(sqs) = raw_sqs().await else { return };
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&unique("wire")));
     let channel = conn.channel().await.unwrap();
     q.declare(channel.as_ref()).await.unwrap();
     Producer::new(&conn)
-        .publish(json!({"hello": "world"}), PublishOptions::new().routing_key(&q.name).header("x-origin", "rust"))
+        .publish(
+            json!({"hello": "world"}),
+            PublishOptions::new()
+                .routing_key(&q.name)
+                .header("x-origin", "rust"),
+        )
         .await
         .unwrap();
-    let url = sqs.get_queue_url().queue_name(kombu_sqs::entity_name(&q.name)).send().await.unwrap();
+    let url = sqs
+        .get_queue_url()
+        .queue_name(kombu_sqs::entity_name(&q.name))
+        .send()
+        .await
+        .unwrap();
     let out = sqs
         .receive_message()
         .queue_url(url.queue_url().unwrap())
@@ -91,26 +105,37 @@ async fn body_is_base64_of_the_envelope_as_kombu_writes() {
         .unwrap();
     let body = out.messages()[0].body().unwrap();
     use base64::Engine as _;
-    let json = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
     let envelope: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(envelope["body"], "eyJoZWxsbyI6ICJ3b3JsZCJ9");
     assert_eq!(envelope["content-type"], "application/json");
     assert_eq!(envelope["headers"]["x-origin"], "rust");
     assert_eq!(envelope["properties"]["body_encoding"], "base64");
-    assert!(out.messages()[0].message_attributes().is_none_or(|a| a.is_empty()));
+    assert!(out.messages()[0]
+        .message_attributes()
+        .is_none_or(|a| a.is_empty()));
     clean.run(channel.as_ref()).await;
     conn.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_deduplicates_by_message_id() {
-    let Some(conn) = connection(TransportOptions::new()) else { return };
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&format!("{}.fifo", unique("fifo"))));
     let channel = conn.channel().await.unwrap();
     q.declare(channel.as_ref()).await.unwrap();
     let p = Producer::new(&conn);
-    for (body, id) in [("first", "m-1"), ("again", "m-1"), ("second", "m-2"), ("third", "m-3")] {
+    for (body, id) in [
+        ("first", "m-1"),
+        ("again", "m-1"),
+        ("second", "m-2"),
+        ("third", "m-3"),
+    ] {
         p.publish(
             json!(body),
             PublishOptions::new()
@@ -130,16 +155,21 @@ async fn fifo_deduplicates_by_message_id() {
     }
     // The duplicate id was dropped by SQS, and one group keeps its order.
     assert_eq!(got, ["first", "second", "third"]);
-    assert!(tokio::time::timeout(Duration::from_millis(1500), futures::StreamExt::next(&mut c))
-        .await
-        .is_err());
+    assert!(tokio::time::timeout(
+        Duration::from_millis(1500),
+        futures::StreamExt::next(&mut c)
+    )
+    .await
+    .is_err());
     clean.run(channel.as_ref()).await;
     conn.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_is_refused_before_sending() {
-    let Some(conn) = connection(TransportOptions::new()) else { return };
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&unique("large")));
     let channel = conn.channel().await.unwrap();
@@ -165,7 +195,9 @@ async fn too_large_is_refused_before_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_goes_through_an_sns_topic() {
-    let Some(conn) = connection(TransportOptions::new()) else { return };
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
     let Some(sqs) = raw_sqs().await else { return };
     let mut clean = Cleanup::new();
     let ex = Exchange::fanout(clean.exchange(&unique("sns-ex")));
@@ -180,12 +212,20 @@ async fn fanout_goes_through_an_sns_topic() {
         .unwrap();
     for c in [&mut c1, &mut c2] {
         let m = recv(c).await.unwrap();
-        assert_eq!(m.decode::<serde_json::Value>().unwrap(), json!({"to": "all"}));
+        assert_eq!(
+            m.decode::<serde_json::Value>().unwrap(),
+            json!({"to": "all"})
+        );
         assert_eq!(m.headers()["h"], 1);
         m.ack().await.unwrap();
     }
     // The queue's policy lets the topic send to it.
-    let url = sqs.get_queue_url().queue_name(kombu_sqs::entity_name(&q1.name)).send().await.unwrap();
+    let url = sqs
+        .get_queue_url()
+        .queue_name(kombu_sqs::entity_name(&q1.name))
+        .send()
+        .await
+        .unwrap();
     let attrs = sqs
         .get_queue_attributes()
         .queue_url(url.queue_url().unwrap())
@@ -193,7 +233,8 @@ async fn fanout_goes_through_an_sns_topic() {
         .send()
         .await
         .unwrap();
-    let policy = attrs.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::Policy].clone();
+    let policy =
+        attrs.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::Policy].clone();
     assert!(policy.contains("KombuManaged") && policy.contains(&kombu_sqs::entity_name(&ex.name)));
     clean.run(c1.channel().as_ref()).await;
     conn.close().await.unwrap();
@@ -201,8 +242,15 @@ async fn fanout_goes_through_an_sns_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_switched_off_is_unsupported() {
-    let Some(conn) = connection(TransportOptions::new().set("supports_fanout", false)) else { return };
-    assert!(!conn.capabilities().supports(kombu_core::ExchangeType::Fanout) || conn.transport().await.is_ok());
+    let Some(conn) = connection(TransportOptions::new().set("supports_fanout", false)) else {
+        return;
+    };
+    assert!(
+        !conn
+            .capabilities()
+            .supports(kombu_core::ExchangeType::Fanout)
+            || conn.transport().await.is_ok()
+    );
     let channel = conn.channel().await.unwrap();
     let err = channel
         .exchange_declare(&Exchange::fanout(unique("nofan")))
@@ -214,8 +262,12 @@ async fn fanout_switched_off_is_unsupported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bindings_are_seen_by_another_connection() {
-    let Some(a) = connection(TransportOptions::new()) else { return };
-    let Some(b) = connection(TransportOptions::new()) else { return };
+    let Some(a) = connection(TransportOptions::new()) else {
+        return;
+    };
+    let Some(b) = connection(TransportOptions::new()) else {
+        return;
+    };
     let mut clean = Cleanup::new();
     let ex = Exchange::topic(clean.exchange(&unique("shared-ex")));
     let q = Queue::new(clean.queue(&unique("shared-q"))).bind(&ex, "orders.#");
@@ -224,7 +276,10 @@ async fn bindings_are_seen_by_another_connection() {
     Producer::new(&b)
         .exchange(Exchange::topic(&ex.name))
         .auto_declare(false)
-        .publish(json!("routed"), PublishOptions::new().routing_key("orders.eu.new"))
+        .publish(
+            json!("routed"),
+            PublishOptions::new().routing_key("orders.eu.new"),
+        )
         .await
         .unwrap();
     let m = recv(&mut c).await.unwrap();
@@ -237,7 +292,9 @@ async fn bindings_are_seen_by_another_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_moves_to_the_redrive_dead_letter_queue() {
-    let Some(conn) = connection(TransportOptions::new()) else { return };
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
     let Some(sqs) = raw_sqs().await else { return };
     let mut clean = Cleanup::new();
     let dlq = Queue::new(clean.queue(&unique("redrive-dlq")));
@@ -245,7 +302,12 @@ async fn reject_moves_to_the_redrive_dead_letter_queue() {
     let channel = conn.channel().await.unwrap();
     dlq.declare(channel.as_ref()).await.unwrap();
     work.declare(channel.as_ref()).await.unwrap();
-    let dlq_url = sqs.get_queue_url().queue_name(kombu_sqs::entity_name(&dlq.name)).send().await.unwrap();
+    let dlq_url = sqs
+        .get_queue_url()
+        .queue_name(kombu_sqs::entity_name(&dlq.name))
+        .send()
+        .await
+        .unwrap();
     let dlq_arn = sqs
         .get_queue_attributes()
         .queue_url(dlq_url.queue_url().unwrap())
@@ -256,7 +318,12 @@ async fn reject_moves_to_the_redrive_dead_letter_queue() {
         .attributes()
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    let work_url = sqs.get_queue_url().queue_name(kombu_sqs::entity_name(&work.name)).send().await.unwrap();
+    let work_url = sqs
+        .get_queue_url()
+        .queue_name(kombu_sqs::entity_name(&work.name))
+        .send()
+        .await
+        .unwrap();
     sqs.set_queue_attributes()
         .queue_url(work_url.queue_url().unwrap())
         .attributes(
@@ -283,7 +350,9 @@ async fn reject_moves_to_the_redrive_dead_letter_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_keeps_a_message_from_other_consumers() {
-    let Some(conn) = connection(TransportOptions::new().set("visibility_timeout", 2)) else { return };
+    let Some(conn) = connection(TransportOptions::new().set("visibility_timeout", 2)) else {
+        return;
+    };
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&unique("lease")));
     let channel = conn.channel().await.unwrap();
@@ -311,13 +380,20 @@ async fn lease_keeps_a_message_from_other_consumers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_seconds_hides_a_message() {
-    let Some(conn) = connection(TransportOptions::new()) else { return };
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&unique("delay")));
     let channel = conn.channel().await.unwrap();
     q.declare(channel.as_ref()).await.unwrap();
     Producer::new(&conn)
-        .publish(json!("later"), PublishOptions::new().routing_key(&q.name).header("delay_seconds", 2))
+        .publish(
+            json!("later"),
+            PublishOptions::new()
+                .routing_key(&q.name)
+                .header("delay_seconds", 2),
+        )
         .await
         .unwrap();
     assert!(channel.basic_get(&q.name, true).await.unwrap().is_none());
@@ -330,7 +406,9 @@ async fn delay_seconds_hides_a_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_queue_and_bad_keys_map_to_error_kinds() {
-    let Some(conn) = connection(TransportOptions::new()) else { return };
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
     let channel = conn.channel().await.unwrap();
     let err = channel
         .queue_declare(&Queue::new(unique("absent")).passive(true))
