@@ -1,8 +1,9 @@
 //! Opening the client, checking the server, and creating kombu's
 //! collections and indexes.
 
+use futures::TryStreamExt;
 use kombu_core::{Error, ErrorKind, Result, SslOptions};
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
 use mongodb::{Client, Database, IndexModel};
 
@@ -155,10 +156,18 @@ pub(crate) async fn prepare(
         }
     }
     for (collection, index) in required {
-        database
-            .run_command(doc! { "createIndexes": collection.as_str(), "indexes": [index] })
-            .await
-            .map_err(|e| map_driver(e, &format!("creating an index on {collection}"), secret))?;
+        let created = database
+            .run_command(doc! { "createIndexes": collection.as_str(), "indexes": [index.clone()] })
+            .await;
+        if let Err(err) = created {
+            if !same_index_exists(database, collection, &index, &err).await {
+                return Err(map_driver(
+                    err,
+                    &format!("creating an index on {collection}"),
+                    secret,
+                ));
+            }
+        }
     }
     // Lease renewal looks messages up by owner: index only leased ones.
     let lease_index = IndexModel::builder()
@@ -174,4 +183,41 @@ pub(crate) async fn prepare(
         tracing::warn!(error = %err, "mongodb: could not create the lease_owner index");
     }
     Ok(())
+}
+
+/// True when `error` says an index of that name exists with other options
+/// (`background`, ...) and it has the same keys: good enough to use.
+async fn same_index_exists(
+    database: &Database,
+    collection: &str,
+    index: &Document,
+    error: &mongodb::error::Error,
+) -> bool {
+    const OPTIONS_CONFLICT: [i32; 2] = [85, 86];
+    let conflict = matches!(
+        error.kind.as_ref(),
+        mongodb::error::ErrorKind::Command(c) if OPTIONS_CONFLICT.contains(&c.code)
+    );
+    if !conflict {
+        return false;
+    }
+    let Ok(mut existing) = database
+        .collection::<Document>(collection)
+        .list_indexes()
+        .await
+    else {
+        return false;
+    };
+    while let Ok(Some(model)) = existing.try_next().await {
+        let name = model.options.as_ref().and_then(|o| o.name.as_deref());
+        if name == index.get_str("name").ok() && Ok(&model.keys) == index.get_document("key") {
+            tracing::debug!(
+                collection,
+                name,
+                "index exists with other options; using it"
+            );
+            return true;
+        }
+    }
+    false
 }
