@@ -623,13 +623,16 @@ pub async fn queue_ttl_expires(conn: &Connection) -> Result<()> {
         return skip("queue_ttl_expires", "no TTL");
     }
     let mut clean = Cleanup::new();
-    let q = Queue::new(clean.queue(&unique("qttl-q"))).message_ttl(Duration::from_millis(150));
+    // A TTL long enough for a slow store (pouchdb, SecantusDB under load)
+    // to deliver the fresh message before it expires too.
+    let ttl = Duration::from_secs(3);
+    let q = Queue::new(clean.queue(&unique("qttl-q"))).message_ttl(ttl);
     let channel = conn.channel().await?;
     q.declare(channel.as_ref()).await?;
     let p = Producer::new(conn);
     p.publish(json!("old"), PublishOptions::new().routing_key(&q.name))
         .await?;
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
     p.publish(json!("new"), PublishOptions::new().routing_key(&q.name))
         .await?;
     let mut c = consumer(conn, &q, 10).await?;
