@@ -94,6 +94,14 @@ struct Caches {
     redrive: HashMap<String, (Option<String>, Instant)>,
     topics: HashMap<String, String>,
     queue_arns: HashMap<String, String>,
+    /// Messages this process holds: SQS message id -> (the receipt the
+    /// channel knows, the latest receipt). A standard queue may hand the
+    /// same message out again while it is held (SQS delivers at least
+    /// once; moto races concurrent receives): the copy is not delivered
+    /// twice, and ack/requeue use the latest receipt, as SQS requires.
+    held: HashMap<String, (String, String)>,
+    /// The receipt the channel knows -> the SQS message id.
+    held_ids: HashMap<String, String>,
 }
 
 /// The storage primitives of `sqs://` over the AWS SDK (see the crate docs
@@ -552,9 +560,27 @@ impl SqsBackend {
             return Ok(arn);
         }
         let name = self.topic_name(exchange)?;
-        let mut req = self.clients.sns.create_topic().name(&name);
-        if is_fifo(&name) {
-            req = req.attributes("FifoTopic", "true");
+        // The attributes and tags Python kombu creates its topics with, so
+        // either side's CreateTopic finds the other's topic.
+        let mut req = self
+            .clients
+            .sns
+            .create_topic()
+            .name(&name)
+            .attributes("FifoTopic", if is_fifo(&name) { "true" } else { "false" });
+        for (key, value) in [
+            ("ManagedBy", "Celery/Kombu"),
+            (
+                "Description",
+                "This SNS topic is used by Kombu to enable Fanout support for AWS SQS.",
+            ),
+        ] {
+            let tag = aws_sdk_sns::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| Error::invalid_option(format!("bad SNS tag: {e}")))?;
+            req = req.tags(tag);
         }
         let out = req
             .send()
@@ -657,6 +683,22 @@ impl SqsBackend {
                 .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(1);
+            if let Some(id) = message.message_id() {
+                let mut caches = self.caches();
+                if let Some((_, latest)) = caches.held.get_mut(id) {
+                    tracing::debug!(
+                        queue,
+                        message_id = id,
+                        "SQS handed out a held message again"
+                    );
+                    *latest = receipt.to_owned();
+                    continue;
+                }
+                caches
+                    .held
+                    .insert(id.to_owned(), (receipt.to_owned(), receipt.to_owned()));
+                caches.held_ids.insert(receipt.to_owned(), id.to_owned());
+            }
             if receives > 1 {
                 envelope.mark_redelivered();
             }
@@ -666,12 +708,25 @@ impl SqsBackend {
         Ok(fetched)
     }
 
-    async fn delete_message(&self, queue: &str, receipt: &str) -> Result<()> {
+    /// Forget a held message; returns its latest receipt.
+    fn let_go(&self, receipt: &str) -> String {
         lease::release(receipt);
+        let mut caches = self.caches();
+        match caches.held_ids.remove(receipt) {
+            Some(id) => caches
+                .held
+                .remove(&id)
+                .map_or_else(|| receipt.to_owned(), |(_, latest)| latest),
+            None => receipt.to_owned(),
+        }
+    }
+
+    async fn delete_message(&self, queue: &str, receipt: &str) -> Result<()> {
+        let receipt = self.let_go(receipt);
         let q = self.existing(queue).await?;
         let item = DeleteItem {
             client: q.client.clone(),
-            receipt: receipt.to_owned(),
+            receipt,
         };
         self.deleter.submit(&q.url, item, 0).await
     }
@@ -942,7 +997,7 @@ impl VirtualBackend for SqsBackend {
     }
 
     async fn requeue(&self, queue: &str, receipt: &Receipt, _envelope: &Envelope) -> Result<()> {
-        lease::release(receipt);
+        let receipt = &self.let_go(receipt);
         let q = self.existing(queue).await?;
         match q
             .client

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use kombu_core::{
-    Connection, ConnectionOptions, Consumer, Producer, PublishOptions, Queue, Registry,
+    Connection, ConnectionOptions, Consumer, Exchange, Producer, PublishOptions, Queue, Registry,
     TransportOptions,
 };
 use kombu_testkit::{python_peer, recv, run_python, test_url, unique, Cleanup};
@@ -159,5 +159,50 @@ async fn rust_publishes_python_consumes() {
     assert_eq!(raw["headers"]["x-origin"], "rust-raw");
     assert_eq!(channel.queue_size(&q.name).await.unwrap(), 0);
     clean.run(channel.as_ref()).await;
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_fanout_over_sns_reaches_rust_queues() {
+    let Some(url) = test_url("sqs") else { return };
+    let Some(python) = python_peer() else { return };
+    let conn = connection(&url);
+    let mut clean = Cleanup::new();
+    let ex = Exchange::fanout(clean.exchange(&unique("interop-fan")));
+    let q1 = Queue::new(clean.queue(&unique("interop-fq1"))).bind(&ex, "");
+    let q2 = Queue::new(clean.queue(&unique("interop-fq2"))).bind(&ex, "");
+    let mut consumers = Vec::new();
+    for q in [&q1, &q2] {
+        consumers.push(
+            Consumer::builder(&conn)
+                .queue(q.clone())
+                .build()
+                .await
+                .unwrap(),
+        );
+    }
+    let script = format!(
+        r#"
+import os, kombu
+opts = dict({OPTIONS}, supports_fanout=True)
+with kombu.Connection(os.environ['SQS_URL'], transport_options=opts) as conn:
+    ex = kombu.Exchange({name:?}, 'fanout')
+    with conn.Producer(exchange=ex) as p:
+        p.publish({{'fan': 'out'}}, headers={{'x-origin': 'python-fanout'}})
+print('ok')
+"#,
+        name = ex.name
+    );
+    let out = run_python(&python, &script, &[("SQS_URL", &url)])
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "ok");
+    for c in &mut consumers {
+        let m = recv(c).await.unwrap();
+        assert_eq!(m.decode::<Value>().unwrap(), json!({"fan": "out"}));
+        assert_eq!(m.headers()["x-origin"], "python-fanout");
+        m.ack().await.unwrap();
+    }
+    clean.run(consumers[0].channel().as_ref()).await;
     conn.close().await.unwrap();
 }
