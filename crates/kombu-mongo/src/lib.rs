@@ -92,7 +92,7 @@ pub fn capabilities() -> Capabilities {
             ExchangeType::Fanout,
             ExchangeType::Headers,
         ])
-        .with_fanout_note("capped collection + tailable cursor (at-most-once)")
+        .with_fanout_note("capped collection, at-most-once")
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_redelivers_unacked(true)

@@ -15,11 +15,29 @@ fn builtin() -> Registry {
     kombu_memory::register(&mut registry);
     #[cfg(not(feature = "memory"))]
     registry.register_disabled(&["memory"], "memory");
+    #[cfg(feature = "amqp")]
+    kombu_amqp::register(&mut registry);
+    #[cfg(not(feature = "amqp"))]
     registry.register_disabled(&["amqp", "amqps", "pyamqp", "amqplib", "pika"], "amqp");
+    #[cfg(feature = "redis")]
+    kombu_redis::register(&mut registry);
+    #[cfg(not(feature = "redis"))]
     registry.register_disabled(&["redis", "rediss", "redis+socket"], "redis");
+    #[cfg(feature = "sqs")]
+    kombu_sqs::register(&mut registry);
+    #[cfg(not(feature = "sqs"))]
     registry.register_disabled(&["sqs"], "sqs");
+    #[cfg(feature = "mongodb")]
+    kombu_mongo::register(&mut registry);
+    #[cfg(not(feature = "mongodb"))]
     registry.register_disabled(&["mongodb", "mongodb+srv"], "mongodb");
+    #[cfg(feature = "beanstalk")]
+    kombu_beanstalk::register(&mut registry);
+    #[cfg(not(feature = "beanstalk"))]
     registry.register_disabled(&["beanstalk"], "beanstalk");
+    #[cfg(feature = "couchdb")]
+    kombu_couchdb::register(&mut registry);
+    #[cfg(not(feature = "couchdb"))]
     registry.register_disabled(&["couchdb"], "couchdb");
     registry
 }

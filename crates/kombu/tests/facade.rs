@@ -29,6 +29,17 @@ fn default_url_is_amqp_and_names_the_feature() {
 }
 
 #[test]
+fn no_url_means_amqp_on_localhost_when_compiled_in() {
+    if kombu::default_registry().resolve("amqp").is_err() {
+        return; // covered by default_url_is_amqp_and_names_the_feature
+    }
+    let conn = Connection::new("").unwrap();
+    assert_eq!(conn.transport_name(), "amqp");
+    assert_eq!(conn.as_uri(), "amqp://guest:**@localhost:5672//");
+    assert!(!conn.connected());
+}
+
+#[test]
 fn malformed_url_names_the_part_and_hides_the_password() {
     let err = Connection::new("memory://user:hunter2secret@host:99999/").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidUrl);
