@@ -22,6 +22,9 @@ use crate::fanout::PubSubHub;
 use crate::keys::{api_priority, wire_priority, Keys};
 use crate::scripts::Scripts;
 
+/// Binding arguments by binding member, as stored.
+type ArgsByMember = HashMap<Vec<u8>, Vec<u8>>;
+
 /// Receipts of PUB/SUB deliveries start with this (their ack is a no-op).
 const PUBSUB_RECEIPT: &str = "pubsub:";
 /// Messages restored per `ZRANGE` of a restore sweep (kombu's `num`).
@@ -184,7 +187,7 @@ impl Shared {
                 return Ok(list.clone());
             }
         }
-        let (members, args): (Vec<Vec<u8>>, HashMap<Vec<u8>, Vec<u8>>) = redis::pipe()
+        let (members, args): (Vec<Vec<u8>>, ArgsByMember) = redis::pipe()
             .cmd("SMEMBERS")
             .arg(self.keys.binding(exchange))
             .cmd("HGETALL")

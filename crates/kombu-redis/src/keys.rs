@@ -69,8 +69,7 @@ impl Keys {
         self.steps
             .iter()
             .copied()
-            .filter(|s| *s <= wire)
-            .next_back()
+            .rfind(|s| *s <= wire)
             .unwrap_or(0)
     }
 
