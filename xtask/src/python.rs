@@ -21,6 +21,8 @@ pub const REQUIREMENTS: &[&str] = &[
     "kombu==5.7.0",
     "amqp==5.4.2",
     "redis==8.1.0",
+    // kombu 5.7's redis transport imports it; redis-py 8 no longer pulls it in.
+    "packaging==26.4",
     "msgpack==1.2.4",
     "PyYAML==6.0.3",
     "brotli==1.2.1",
