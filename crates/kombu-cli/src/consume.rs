@@ -1,9 +1,11 @@
 //! `kombu consume`: print a queue's messages as JSON lines.
 //!
 //! Three ways to settle, chosen by flags:
-//! - ack (default): print, then ack. With `--count N` the prefetch shrinks
-//!   as the end nears and the consumer is cancelled before the last ack, so
-//!   no message beyond N is taken (none comes back flagged redelivered).
+//! - ack (default): print, then ack. With `--count N` and prefetch P, the
+//!   last P messages are acked only after the consumer is cancelled, so the
+//!   broker never delivers more than N (none beyond N comes back flagged
+//!   redelivered), whether the broker applies a QoS change to running
+//!   consumers or not.
 //! - `--requeue`: hold every message unacked and put them all back at the
 //!   end (a peek).
 //! - `--no-ack`: the broker forgets each message as it delivers it. With
@@ -123,7 +125,7 @@ async fn stream_loop(
 ) -> Outcome<(Stop, u64)> {
     let hold = args.requeue;
     let cap = |n: u64| u16::try_from(n).unwrap_or(u16::MAX);
-    let mut prefetch = match (args.count, hold, args.no_ack) {
+    let prefetch = match (args.count, hold, args.no_ack) {
         (_, _, true) => args.prefetch,
         // A peek holds everything: room for all of them (0: no limit).
         (Some(n), true, _) => u16::try_from(n).unwrap_or(0),
@@ -141,6 +143,7 @@ async fn stream_loop(
         .build()
         .await?;
     let mut held: Vec<Message> = Vec::new();
+    let mut deferred: Vec<Message> = Vec::new();
     let mut received = 0u64;
     let stop_signal = interrupted();
     tokio::pin!(stop_signal);
@@ -180,19 +183,27 @@ async fn stream_loop(
                 held.push(message);
                 continue;
             }
-            if let Some(n) = args.count {
-                let remaining = n - received;
-                if remaining == 0 {
-                    consumer.cancel().await?;
-                } else if prefetch == 0 || remaining < u64::from(prefetch) {
-                    prefetch = cap(remaining);
-                    consumer.qos(prefetch).await?;
-                }
+            // Ack message j now only if the broker, refilling the prefetch
+            // window, cannot go past N: j + prefetch <= N. Later ones are
+            // acked after the consumer is cancelled.
+            match args.count {
+                Some(n) if received + u64::from(prefetch) > n => deferred.push(message),
+                _ => message.ack().await?,
             }
-            message.ack().await?;
         }
     }
     .await;
+    if !deferred.is_empty() || !held.is_empty() {
+        if let Err(err) = consumer.cancel().await {
+            eprintln!("kombu: warning: cancelling the consumer: {err}");
+        }
+    }
+    // Every printed message is acked, whatever stopped the loop.
+    for message in &deferred {
+        if let Err(err) = message.ack().await {
+            eprintln!("kombu: warning: could not ack a message: {err}");
+        }
+    }
     // Put held messages back newest first, so that a transport that
     // requeues at the front restores the original order.
     for message in held.iter().rev() {
