@@ -127,7 +127,7 @@ async fn child_consumer() {
     loop {
         let m = recv(&mut c).await.expect("child delivery");
         let n: u64 = m.decode().unwrap();
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             m.ack().await.unwrap();
             println!("CHILD ACKED {n}");
         } else {
