@@ -201,7 +201,7 @@ fn install_one(root: &Path, service: &Service) -> Result<()> {
 
 /// Run a command with stdin null and stdout+stderr appended to `log`; on
 /// failure, the error quotes the log's last lines.
-fn run_logged(command: &mut Command, log: &Path, append: bool) -> Result<()> {
+pub fn run_logged(command: &mut Command, log: &Path, append: bool) -> Result<()> {
     let file = File::options()
         .create(true)
         .append(append)

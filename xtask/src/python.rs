@@ -5,10 +5,10 @@
 //! `KOMBU_TEST_PYTHON`; interop tests run Python snippets with it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-use crate::process::tail;
+use crate::install::run_logged;
 use crate::services::services_dir;
 use crate::Result;
 
@@ -57,15 +57,17 @@ pub fn ensure(root: &Path) -> Result<PathBuf> {
     let log = services_dir(root).join("pykombu-install.log");
     let started = Instant::now();
     println!("installing  Python peer: {wanted} (pip, venv .services/pykombu) ...");
-    run(
+    run_logged(
         Command::new("python3").arg("-m").arg("venv").arg(&venv),
         &log,
+        false,
     )?;
-    run(
+    run_logged(
         Command::new(venv.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check"])
             .args(REQUIREMENTS),
         &log,
+        true,
     )?;
     std::fs::write(&marker, format!("{wanted}\n"))?;
     println!(
@@ -73,27 +75,4 @@ pub fn ensure(root: &Path) -> Result<PathBuf> {
         started.elapsed().as_secs_f64()
     );
     Ok(python)
-}
-
-fn run(command: &mut Command, log: &Path) -> Result<()> {
-    let file = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let status = command
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .status()
-        .map_err(|e| format!("could not run {command:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{command:?} failed ({status}); last lines of {}:\n{}",
-            log.display(),
-            tail(log, 20)
-        )
-        .into())
-    }
 }
