@@ -520,12 +520,18 @@ impl<B: VirtualBackend> State<B> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let unacked = {
-            let mut inner = self.lock();
-            inner.consumers.clear();
-            std::mem::take(&mut inner.unacked)
-        };
+        self.lock().consumers.clear();
         self.wake_poller.notify_one();
+        // Let a fetch that is under way finish: what it took goes back to
+        // its queue now rather than when the reservation times out (a lease,
+        // a visibility timeout), which matters when the process exits next.
+        let deadline = tokio::time::Instant::now()
+            + self.backend.polling_interval()
+            + std::time::Duration::from_secs(5);
+        while self.lock().poller_running && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let unacked = std::mem::take(&mut self.lock().unacked);
         let mut first_error = None;
         for (_, item) in unacked {
             if let Err(err) = self.release(item, true).await {
