@@ -51,6 +51,11 @@ pub struct BeanstalkBackend {
     max_job_size: usize,
     held: Mutex<HashMap<u64, Held>>,
     closed: AtomicBool,
+    /// The heartbeat's own connection: never blocked in a reserve, never
+    /// queued behind other commands.
+    heartbeat: tokio::sync::Mutex<crate::pool::Slot>,
+    /// A heartbeat failed: the server is dead or hung.
+    dead: AtomicBool,
 }
 
 impl std::fmt::Debug for BeanstalkBackend {
@@ -122,7 +127,71 @@ impl BeanstalkBackend {
             max_job_size,
             held: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            heartbeat: tokio::sync::Mutex::new(None),
+            dead: AtomicBool::new(false),
         })
+    }
+
+    /// Check the server answers: `list-tube-used` on a connection of the
+    /// check's own (never one blocked in a reserve), within the
+    /// `socket_timeout` (and `connect_timeout` to reconnect it). A failure
+    /// marks the backend dead ([`is_alive`](Self::is_alive) turns false)
+    /// and is a connection error (`ConnectionLost`, `ConnectionRefused` or
+    /// `Timeout`).
+    pub async fn heartbeat_check(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::ConnectionLost,
+                "the beanstalk transport is closed",
+            ));
+        }
+        let result = self.ping().await;
+        if let Err(err) = &result {
+            tracing::warn!(error = %err, "beanstalk heartbeat failed");
+            self.dead.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let server = self.pool.server();
+        // A check still running (stuck on a hung server) counts against
+        // this one's bound too.
+        let bound = server
+            .io_timeout
+            .unwrap_or(crate::protocol::DEFAULT_IO_TIMEOUT)
+            + server
+                .connect_timeout
+                .unwrap_or(crate::protocol::DEFAULT_IO_TIMEOUT);
+        let check = async {
+            let guard = self.heartbeat.lock().await;
+            let mut taken = crate::pool::fill(server, guard).await?;
+            taken.conn().list_tube_used().await.map(|_| ())
+        };
+        match tokio::time::timeout(bound, check).await {
+            Ok(result) => result.map_err(|err| match err.kind() {
+                ErrorKind::ConnectionLost | ErrorKind::ConnectionRefused | ErrorKind::Timeout => {
+                    err
+                }
+                _ => Error::new(
+                    ErrorKind::ConnectionLost,
+                    format!("beanstalk heartbeat failed: {err}"),
+                ),
+            }),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "beanstalkd did not answer the heartbeat within {:.1} s",
+                    bound.as_secs_f64()
+                ),
+            )),
+        }
+    }
+
+    /// False once a [`heartbeat_check`](Self::heartbeat_check) failed or
+    /// the backend was closed.
+    pub fn is_alive(&self) -> bool {
+        !self.dead.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire)
     }
 
     fn ensure_open(&self) -> Result<()> {
@@ -634,6 +703,7 @@ impl VirtualBackend for BeanstalkBackend {
         self.held().clear();
         self.pool.close().await;
         self.table.close().await;
+        *self.heartbeat.lock().await = None;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use kombu_core::virtual_channel::{VirtualOptions, VirtualTransport};
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, Connection, ConnectionOptions, Error, ErrorKind,
+    async_trait, BrokerUrl, Capabilities, Channel, Connection, ConnectionOptions, Error, ErrorKind,
     Registry, Result, Transport, TransportFactory,
 };
 
@@ -27,8 +27,54 @@ pub const SCHEMES: &[&str] = &["beanstalk"];
 /// beanstalkd's port.
 pub const DEFAULT_PORT: u16 = 11300;
 
-/// The transport type `beanstalk://` connections get.
-pub type BeanstalkTransport = VirtualTransport<BeanstalkBackend>;
+/// The transport `beanstalk://` connections get: the virtual channel over
+/// a [`BeanstalkBackend`], with a heartbeat.
+///
+/// [`Transport::heartbeat_check`] sends `list-tube-used` on a connection of
+/// its own (the consumers' connections may be blocked in
+/// `reserve-with-timeout`), bounded by the `socket_timeout` transport option
+/// (default 10 s). When it fails, [`Transport::is_connected`] turns false
+/// and the [`Connection`] connects afresh on its next use. Every command
+/// waits at most `socket_timeout` for its answer, so nothing hangs on a
+/// stopped server.
+pub struct BeanstalkTransport {
+    inner: VirtualTransport<BeanstalkBackend>,
+}
+
+impl BeanstalkTransport {
+    /// The backend, for beanstalk's own operations.
+    pub fn backend(&self) -> &Arc<BeanstalkBackend> {
+        self.inner.backend()
+    }
+
+    /// Messages dropped (or diverted) because no binding matched them.
+    pub fn unroutable_count(&self) -> u64 {
+        self.inner.unroutable_count()
+    }
+}
+
+#[async_trait]
+impl Transport for BeanstalkTransport {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
+        self.inner.create_channel().await
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected() && self.backend().is_alive()
+    }
+
+    async fn heartbeat_check(&self) -> Result<()> {
+        self.backend().heartbeat_check().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
 
 /// Every live beanstalk transport of the process, to find the backend of a
 /// [`Connection`] ([`backend`]).
@@ -125,10 +171,13 @@ pub async fn connect(
         host: url.hostname().unwrap_or("localhost").to_owned(),
         port: url.port().unwrap_or(DEFAULT_PORT),
         connect_timeout: options.connect_timeout,
+        io_timeout: settings.socket_timeout,
     };
     let backend = BeanstalkBackend::connect(server, settings).await?;
     let virtual_options = VirtualOptions::from_transport_options(transport_options)?;
-    let transport = Arc::new(VirtualTransport::new(backend, virtual_options));
+    let transport = Arc::new(BeanstalkTransport {
+        inner: VirtualTransport::new(backend, virtual_options),
+    });
     TRANSPORTS
         .lock()
         .unwrap_or_else(|e| e.into_inner())

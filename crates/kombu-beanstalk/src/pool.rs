@@ -16,11 +16,14 @@ pub(crate) struct Server {
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) connect_timeout: Option<Duration>,
+    /// The bound of each command's answer (the `socket_timeout` option).
+    pub(crate) io_timeout: Option<Duration>,
 }
 
 impl Server {
     pub(crate) async fn connect(&self) -> Result<Conn> {
-        Conn::connect(&self.host, self.port, self.connect_timeout).await
+        let conn = Conn::connect(&self.host, self.port, self.connect_timeout).await?;
+        Ok(conn.with_io_timeout(self.io_timeout))
     }
 }
 

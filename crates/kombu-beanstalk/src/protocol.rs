@@ -19,6 +19,10 @@ pub const MAX_TUBE_NAME: usize = 200;
 /// Longest answer line we accept (the longest real one is `USING <200 bytes>`).
 const MAX_LINE: usize = 1024;
 
+/// How long a command waits for its answer by default (see
+/// [`Conn::set_io_timeout`]).
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Check that `name` is a tube name beanstalkd accepts: 1 to 200 bytes of
 /// letters, digits and `-+/;.$_()`, not starting with `-`.
 ///
@@ -115,6 +119,7 @@ pub struct Conn {
     used: String,
     watched: Vec<String>,
     broken: bool,
+    io_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -123,6 +128,7 @@ impl std::fmt::Debug for Conn {
             .field("used", &self.used)
             .field("watched", &self.watched)
             .field("broken", &self.broken)
+            .field("io_timeout", &self.io_timeout)
             .finish()
     }
 }
@@ -152,7 +158,24 @@ impl Conn {
             used: "default".into(),
             watched: vec!["default".into()],
             broken: false,
+            io_timeout: Some(DEFAULT_IO_TIMEOUT),
         })
+    }
+
+    /// Bound every write and every wait for an answer by `timeout`
+    /// (`None`: wait forever). A `reserve-with-timeout` waits its own
+    /// seconds on top. A server that does not answer in time (hung,
+    /// stopped, unreachable) fails the command with
+    /// [`ErrorKind::Timeout`] and breaks the connection.
+    /// Default: [`DEFAULT_IO_TIMEOUT`].
+    pub fn set_io_timeout(&mut self, timeout: Option<Duration>) {
+        self.io_timeout = timeout;
+    }
+
+    /// [`set_io_timeout`](Self::set_io_timeout), by value.
+    pub fn with_io_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.io_timeout = timeout;
+        self
     }
 
     /// True after an I/O error or an answer out of protocol: drop it.
@@ -170,6 +193,17 @@ impl Conn {
         Error::new(
             ErrorKind::ConnectionLost,
             format!("beanstalkd connection lost: {e}"),
+        )
+    }
+
+    fn timed_out(&mut self, limit: Duration) -> Error {
+        self.broken = true;
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "beanstalkd did not answer within {:.1} s",
+                limit.as_secs_f64()
+            ),
         )
     }
 
@@ -197,16 +231,35 @@ impl Conn {
             buf.extend_from_slice(data);
             buf.extend_from_slice(b"\r\n");
         }
-        let result = self.stream.get_mut().write_all(&buf).await;
+        let limit = self.io_timeout;
+        let writing = self.stream.get_mut().write_all(&buf);
+        let result = match limit {
+            Some(limit) => match tokio::time::timeout(limit, writing).await {
+                Ok(result) => result,
+                Err(_) => return Err(self.timed_out(limit)),
+            },
+            None => writing.await,
+        };
         result.map_err(|e| self.lost(e))
     }
 
     async fn read_line(&mut self) -> Result<String> {
+        self.read_line_within(Duration::ZERO).await
+    }
+
+    /// Read an answer line, waiting `extra` on top of the I/O timeout.
+    async fn read_line_within(&mut self, extra: Duration) -> Result<String> {
         let mut line = Vec::new();
-        let result = (&mut self.stream)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await;
+        let limit = self.io_timeout.map(|t| t + extra);
+        let mut limited = (&mut self.stream).take(MAX_LINE as u64);
+        let reading = limited.read_until(b'\n', &mut line);
+        let result = match limit {
+            Some(limit) => match tokio::time::timeout(limit, reading).await {
+                Ok(result) => result,
+                Err(_) => return Err(self.timed_out(limit)),
+            },
+            None => reading.await,
+        };
         match result {
             Err(e) => return Err(self.lost(e)),
             Ok(0) => {
@@ -230,7 +283,15 @@ impl Conn {
 
     async fn read_data(&mut self, len: usize) -> Result<Vec<u8>> {
         let mut data = vec![0; len + 2];
-        let result = self.stream.read_exact(&mut data).await;
+        let limit = self.io_timeout;
+        let reading = self.stream.read_exact(&mut data);
+        let result = match limit {
+            Some(limit) => match tokio::time::timeout(limit, reading).await {
+                Ok(result) => result,
+                Err(_) => return Err(self.timed_out(limit)),
+            },
+            None => reading.await,
+        };
         result.map_err(|e| self.lost(e))?;
         if !data.ends_with(b"\r\n") {
             self.broken = true;
@@ -393,11 +454,13 @@ impl Conn {
     pub async fn reserve_with_timeout(&mut self, seconds: u32) -> Result<Reserved> {
         let command = format!("reserve-with-timeout {seconds}");
         self.send(&command, None).await?;
-        self.reserved_answer(&command).await
+        let line = self
+            .read_line_within(Duration::from_secs(u64::from(seconds)))
+            .await?;
+        self.reserved_answer(&command, line).await
     }
 
-    async fn reserved_answer(&mut self, command: &str) -> Result<Reserved> {
-        let line = self.read_line().await?;
+    async fn reserved_answer(&mut self, command: &str, line: String) -> Result<Reserved> {
         match line.as_str() {
             "TIMED_OUT" => return Ok(Reserved::TimedOut),
             "DEADLINE_SOON" => return Ok(Reserved::DeadlineSoon),
@@ -531,6 +594,16 @@ impl Conn {
     pub async fn stats(&mut self) -> Result<Stats> {
         let yaml = self.yaml_answer("stats").await?;
         Ok(yaml.map(|y| Stats::parse(&y)).unwrap_or_default())
+    }
+
+    /// `list-tube-used`: the tube `put` goes to (a cheap round trip, the
+    /// transport's heartbeat).
+    pub async fn list_tube_used(&mut self) -> Result<String> {
+        let line = self.call("list-tube-used").await?;
+        match line.strip_prefix("USING ") {
+            Some(tube) => Ok(tube.to_owned()),
+            None => Err(self.unexpected("list-tube-used", &line)),
+        }
     }
 
     /// `list-tubes`.

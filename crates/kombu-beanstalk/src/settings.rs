@@ -14,6 +14,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "max_reserve_connections",
     "pool_size",
     "unroutable_queue",
+    "socket_timeout",
 ];
 
 /// How a message priority (AMQP meaning, 0..=255, higher first) becomes a
@@ -67,6 +68,8 @@ pub(crate) struct Settings {
     pub(crate) requeue_delay: u32,
     pub(crate) max_reservers: usize,
     pub(crate) pool_size: usize,
+    /// How long a command waits for beanstalkd's answer (`None`: forever).
+    pub(crate) socket_timeout: Option<Duration>,
 }
 
 fn bad(key: &str, why: &str) -> Error {
@@ -116,6 +119,13 @@ impl Settings {
             .unwrap_or(64)
             .max(1) as usize;
         let pool_size = options.get_u64("pool_size")?.unwrap_or(4).clamp(1, 256) as usize;
+        // 0 waits forever, as a socket timeout of 0 does nowhere else; it is
+        // accepted for people who really want it.
+        let socket_timeout = match options.get_duration_secs("socket_timeout")? {
+            None => Some(crate::protocol::DEFAULT_IO_TIMEOUT),
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        };
         Ok(Settings {
             ttr,
             priority,
@@ -123,6 +133,7 @@ impl Settings {
             requeue_delay,
             max_reservers,
             pool_size,
+            socket_timeout,
         })
     }
 }
@@ -137,6 +148,10 @@ mod tests {
         assert_eq!(s.ttr, 120);
         assert_eq!(s.priority, PriorityMapping::Inverted { base: 1024 });
         assert_eq!(s.polling_interval, Duration::from_secs(1));
+        assert_eq!(s.socket_timeout, Some(Duration::from_secs(10)));
+        let s =
+            Settings::from_options(&TransportOptions::new().set("socket_timeout", 0.5)).unwrap();
+        assert_eq!(s.socket_timeout, Some(Duration::from_millis(500)));
         let s = Settings::from_options(
             &TransportOptions::new()
                 .set("ttr", 2.5)
