@@ -1,0 +1,308 @@
+//! Fault tests on private brokers (see docs/reliability.md).
+//!
+//! For redis, amqp and beanstalk: a publisher and a consumer (`fault-peer`
+//! processes) pass `COUNT` numbered, checksummed, persistent messages
+//! through a durable queue of a broker process of our own while the test
+//! (a) SIGKILLs the broker and restarts it on the same data, (b) SIGSTOPs
+//! it for longer than two heartbeats then SIGCONTs it, (c) SIGKILLs the
+//! consumer mid-batch and starts another. Then every published message was
+//! received and acked, none was corrupt, and each duplicate follows a
+//! delivery whose ack was lost or a publish that was retried.
+//!
+//! Each test runs when the transport's shared test server is configured
+//! (`KOMBU_TEST_<NAME>_URL`, as every other broker test) and the server
+//! binary is installed; under `KOMBU_TEST_REQUIRE=1` a missing binary fails.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kombu_faults::broker::{BrokerKind, PrivateBroker};
+use kombu_faults::ledger::Tally;
+use kombu_faults::peer::{count_lines, Peer};
+
+const COUNT: u64 = 300;
+/// Heartbeat asked of every connection.
+const HEARTBEAT_S: u64 = 2;
+/// How long a SIGSTOPped broker stays stopped: three heartbeats.
+const STOP_FOR: Duration = Duration::from_secs(3 * HEARTBEAT_S);
+/// Deadline of each peer process.
+const PEER_DEADLINE_S: u64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    KillBroker,
+    StopBroker,
+    KillConsumer,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::KillBroker => "kill-broker",
+            Fault::StopBroker => "stop-broker",
+            Fault::KillConsumer => "kill-consumer",
+        }
+    }
+}
+
+fn required() -> bool {
+    matches!(
+        std::env::var("KOMBU_TEST_REQUIRE").as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
+}
+
+/// Whether this machine can run the fault tests of `kind`.
+fn available(kind: BrokerKind) -> bool {
+    kombu_testkit::test_url(kind.name()).is_some()
+        && {
+            if kind.installed() {
+                true
+            } else if required() {
+                panic!(
+                "{} is not installed and KOMBU_TEST_REQUIRE=1 (cargo xtask services up installs it)",
+                kind.binary()
+            )
+            } else {
+                eprintln!("SKIP: {} is not installed", kind.binary());
+                false
+            }
+        }
+}
+
+/// The URL the peers use: heartbeats on; redis gives a dead consumer's
+/// messages back after 10 s (longer than the SIGSTOP, so a live consumer's
+/// messages are never restored under it); amqp publishes wait for the
+/// broker's confirm.
+fn peer_url(broker: &PrivateBroker) -> String {
+    let base = broker.url();
+    match broker.kind() {
+        BrokerKind::Redis => format!(
+            "{base}?heartbeat={HEARTBEAT_S}&visibility_timeout=10&unacked_restore_interval=1"
+        ),
+        BrokerKind::Amqp => format!("{base}?heartbeat={HEARTBEAT_S}&confirm_publish=1"),
+        BrokerKind::Beanstalk => format!("{base}?heartbeat={HEARTBEAT_S}"),
+    }
+}
+
+fn peer_args(mode: &str, url: &str, queue: &str, log: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
+        mode,
+        "--url",
+        url,
+        "--queue",
+        queue,
+        "--count",
+        &COUNT.to_string(),
+        "--log",
+        log.to_str().expect("utf-8 path"),
+        "--deadline-s",
+        &PEER_DEADLINE_S.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match mode {
+        // The consumer is slower than the publisher: a backlog builds, and
+        // the consumer holds a full prefetch window when a fault strikes.
+        "publish" => args.extend(["--pace-ms".into(), "5".into()]),
+        _ => args.extend([
+            "--work-ms".into(),
+            "10".into(),
+            "--prefetch".into(),
+            "10".into(),
+        ]),
+    }
+    args
+}
+
+/// Wait until `ready()` or `limit`; false on timeout.
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn run(kind: BrokerKind, fault: Fault) {
+    if !available(kind) {
+        return;
+    }
+    let scenario = format!("{} {}", kind.name(), fault.name());
+    let started = Instant::now();
+    let mut broker = PrivateBroker::start(kind).expect("start a private broker");
+    let first_start = started.elapsed();
+    let url = peer_url(&broker);
+    let dir = broker.dir().to_path_buf();
+    let queue = kombu_testkit::unique("fault");
+    let exe = env!("CARGO_BIN_EXE_fault-peer");
+    let pub_log = dir.join("publisher.log");
+    let cons_log = dir.join("consumer.log");
+    let t0 = Instant::now();
+    let mut consumers = vec![Peer::spawn(
+        exe,
+        "consumer-1",
+        &dir,
+        &peer_args("consume", &url, &queue, &cons_log),
+    )
+    .expect("spawn consumer")];
+    let mut publisher = Peer::spawn(
+        exe,
+        "publisher",
+        &dir,
+        &peer_args("publish", &url, &queue, &pub_log),
+    )
+    .expect("spawn publisher");
+
+    // Strike mid-flight: a third published, the consumer busy.
+    let midway = wait_until(Duration::from_secs(40), || {
+        count_lines(&pub_log, "published") as u64 >= COUNT / 3
+            && count_lines(&cons_log, "got") >= 40
+    });
+    assert!(
+        midway,
+        "{scenario}: peers did not get going\npublisher:\n{}\n{}\nconsumer:\n{}\n{}",
+        tail(&pub_log, 10),
+        publisher.output(),
+        tail(&cons_log, 10),
+        consumers[0].output()
+    );
+    let at = (
+        count_lines(&pub_log, "published"),
+        count_lines(&cons_log, "got"),
+    );
+    let note = match fault {
+        Fault::KillBroker => {
+            broker.kill();
+            std::thread::sleep(Duration::from_millis(500));
+            let took = broker.restart().expect("restart the broker");
+            format!("restart {:.1}s", took.as_secs_f64())
+        }
+        Fault::StopBroker => {
+            broker.stop().expect("SIGSTOP");
+            std::thread::sleep(STOP_FOR);
+            broker.cont().expect("SIGCONT");
+            format!("stopped {}s", STOP_FOR.as_secs())
+        }
+        Fault::KillConsumer => {
+            // Mid-batch: with a message in hand (received, not acked).
+            wait_until(Duration::from_secs(5), || {
+                count_lines(&cons_log, "got") > count_lines(&cons_log, "acked")
+            });
+            consumers[0].kill();
+            let pending = count_lines(&cons_log, "got") - count_lines(&cons_log, "acked");
+            consumers.push(
+                Peer::spawn(
+                    exe,
+                    "consumer-2",
+                    &dir,
+                    &peer_args("consume", &url, &queue, &cons_log),
+                )
+                .expect("spawn second consumer"),
+            );
+            format!("{pending} got-not-acked at kill")
+        }
+    };
+    let limit = Duration::from_secs(PEER_DEADLINE_S + 10);
+    let published = publisher.wait(limit);
+    let consumed = consumers.last_mut().expect("a consumer").wait(limit);
+    let took = t0.elapsed();
+    publisher.kill();
+    for c in &mut consumers {
+        c.kill();
+    }
+    let tally = Tally::read(
+        &std::fs::read_to_string(&pub_log).unwrap_or_default(),
+        &std::fs::read_to_string(&cons_log).unwrap_or_default(),
+        COUNT,
+    );
+    println!("{}", Tally::header());
+    println!("{}", tally.row(&scenario, took));
+    println!(
+        "{scenario}: fault at {} published / {} received; {note}; first start {:.1}s; ack errors {}; never acked {}; consumer processes {}",
+        at.0,
+        at.1,
+        first_start.as_secs_f64(),
+        tally.ack_errors,
+        tally.never_acked.len(),
+        tally.consumer_processes
+    );
+    // An AMQP basic.ack has no reply; redis and beanstalk answer theirs.
+    let mut problems = tally.problems(kind != BrokerKind::Amqp);
+    if published.is_none_or(|s| !s.success()) {
+        problems.push(format!("publisher did not finish: {published:?}"));
+    }
+    if consumed.is_none_or(|s| !s.success()) {
+        problems.push(format!("consumer did not finish: {consumed:?}"));
+    }
+    if !problems.is_empty() {
+        let outputs: Vec<String> = consumers
+            .iter()
+            .map(|c| format!("{}:\n{}", c.name(), c.output()))
+            .collect();
+        panic!(
+            "{scenario}:\n  {}\npublisher log tail:\n{}\nconsumer log tail:\n{}\npublisher output:\n{}\n{}\n(logs in {}; set KOMBU_FAULTS_KEEP=1 to keep them)",
+            problems.join("\n  "),
+            tail(&pub_log, 15),
+            tail(&cons_log, 25),
+            publisher.output(),
+            outputs.join("\n"),
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn redis_broker_killed_and_restarted() {
+    run(BrokerKind::Redis, Fault::KillBroker);
+}
+
+#[test]
+fn redis_broker_stopped_past_the_heartbeat() {
+    run(BrokerKind::Redis, Fault::StopBroker);
+}
+
+#[test]
+fn redis_consumer_killed_mid_batch() {
+    run(BrokerKind::Redis, Fault::KillConsumer);
+}
+
+#[test]
+fn amqp_broker_killed_and_restarted() {
+    run(BrokerKind::Amqp, Fault::KillBroker);
+}
+
+#[test]
+fn amqp_broker_stopped_past_the_heartbeat() {
+    run(BrokerKind::Amqp, Fault::StopBroker);
+}
+
+#[test]
+fn amqp_consumer_killed_mid_batch() {
+    run(BrokerKind::Amqp, Fault::KillConsumer);
+}
+
+#[test]
+fn beanstalk_broker_killed_and_restarted() {
+    run(BrokerKind::Beanstalk, Fault::KillBroker);
+}
+
+#[test]
+fn beanstalk_broker_stopped_past_the_heartbeat() {
+    run(BrokerKind::Beanstalk, Fault::StopBroker);
+}
+
+#[test]
+fn beanstalk_consumer_killed_mid_batch() {
+    run(BrokerKind::Beanstalk, Fault::KillConsumer);
+}
