@@ -1,19 +1,32 @@
-//! [`Connection`]: a lazy handle on a broker chosen by URL.
+//! [`Connection`]: a lazy handle on a broker chosen by URL, which fails
+//! over between URLs, retries, watches the connection with heartbeats and
+//! declares again what was declared when it has to reconnect.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use backon::Retryable;
 
 use crate::compression::CompressionRegistry;
+use crate::entity::{Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::ConnectionOptions;
 use crate::registry::Registry;
+use crate::retry::RetryPolicy;
 use crate::serialization::SerializerRegistry;
+use crate::topology::Topology;
 use crate::transport::{Capabilities, Channel, Transport, TransportFactory};
 use crate::url::BrokerUrl;
 
 /// The URL used when none is given: AMQP on localhost, as in kombu.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672//";
+
+/// How long closing a transport that was given up on may take before it
+/// is left to itself (a hung broker must not hang the caller).
+const RETIRE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// A connection to a broker, chosen by the URL's scheme.
 ///
@@ -24,7 +37,16 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672//";
 ///
 /// Values in the URL win over the keyword [`ConnectionOptions`]; missing
 /// parts default to `localhost`, `guest`/`guest`, virtual host `/` and the
-/// transport's port. Several URLs separated by `;` form a failover list.
+/// transport's port. Several URLs separated by `;` form a failover list,
+/// tried in the order of the `failover_strategy` option.
+///
+/// Staying up: with the `heartbeat` option set, the connection is checked
+/// every half interval and a broker that does not answer within the
+/// interval counts as lost. A lost connection is reconnected on next use
+/// (to the next URL of a failover list when the first fails), and every
+/// exchange and queue declared through it is declared again.
+/// [`Connection::ensure_connection`] and [`Connection::ensure`] retry with
+/// a [`RetryPolicy`]; consumers reconnect by themselves.
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -43,11 +65,30 @@ struct Target {
     factory: Arc<dyn TransportFactory>,
 }
 
+/// A connected transport and the epoch it belongs to.
+struct Live {
+    transport: Arc<dyn Transport>,
+    epoch: u64,
+    monitor: Option<tokio::task::AbortHandle>,
+}
+
+/// Which connection is current: bumped each time one is lost or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EpochState {
+    /// Counts connections given up on (lost or closed).
+    pub(crate) epoch: u64,
+    /// The last bump was a [`Connection::close`], not a loss.
+    pub(crate) closed: bool,
+}
+
 struct Shared {
     targets: Vec<Target>,
     options: ConnectionOptions,
-    transport: tokio::sync::Mutex<Option<Arc<dyn Transport>>>,
+    live: tokio::sync::Mutex<Option<Live>>,
     active: AtomicUsize,
+    epoch: tokio::sync::watch::Sender<EpochState>,
+    epoch_now: AtomicU64,
+    topology: Topology,
     serializers: Arc<SerializerRegistry>,
     compressors: Arc<CompressionRegistry>,
 }
@@ -95,8 +136,14 @@ impl Connection {
             shared: Arc::new(Shared {
                 targets,
                 options,
-                transport: tokio::sync::Mutex::new(None),
+                live: tokio::sync::Mutex::new(None),
                 active: AtomicUsize::new(0),
+                epoch: tokio::sync::watch::Sender::new(EpochState {
+                    epoch: 0,
+                    closed: false,
+                }),
+                epoch_now: AtomicU64::new(0),
+                topology: Topology::default(),
                 serializers: Arc::new(SerializerRegistry::default()),
                 compressors: Arc::new(CompressionRegistry::default()),
             }),
@@ -104,38 +151,181 @@ impl Connection {
     }
 
     /// Connect now (a no-op when connected). Tries each URL of a failover
-    /// list in turn, each bounded by `connect_timeout`.
+    /// list once, in the order of the `failover_strategy` option, each
+    /// bounded by `connect_timeout`.
     pub async fn connect(&self) -> Result<()> {
         self.transport().await.map(|_| ())
     }
 
-    /// The connected transport, connecting first if needed.
-    pub async fn transport(&self) -> Result<Arc<dyn Transport>> {
-        let mut slot = self.shared.transport.lock().await;
-        if let Some(transport) = slot.as_ref() {
-            if transport.is_connected() {
-                return Ok(transport.clone());
-            }
-        }
-        let transport = self.establish().await?;
-        *slot = Some(transport.clone());
-        Ok(transport)
+    /// Connect, retrying connection errors as `policy` says (kombu's
+    /// `ensure_connection`). Other errors (bad credentials, say) fail at once.
+    ///
+    /// ```
+    /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// use std::time::Duration;
+    /// use kombu_core::RetryPolicy;
+    /// conn.ensure_connection(&RetryPolicy::new().max_retries(5).interval_max(Duration::from_secs(5)))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ensure_connection(&self, policy: &RetryPolicy) -> Result<()> {
+        self.ensure_connection_with(policy, |_, _| {}).await
     }
 
-    async fn establish(&self) -> Result<Arc<dyn Transport>> {
-        let count = self.shared.targets.len();
-        let start = self.shared.active.load(Ordering::Relaxed);
+    /// [`Connection::ensure_connection`], calling `on_error` with each
+    /// error and the wait before the next attempt (kombu's `errback`).
+    pub async fn ensure_connection_with(
+        &self,
+        policy: &RetryPolicy,
+        mut on_error: impl FnMut(&Error, Duration),
+    ) -> Result<()> {
+        (|| self.connect())
+            .retry(policy.clone())
+            .sleep(tokio::time::sleep)
+            .when(Error::is_connection_error)
+            .notify(|err: &Error, wait: Duration| {
+                tracing::warn!(url = %self.as_uri(), error = %err, "cannot connect; retrying in {:.1} s", wait.as_secs_f64());
+                on_error(err, wait);
+            })
+            .await
+    }
+
+    /// Run `operation` and, when it fails with a recoverable error (a lost
+    /// connection or channel), reconnect and run it again as `policy` says
+    /// (kombu's `Connection.ensure` / autoretry). Other errors are returned
+    /// at once; when the policy gives up, the last error is returned.
+    ///
+    /// An attempt that is still running when the connection is found lost
+    /// (by a heartbeat, or by another user of the connection) is abandoned
+    /// and counts as failed with [`ErrorKind::ConnectionLost`].
+    ///
+    /// ```
+    /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// use kombu_core::RetryPolicy;
+    /// let size = conn
+    ///     .ensure(&RetryPolicy::new().max_retries(3), || async {
+    ///         conn.channel().await?.queue_size("tasks").await
+    ///     })
+    ///     .await?;
+    /// # let _ = size; Ok(()) }
+    /// ```
+    pub async fn ensure<T, F, Fut>(&self, policy: &RetryPolicy, operation: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.ensure_with(policy, operation, |_, _| {}).await
+    }
+
+    /// [`Connection::ensure`], calling `on_error` with each recoverable
+    /// error and the wait before the next attempt.
+    pub async fn ensure_with<T, F, Fut>(
+        &self,
+        policy: &RetryPolicy,
+        mut operation: F,
+        mut on_error: impl FnMut(&Error, Duration),
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let attempt = || {
+            let epoch = self.epoch();
+            let lost = self.lost_since(epoch);
+            let running = operation();
+            async move {
+                let result = tokio::select! {
+                    biased;
+                    result = running => result,
+                    _ = lost => Err(Error::new(
+                        ErrorKind::ConnectionLost,
+                        "the connection was lost while the operation ran",
+                    )),
+                };
+                if let Err(err) = &result {
+                    if err.is_connection_error() {
+                        self.mark_lost(epoch, err).await;
+                    }
+                }
+                result
+            }
+        };
+        attempt
+            .retry(policy.clone())
+            .sleep(tokio::time::sleep)
+            .when(Error::is_recoverable)
+            .notify(|err: &Error, wait: Duration| {
+                tracing::warn!(error = %err, "operation failed; retrying in {:.1} s", wait.as_secs_f64());
+                on_error(err, wait);
+            })
+            .await
+    }
+
+    /// The connected transport, connecting first if needed.
+    pub async fn transport(&self) -> Result<Arc<dyn Transport>> {
+        self.transport_at().await.map(|(transport, _)| transport)
+    }
+
+    /// The connected transport and its epoch.
+    pub(crate) async fn transport_at(&self) -> Result<(Arc<dyn Transport>, u64)> {
+        let mut live = self.shared.live.lock().await;
+        if let Some(current) = live.as_ref() {
+            if current.transport.is_connected() {
+                return Ok((current.transport.clone(), current.epoch));
+            }
+        }
+        if let Some(dead) = live.take() {
+            tracing::warn!(url = %self.as_uri(), "the connection was lost; reconnecting");
+            retire(&self.shared, dead, false);
+        }
+        let fresh = self.establish().await?;
+        let handle = (fresh.transport.clone(), fresh.epoch);
+        *live = Some(fresh);
+        Ok(handle)
+    }
+
+    async fn establish(&self) -> Result<Live> {
+        let urls: Vec<BrokerUrl> = self.shared.targets.iter().map(|t| t.url.clone()).collect();
+        let last = self.shared.active.load(Ordering::Relaxed);
+        let order = self.shared.options.failover_strategy.order(&urls, last);
+        let many = self.shared.targets.len() > 1;
         let mut last_error = None;
-        for step in 0..count {
-            let index = (start + step) % count;
+        for index in order {
             let target = &self.shared.targets[index];
-            match self.connect_one(target).await {
+            let attempt = async {
+                let transport = self.connect_one(target).await?;
+                if let Err(err) = self.shared.topology.recover(transport.as_ref()).await {
+                    let _ = tokio::time::timeout(RETIRE_CLOSE_LIMIT, transport.close()).await;
+                    return Err(err);
+                }
+                Ok(transport)
+            };
+            match attempt.await {
                 Ok(transport) => {
                     self.shared.active.store(index, Ordering::Relaxed);
-                    return Ok(transport);
+                    let epoch = self.epoch();
+                    let monitor = self
+                        .shared
+                        .options
+                        .heartbeat
+                        .filter(|every| !every.is_zero())
+                        .map(|every| {
+                            spawn_monitor(
+                                Arc::downgrade(&self.shared),
+                                transport.clone(),
+                                epoch,
+                                every,
+                            )
+                        });
+                    tracing::debug!(url = %target.url, epoch, "connected");
+                    return Ok(Live {
+                        transport,
+                        epoch,
+                        monitor,
+                    });
                 }
                 Err(err) => {
-                    if count > 1 {
+                    if many {
                         tracing::warn!(url = %target.url, error = %err, "connect failed; trying the next URL");
                     }
                     last_error = Some(err);
@@ -164,22 +354,110 @@ impl Connection {
 
     /// True while connected (false before the first use).
     pub fn connected(&self) -> bool {
-        match self.shared.transport.try_lock() {
-            Ok(slot) => slot.as_ref().is_some_and(|t| t.is_connected()),
+        match self.shared.live.try_lock() {
+            Ok(live) => live.as_ref().is_some_and(|l| l.transport.is_connected()),
             Err(_) => false,
         }
     }
 
     /// A new channel (connecting first if needed).
     pub async fn channel(&self) -> Result<Arc<dyn Channel>> {
-        self.transport().await?.create_channel().await
+        self.channel_at().await.map(|(channel, _)| channel)
     }
 
-    /// Close the connection. Later use connects again.
+    /// A new channel and the epoch of the connection it is on. A
+    /// connection error marks the connection lost, so that the next call
+    /// reconnects.
+    pub(crate) async fn channel_at(&self) -> Result<(Arc<dyn Channel>, u64)> {
+        let (transport, epoch) = self.transport_at().await?;
+        match transport.create_channel().await {
+            Ok(channel) => Ok((channel, epoch)),
+            Err(err) => {
+                if err.is_connection_error() {
+                    self.mark_lost(epoch, &err).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Give up on the connection of `epoch` (if it is still the current
+    /// one) because of `reason`: it is closed in the background, every
+    /// consumer reconnects, and the next use connects again.
+    pub(crate) async fn mark_lost(&self, epoch: u64, reason: &Error) {
+        mark_lost(&self.shared, epoch, reason).await;
+    }
+
+    /// The current epoch: it changes each time the connection is lost or
+    /// closed, so a message or channel from an older epoch is stale.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.shared.epoch_now.load(Ordering::Acquire)
+    }
+
+    /// Resolves (with the new state) once the epoch is no longer `epoch`.
+    pub(crate) fn lost_since(&self, epoch: u64) -> impl Future<Output = EpochState> + Send + 'static {
+        let mut watch = self.shared.epoch.subscribe();
+        async move {
+            match watch.wait_for(|state| state.epoch != epoch).await {
+                Ok(state) => *state,
+                Err(_) => EpochState {
+                    epoch: epoch + 1,
+                    closed: true,
+                },
+            }
+        }
+    }
+
+    /// Declare `exchange` on `channel` unless this connection declared it
+    /// already (kombu's `maybe_declare`), and remember it for reconnects.
+    pub async fn maybe_declare(&self, channel: &dyn Channel, exchange: &Exchange) -> Result<()> {
+        if exchange.is_default() || self.shared.topology.has_exchange(&exchange.name) {
+            return Ok(());
+        }
+        exchange.declare(channel).await?;
+        self.shared.topology.remember_exchange(exchange);
+        Ok(())
+    }
+
+    /// Declare `queue` (its exchanges, itself and its bindings) on
+    /// `channel`, and remember it, so that a reconnect declares it again.
+    pub async fn declare_queue(
+        &self,
+        channel: &dyn Channel,
+        queue: &Queue,
+    ) -> Result<crate::transport::QueueInfo> {
+        let info = queue.declare(channel).await?;
+        for exchange in &queue.exchanges {
+            self.shared.topology.remember_exchange(exchange);
+        }
+        self.shared.topology.remember_queue(queue);
+        Ok(info)
+    }
+
+    /// Stop declaring the exchange or queue `name` again on reconnects
+    /// (after you delete it, say). True if it was remembered.
+    pub fn forget(&self, name: &str) -> bool {
+        self.shared.topology.forget(name)
+    }
+
+    /// The names of the exchanges and queues declared through this
+    /// connection, which a reconnect declares again.
+    pub fn declared(&self) -> (Vec<String>, Vec<String>) {
+        self.shared.topology.names()
+    }
+
+    /// Close the connection. Later use connects again. Consumers of this
+    /// connection end.
     pub async fn close(&self) -> Result<()> {
-        let transport = self.shared.transport.lock().await.take();
-        match transport {
-            Some(transport) => transport.close().await,
+        let live = self.shared.live.lock().await.take();
+        match live {
+            Some(live) => {
+                if let Some(monitor) = &live.monitor {
+                    monitor.abort();
+                }
+                bump_epoch(&self.shared, true);
+                live.transport.close().await
+            }
             None => Ok(()),
         }
     }
@@ -262,9 +540,13 @@ impl fmt::Debug for Connection {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let Some(transport) = self.transport.get_mut().take() else {
+        let Some(live) = self.live.get_mut().take() else {
             return;
         };
+        if let Some(monitor) = &live.monitor {
+            monitor.abort();
+        }
+        let transport = live.transport;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Err(err) = transport.close().await {
@@ -273,4 +555,85 @@ impl Drop for Shared {
             });
         }
     }
+}
+
+fn bump_epoch(shared: &Shared, closed: bool) {
+    shared.epoch.send_modify(|state| {
+        state.epoch += 1;
+        state.closed = closed;
+        shared.epoch_now.store(state.epoch, Ordering::Release);
+    });
+}
+
+/// Give up on a transport: stop its monitor, move to a new epoch (which
+/// wakes every consumer) and close it in the background, bounded in time.
+fn retire(shared: &Shared, dead: Live, closed: bool) {
+    if let Some(monitor) = &dead.monitor {
+        monitor.abort();
+    }
+    bump_epoch(shared, closed);
+    let transport = dead.transport;
+    tokio::spawn(async move {
+        match tokio::time::timeout(RETIRE_CLOSE_LIMIT, transport.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(error = %err, "closing a lost connection failed"),
+            Err(_) => tracing::debug!("closing a lost connection did not finish in time; dropped"),
+        }
+    });
+}
+
+async fn mark_lost(shared: &Shared, epoch: u64, reason: &Error) {
+    let mut live = shared.live.lock().await;
+    if live.as_ref().is_some_and(|l| l.epoch == epoch) {
+        if let Some(dead) = live.take() {
+            tracing::warn!(error = %reason, "connection lost; it will be re-established on next use");
+            retire(shared, dead, false);
+        }
+    }
+}
+
+/// Check the transport every half `every`; a check that fails or takes
+/// longer than `every`, or a transport that says it is disconnected, marks
+/// the connection of `epoch` lost. Detects a silent broker within 1.5
+/// intervals.
+fn spawn_monitor(
+    shared: Weak<Shared>,
+    transport: Arc<dyn Transport>,
+    epoch: u64,
+    every: Duration,
+) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every / 2).await;
+            let failure = if !transport.is_connected() {
+                Some(Error::new(
+                    ErrorKind::ConnectionLost,
+                    "the transport reports the connection closed",
+                ))
+            } else {
+                match tokio::time::timeout(every, transport.heartbeat_check()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(err),
+                    Err(_) => Some(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the broker did not answer a heartbeat within {:.1} s",
+                            every.as_secs_f64()
+                        ),
+                    )),
+                }
+            };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if let Some(err) = failure {
+                mark_lost(&shared, epoch, &err).await;
+                return;
+            }
+            if shared.epoch_now.load(Ordering::Acquire) != epoch {
+                return;
+            }
+        }
+    })
+    .abort_handle()
 }

@@ -4,15 +4,19 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use backon::Retryable;
+use futures::future::BoxFuture;
 use futures::stream::{SelectAll, Stream};
 use serde::de::DeserializeOwned;
 
 use crate::compression::CompressionRegistry;
-use crate::connection::Connection;
+use crate::connection::{Connection, EpochState};
 use crate::entity::Queue;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Delivery, DeliveryInfo, Headers, Properties};
+use crate::retry::RetryPolicy;
 use crate::serialization::{Accept, Payload, SerializerRegistry};
 use crate::transport::{Channel, DeliveryStream};
 
@@ -23,7 +27,7 @@ pub(crate) struct Decoder {
     pub(crate) serializers: Arc<SerializerRegistry>,
     pub(crate) compressors: Arc<CompressionRegistry>,
     pub(crate) accept: Accept,
-    _connection: Connection,
+    pub(crate) connection: Connection,
 }
 
 impl Decoder {
@@ -32,7 +36,7 @@ impl Decoder {
             serializers: connection.serializers().clone(),
             compressors: connection.compressors().clone(),
             accept,
-            _connection: connection.clone(),
+            connection: connection.clone(),
         }
     }
 }
@@ -49,6 +53,7 @@ pub struct Message {
     channel: Arc<dyn Channel>,
     decoder: Decoder,
     no_ack: bool,
+    epoch: u64,
     state: AtomicU8,
 }
 
@@ -69,12 +74,14 @@ impl Message {
         channel: Arc<dyn Channel>,
         decoder: Decoder,
         no_ack: bool,
+        epoch: u64,
     ) -> Self {
         Message {
             delivery,
             channel,
             decoder,
             no_ack,
+            epoch,
             state: AtomicU8::new(if no_ack { ACKED } else { PENDING }),
         }
     }
@@ -155,6 +162,18 @@ impl Message {
                 "message was consumed with no_ack: there is nothing to acknowledge",
             ));
         }
+        if self.epoch != self.decoder.connection.epoch() {
+            return Err(Error::new(
+                ErrorKind::ConnectionLost,
+                "the connection this message came on was lost: it was not settled, and the broker delivers it again",
+            ));
+        }
+        if !self.channel.is_open() {
+            return Err(Error::new(
+                ErrorKind::ChannelClosed,
+                "the channel this message came on is closed: it was not settled, and the broker delivers it again",
+            ));
+        }
         self.state
             .compare_exchange(PENDING, to, Ordering::AcqRel, Ordering::Acquire)
             .map(|_| ())
@@ -203,36 +222,43 @@ impl Message {
 
 /// Builds a [`Consumer`].
 pub struct ConsumerBuilder {
+    spec: Spec,
+    accept: Accept,
+    reconnect: Option<RetryPolicy>,
+    serializers: Option<Arc<SerializerRegistry>>,
+    compressors: Option<Arc<CompressionRegistry>>,
+}
+
+/// What a consumer consumes and how: kept to consume again after a reconnect.
+#[derive(Clone)]
+struct Spec {
     connection: Connection,
     queues: Vec<Queue>,
     prefetch_count: u16,
     no_ack: bool,
-    accept: Accept,
     declare: bool,
     tag_prefix: String,
-    serializers: Option<Arc<SerializerRegistry>>,
-    compressors: Option<Arc<CompressionRegistry>>,
 }
 
 impl ConsumerBuilder {
     /// Consume this queue too.
     pub fn queue(mut self, queue: Queue) -> Self {
-        self.queues.push(queue);
+        self.spec.queues.push(queue);
         self
     }
     /// Consume these queues too.
     pub fn queues(mut self, queues: impl IntoIterator<Item = Queue>) -> Self {
-        self.queues.extend(queues);
+        self.spec.queues.extend(queues);
         self
     }
     /// Most unacked messages at once (0: no limit).
     pub fn prefetch_count(mut self, count: u16) -> Self {
-        self.prefetch_count = count;
+        self.spec.prefetch_count = count;
         self
     }
     /// Messages count as acked on delivery.
     pub fn no_ack(mut self, yes: bool) -> Self {
-        self.no_ack = yes;
+        self.spec.no_ack = yes;
         self
     }
     /// Content types (or serializer names) accepted (default: json only).
@@ -242,12 +268,30 @@ impl ConsumerBuilder {
     }
     /// Declare queues, exchanges and bindings first (default true).
     pub fn declare(mut self, yes: bool) -> Self {
-        self.declare = yes;
+        self.spec.declare = yes;
         self
     }
     /// Prefix of consumer tags.
     pub fn tag_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.tag_prefix = prefix.into();
+        self.spec.tag_prefix = prefix.into();
+        self
+    }
+    /// How to reconnect when the connection is lost (`None`: do not; the
+    /// stream then reports the error and ends). The default retries
+    /// forever, waiting 0.5 s, then 1.5 s, ... up to 10 s.
+    ///
+    /// ```
+    /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// use kombu_core::{Consumer, Queue, RetryPolicy};
+    /// let consumer = Consumer::builder(&conn)
+    ///     .queue(Queue::new("tasks"))
+    ///     .reconnect(RetryPolicy::new().max_retries(10))
+    ///     .build()
+    ///     .await?;
+    /// # drop(consumer); Ok(()) }
+    /// ```
+    pub fn reconnect(mut self, policy: impl Into<Option<RetryPolicy>>) -> Self {
+        self.reconnect = policy.into();
         self
     }
     /// Decode with these serializers (for example with one of your own
@@ -264,28 +308,11 @@ impl ConsumerBuilder {
 
     /// Open a channel, declare, set QoS and start consuming.
     pub async fn build(self) -> Result<Consumer> {
-        if self.queues.is_empty() {
+        if self.spec.queues.is_empty() {
             return Err(Error::invalid_option("a consumer needs at least one queue"));
         }
-        let channel = self.connection.channel().await?;
-        if self.declare {
-            for queue in &self.queues {
-                queue.declare(channel.as_ref()).await?;
-            }
-        }
-        channel.basic_qos(self.prefetch_count).await?;
-        let mut streams: SelectAll<DeliveryStream> = SelectAll::new();
-        let mut tags = Vec::new();
-        for queue in &self.queues {
-            let tag = format!("{}{}", self.tag_prefix, uuid::Uuid::new_v4().simple());
-            streams.push(
-                channel
-                    .basic_consume(&queue.name, &tag, self.no_ack)
-                    .await?,
-            );
-            tags.push(tag);
-        }
-        let mut decoder = Decoder::new(&self.connection, self.accept);
+        let attached = attach(self.spec.clone()).await?;
+        let mut decoder = Decoder::new(&self.spec.connection, self.accept);
         if let Some(serializers) = self.serializers {
             decoder.serializers = serializers;
         }
@@ -293,19 +320,121 @@ impl ConsumerBuilder {
             decoder.compressors = compressors;
         }
         Ok(Consumer {
+            spec: self.spec,
+            reconnect: self.reconnect,
             decoder,
-            channel,
-            streams,
-            tags,
-            no_ack: self.no_ack,
+            attached,
+            cancelled: false,
+            lost: None,
+            reconnecting: None,
+            reconnects: 0,
+            last_reconnect: None,
         })
     }
+}
+
+/// A consumer's live part: its channel, streams and tags on one connection.
+struct Attached {
+    channel: Arc<dyn Channel>,
+    epoch: u64,
+    streams: SelectAll<DeliveryStream>,
+    tags: Vec<String>,
+}
+
+/// Open a channel, declare, set QoS and consume every queue of `spec`. A
+/// connection error marks the connection lost so that a retry reconnects.
+async fn attach(spec: Spec) -> Result<Attached> {
+    let (channel, epoch) = spec.connection.channel_at().await?;
+    let result = async {
+        let mut names = Vec::with_capacity(spec.queues.len());
+        for queue in &spec.queues {
+            if spec.declare {
+                let info = spec
+                    .connection
+                    .declare_queue(channel.as_ref(), queue)
+                    .await?;
+                names.push(if queue.name.is_empty() {
+                    info.name
+                } else {
+                    queue.name.clone()
+                });
+            } else {
+                names.push(queue.name.clone());
+            }
+        }
+        channel.basic_qos(spec.prefetch_count).await?;
+        let mut streams: SelectAll<DeliveryStream> = SelectAll::new();
+        let mut tags = Vec::new();
+        for name in &names {
+            let tag = format!("{}{}", spec.tag_prefix, uuid::Uuid::new_v4().simple());
+            streams.push(channel.basic_consume(name, &tag, spec.no_ack).await?);
+            tags.push(tag);
+        }
+        Ok::<_, Error>((streams, tags))
+    }
+    .await;
+    match result {
+        Ok((streams, tags)) => Ok(Attached {
+            channel,
+            epoch,
+            streams,
+            tags,
+        }),
+        Err(err) => {
+            if err.is_connection_error() {
+                spec.connection.mark_lost(epoch, &err).await;
+            } else {
+                let _ = channel.close().await;
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Consume again after a loss: give up the old channel (its unacked
+/// messages go back where the broker can still take them), then attach
+/// anew as `policy` says.
+async fn reattach(
+    spec: Spec,
+    policy: RetryPolicy,
+    old: Arc<dyn Channel>,
+    old_epoch: u64,
+    cause: Option<Error>,
+    pause: Duration,
+) -> Result<Attached> {
+    if let Some(cause) = &cause {
+        if cause.is_connection_error() {
+            spec.connection.mark_lost(old_epoch, cause).await;
+        }
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), old.close()).await;
+    });
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
+    (|| attach(spec.clone()))
+        .retry(policy)
+        .sleep(tokio::time::sleep)
+        .when(Error::is_recoverable)
+        .notify(|err: &Error, wait: Duration| {
+            tracing::warn!(error = %err, "consumer cannot reconnect yet; retrying in {:.1} s", wait.as_secs_f64());
+        })
+        .await
 }
 
 /// A stream of messages from one or more queues.
 ///
 /// Dropping a consumer closes its channel: messages it received and did not
 /// ack go back to their queues (flagged redelivered).
+///
+/// When its connection is lost (an error from the broker, a missed
+/// heartbeat, a channel closed under it), the consumer reconnects by
+/// itself as its [`ConsumerBuilder::reconnect`] policy says, declares its
+/// queues again and goes on: the stream does not end, the reconnect is
+/// logged and counted ([`Consumer::reconnects`]). Messages received before
+/// the loss and not acked are delivered again; acking one of them fails
+/// with [`ErrorKind::ConnectionLost`] and never acks another message.
 ///
 /// ```
 /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
@@ -321,43 +450,64 @@ impl ConsumerBuilder {
 /// # Ok(()) }
 /// ```
 pub struct Consumer {
-    channel: Arc<dyn Channel>,
-    streams: SelectAll<DeliveryStream>,
-    tags: Vec<String>,
+    spec: Spec,
+    reconnect: Option<RetryPolicy>,
     decoder: Decoder,
-    no_ack: bool,
+    attached: Attached,
+    cancelled: bool,
+    lost: Option<BoxFuture<'static, EpochState>>,
+    reconnecting: Option<BoxFuture<'static, Result<Attached>>>,
+    reconnects: u64,
+    last_reconnect: Option<Instant>,
 }
 
 impl Consumer {
     /// Start building a consumer on `connection`.
     pub fn builder(connection: &Connection) -> ConsumerBuilder {
         ConsumerBuilder {
-            connection: connection.clone(),
-            queues: Vec::new(),
-            prefetch_count: 0,
-            no_ack: false,
+            spec: Spec {
+                connection: connection.clone(),
+                queues: Vec::new(),
+                prefetch_count: 0,
+                no_ack: false,
+                declare: true,
+                tag_prefix: "kombu-rs.".into(),
+            },
             accept: Accept::default(),
-            declare: true,
-            tag_prefix: "kombu-rs.".into(),
+            reconnect: Some(
+                RetryPolicy::new()
+                    .interval_start(Duration::from_millis(500))
+                    .interval_step(Duration::from_secs(1))
+                    .interval_max(Duration::from_secs(10)),
+            ),
             serializers: None,
             compressors: None,
         }
     }
 
-    /// The consumer's channel.
+    /// The consumer's channel (a new one after each reconnect).
     pub fn channel(&self) -> &Arc<dyn Channel> {
-        &self.channel
+        &self.attached.channel
     }
 
-    /// Change the prefetch limit.
-    pub async fn qos(&self, prefetch_count: u16) -> Result<()> {
-        self.channel.basic_qos(prefetch_count).await
+    /// How many times the consumer reconnected after losing its connection
+    /// or channel.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Change the prefetch limit (kept across reconnects).
+    pub async fn qos(&mut self, prefetch_count: u16) -> Result<()> {
+        self.spec.prefetch_count = prefetch_count;
+        self.attached.channel.basic_qos(prefetch_count).await
     }
 
     /// Stop receiving; messages already received can still be acked.
     pub async fn cancel(&mut self) -> Result<()> {
-        for tag in std::mem::take(&mut self.tags) {
-            self.channel.basic_cancel(&tag).await?;
+        self.cancelled = true;
+        self.reconnecting = None;
+        for tag in std::mem::take(&mut self.attached.tags) {
+            self.attached.channel.basic_cancel(&tag).await?;
         }
         Ok(())
     }
@@ -365,7 +515,46 @@ impl Consumer {
     /// Cancel and close the channel: unacked messages go back to their queues.
     pub async fn close(mut self) -> Result<()> {
         self.cancel().await?;
-        self.channel.close().await
+        self.attached.channel.close().await
+    }
+
+    /// True when the consumer reconnects after a loss (it has a policy
+    /// and was not cancelled).
+    fn can_reconnect(&self) -> bool {
+        self.reconnect.is_some() && !self.cancelled
+    }
+
+    /// Start reconnecting (call when [`Consumer::can_reconnect`]).
+    fn start_reconnect(&mut self, cause: Option<Error>) {
+        let Some(policy) = self.reconnect.clone() else {
+            return;
+        };
+        match &cause {
+            Some(err) => tracing::warn!(error = %err, "consumer lost its connection; reconnecting"),
+            None => tracing::warn!("consumer's channel closed; reconnecting"),
+        }
+        // Back to back reconnects (a channel that closes at once, say) wait
+        // a little, so a broken setup does not spin.
+        let pause = match self.last_reconnect {
+            Some(at) if at.elapsed() < Duration::from_secs(1) => Duration::from_secs(1),
+            _ => Duration::ZERO,
+        };
+        self.lost = None;
+        self.reconnecting = Some(Box::pin(reattach(
+            self.spec.clone(),
+            policy,
+            self.attached.channel.clone(),
+            self.attached.epoch,
+            cause,
+            pause,
+        )));
+    }
+
+    fn watch_for_loss(&mut self) -> &mut BoxFuture<'static, EpochState> {
+        let epoch = self.attached.epoch;
+        let connection = self.spec.connection.clone();
+        self.lost
+            .get_or_insert_with(|| Box::pin(connection.lost_since(epoch)))
     }
 }
 
@@ -374,16 +563,69 @@ impl Stream for Consumer {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        match Pin::new(&mut this.streams).poll_next(cx) {
-            Poll::Ready(Some(Ok(delivery))) => Poll::Ready(Some(Ok(Message::new(
-                delivery,
-                this.channel.clone(),
-                this.decoder.clone(),
-                this.no_ack,
-            )))),
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        loop {
+            if let Some(reconnecting) = this.reconnecting.as_mut() {
+                match reconnecting.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(attached)) => {
+                        this.reconnecting = None;
+                        this.attached = attached;
+                        this.reconnects += 1;
+                        this.last_reconnect = Some(Instant::now());
+                        tracing::info!(
+                            reconnects = this.reconnects,
+                            "consumer reconnected and consuming again"
+                        );
+                        continue;
+                    }
+                    Poll::Ready(Err(err)) => {
+                        this.reconnecting = None;
+                        this.cancelled = true;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                }
+            }
+            if this.cancelled && this.attached.streams.is_empty() {
+                return Poll::Ready(None);
+            }
+            if this.can_reconnect() {
+                if let Poll::Ready(state) = this.watch_for_loss().as_mut().poll(cx) {
+                    if state.closed {
+                        // The connection was closed on purpose: end.
+                        this.cancelled = true;
+                        this.lost = None;
+                        return Poll::Ready(None);
+                    }
+                    this.start_reconnect(None);
+                    continue;
+                }
+            }
+            match Pin::new(&mut this.attached.streams).poll_next(cx) {
+                Poll::Ready(Some(Ok(delivery))) => {
+                    return Poll::Ready(Some(Ok(Message::new(
+                        delivery,
+                        this.attached.channel.clone(),
+                        this.decoder.clone(),
+                        this.spec.no_ack,
+                        this.attached.epoch,
+                    ))))
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    if err.is_connection_error() && this.can_reconnect() {
+                        this.start_reconnect(Some(err));
+                        continue;
+                    }
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Poll::Ready(None) => {
+                    if this.can_reconnect() {
+                        this.start_reconnect(None);
+                        continue;
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

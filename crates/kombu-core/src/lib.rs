@@ -11,12 +11,15 @@ pub mod options;
 pub mod pool;
 pub mod producer;
 pub mod registry;
+pub mod retry;
 pub mod routing;
 pub mod serialization;
 pub mod simple;
+mod topology;
 pub mod transport;
 pub mod url;
 pub mod virtual_channel;
+pub mod worker;
 
 pub use compression::{CompressionRegistry, Compressor};
 pub use connection::{Connection, DEFAULT_URL};
@@ -25,16 +28,20 @@ pub use entity::{Arguments, Binding, Exchange, ExchangeType, Queue};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind, Result};
 pub use message::{Delivery, DeliveryInfo, DeliveryMode, Headers, Properties, RawMessage};
-pub use options::{ConnectionOptions, FailoverStrategy, SslOptions, TransportOptions};
+pub use options::{
+    ConnectionOptions, CustomFailover, FailoverStrategy, SslOptions, TransportOptions,
+};
 pub use pool::{ConnectionPool, PoolStatus, PooledConnection, PooledProducer, ProducerPool};
 pub use producer::{Producer, PublishOptions};
 pub use registry::Registry;
+pub use retry::RetryPolicy;
 pub use serialization::{Accept, Payload, Serializer, SerializerRegistry};
 pub use simple::SimpleQueue;
 pub use transport::{
     Capabilities, Channel, DeliveryStream, QueueInfo, Transport, TransportFactory, TransportKind,
 };
 pub use url::BrokerUrl;
+pub use worker::{Worker, WorkerStats};
 
 /// Re-exported for transport implementations.
 pub use async_trait::async_trait;

@@ -422,15 +422,41 @@ impl SslOptions {
 /// assert_eq!(FailoverStrategy::RoundRobin.to_string(), "round-robin");
 /// # Ok::<(), kombu_core::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailoverStrategy {
-    /// In the given order, starting over after the last (`round-robin`).
+    /// In the given order, starting with the last URL that worked and
+    /// going on with the next one (`round-robin`).
     #[default]
     RoundRobin,
-    /// In a random order (`shuffle`).
+    /// In a new random order on each attempt (`shuffle`).
     Shuffle,
+    /// In the order a function of yours chooses (kombu's callable
+    /// `failover_strategy`): see [`FailoverStrategy::custom`].
+    Custom(CustomFailover),
 }
+
+/// The order function of [`FailoverStrategy::Custom`]: given the URLs and
+/// the index of the last one that worked, the indexes to try, in order.
+pub type FailoverOrderFn = dyn Fn(&[crate::url::BrokerUrl], usize) -> Vec<usize> + Send + Sync;
+
+/// A user's failover order (compared by identity).
+#[derive(Clone)]
+pub struct CustomFailover(pub std::sync::Arc<FailoverOrderFn>);
+
+impl fmt::Debug for CustomFailover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CustomFailover(..)")
+    }
+}
+
+impl PartialEq for CustomFailover {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CustomFailover {}
 
 impl FailoverStrategy {
     /// kombu's name: `round-robin` or `shuffle`.
@@ -439,10 +465,56 @@ impl FailoverStrategy {
     /// # use kombu_core::FailoverStrategy;
     /// assert_eq!(FailoverStrategy::Shuffle.as_str(), "shuffle");
     /// ```
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             FailoverStrategy::RoundRobin => "round-robin",
             FailoverStrategy::Shuffle => "shuffle",
+            FailoverStrategy::Custom(_) => "custom",
+        }
+    }
+
+    /// Try the URLs in the order `order` returns: it gets the URLs and the
+    /// index of the last one that worked (0 at first) and returns indexes
+    /// (out-of-range ones are ignored; an empty list means round-robin).
+    ///
+    /// ```
+    /// use kombu_core::FailoverStrategy;
+    /// // Always the first URL first, then the others in reverse.
+    /// let strategy = FailoverStrategy::custom(|urls, _last| {
+    ///     let mut order: Vec<usize> = (1..urls.len()).rev().collect();
+    ///     order.insert(0, 0);
+    ///     order
+    /// });
+    /// assert_eq!(strategy.as_str(), "custom");
+    /// ```
+    pub fn custom(
+        order: impl Fn(&[crate::url::BrokerUrl], usize) -> Vec<usize> + Send + Sync + 'static,
+    ) -> Self {
+        FailoverStrategy::Custom(CustomFailover(std::sync::Arc::new(order)))
+    }
+
+    /// The indexes of `urls` to try, in order, when `last` worked last.
+    pub fn order(&self, urls: &[crate::url::BrokerUrl], last: usize) -> Vec<usize> {
+        let count = urls.len();
+        let round_robin = || (0..count).map(|step| (last + step) % count).collect();
+        match self {
+            FailoverStrategy::RoundRobin => round_robin(),
+            FailoverStrategy::Shuffle => {
+                let mut order: Vec<usize> = (0..count).collect();
+                fastrand::shuffle(&mut order);
+                order
+            }
+            FailoverStrategy::Custom(custom) => {
+                let order: Vec<usize> = (custom.0)(urls, last)
+                    .into_iter()
+                    .filter(|index| *index < count)
+                    .collect();
+                if order.is_empty() {
+                    round_robin()
+                } else {
+                    order
+                }
+            }
         }
     }
 }

@@ -1,7 +1,6 @@
 //! [`Producer`]: serialize, compress and publish.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -10,6 +9,7 @@ use crate::connection::Connection;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{DeliveryMode, Headers, Properties, RawMessage};
+use crate::retry::RetryPolicy;
 use crate::serialization::Payload;
 use crate::transport::Channel;
 
@@ -50,6 +50,12 @@ pub struct PublishOptions {
     pub declare: Vec<Queue>,
     /// Fail when no queue takes the message.
     pub mandatory: bool,
+    /// Retry a publish that fails with a recoverable error (a lost
+    /// connection), reconnecting first (kombu's `retry`).
+    pub retry: bool,
+    /// How to retry (kombu's `retry_policy`; default
+    /// [`RetryPolicy::for_publish`]).
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 impl PublishOptions {
@@ -123,6 +129,24 @@ impl PublishOptions {
         self.declare.push(queue);
         self
     }
+    /// Retry a publish that fails because the connection was lost, after
+    /// reconnecting (kombu's `retry=True`).
+    pub fn retry(mut self, retry: bool) -> Self {
+        self.retry = retry;
+        self
+    }
+    /// Retry as `policy` says (and turn retrying on).
+    ///
+    /// ```
+    /// use kombu_core::{PublishOptions, RetryPolicy};
+    /// let opts = PublishOptions::new().retry_policy(RetryPolicy::new().max_retries(3));
+    /// assert!(opts.retry);
+    /// ```
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = true;
+        self.retry_policy = Some(policy);
+        self
+    }
     /// Fail when no queue takes the message.
     pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
@@ -143,13 +167,12 @@ impl PublishOptions {
 /// ```
 pub struct Producer {
     connection: Connection,
-    channel: tokio::sync::OnceCell<std::sync::Arc<dyn Channel>>,
+    channel: tokio::sync::Mutex<Option<(Arc<dyn Channel>, u64)>>,
     exchange: Exchange,
     routing_key: String,
     serializer: Option<String>,
     compression: Option<String>,
     auto_declare: bool,
-    declared: Mutex<HashSet<String>>,
     serializers: std::sync::Arc<crate::serialization::SerializerRegistry>,
     compressors: std::sync::Arc<crate::compression::CompressionRegistry>,
 }
@@ -159,13 +182,12 @@ impl Producer {
     pub fn new(connection: &Connection) -> Self {
         Producer {
             connection: connection.clone(),
-            channel: tokio::sync::OnceCell::new(),
+            channel: tokio::sync::Mutex::new(None),
             exchange: Exchange::default_exchange(),
             routing_key: String::new(),
             serializer: None,
             compression: None,
             auto_declare: true,
-            declared: Mutex::new(HashSet::new()),
             serializers: connection.serializers().clone(),
             compressors: connection.compressors().clone(),
         }
@@ -216,14 +238,30 @@ impl Producer {
         self
     }
 
-    /// The producer's channel (opened on first use).
-    pub async fn channel(&self) -> Result<&std::sync::Arc<dyn Channel>> {
-        self.channel
-            .get_or_try_init(|| self.connection.channel())
-            .await
+    /// The producer's channel (opened on first use, and again after the
+    /// connection was lost or the channel closed).
+    pub async fn channel(&self) -> Result<Arc<dyn Channel>> {
+        self.channel_at().await.map(|(channel, _)| channel)
+    }
+
+    async fn channel_at(&self) -> Result<(Arc<dyn Channel>, u64)> {
+        let mut slot = self.channel.lock().await;
+        if let Some((channel, epoch)) = slot.as_ref() {
+            if channel.is_open() && *epoch == self.connection.epoch() {
+                return Ok((channel.clone(), *epoch));
+            }
+        }
+        let fresh = self.connection.channel_at().await?;
+        *slot = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// Serialize `body` and publish it.
+    ///
+    /// With [`PublishOptions::retry`], a publish that fails because the
+    /// connection or channel was lost is tried again on a new connection
+    /// (declarations included) as the retry policy says. Without
+    /// confirmations from the broker a retried message can arrive twice.
     pub async fn publish(&self, body: impl Into<Payload>, options: PublishOptions) -> Result<()> {
         let message = self.prepare(&body.into(), &options)?;
         self.publish_raw(message, options).await
@@ -231,34 +269,44 @@ impl Producer {
 
     /// Publish an already serialized message.
     pub async fn publish_raw(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
-        let channel = self.channel().await?;
-        for queue in &options.declare {
-            queue.declare(channel.as_ref()).await?;
+        if !options.retry {
+            return self.publish_once(message, &options).await;
         }
-        let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
-        if self.auto_declare && !exchange.is_default() {
-            self.maybe_declare(channel.as_ref(), exchange).await?;
-        }
-        let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
-        channel
-            .basic_publish(message, &exchange.name, routing_key, options.mandatory)
+        let policy = options
+            .retry_policy
+            .clone()
+            .unwrap_or_else(RetryPolicy::for_publish);
+        self.connection
+            .ensure(&policy, || self.publish_once(message.clone(), &options))
             .await
     }
 
-    async fn maybe_declare(&self, channel: &dyn Channel, exchange: &Exchange) -> Result<()> {
-        let known = self
-            .declared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&exchange.name);
-        if !known {
-            exchange.declare(channel).await?;
-            self.declared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(exchange.name.clone());
+    async fn publish_once(&self, message: RawMessage, options: &PublishOptions) -> Result<()> {
+        let (channel, epoch) = self.channel_at().await?;
+        let result = async {
+            for queue in &options.declare {
+                self.connection
+                    .declare_queue(channel.as_ref(), queue)
+                    .await?;
+            }
+            let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
+            if self.auto_declare && !exchange.is_default() {
+                self.connection
+                    .maybe_declare(channel.as_ref(), exchange)
+                    .await?;
+            }
+            let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
+            channel
+                .basic_publish(message, &exchange.name, routing_key, options.mandatory)
+                .await
         }
-        Ok(())
+        .await;
+        if let Err(err) = &result {
+            if err.is_connection_error() {
+                self.connection.mark_lost(epoch, err).await;
+            }
+        }
+        result
     }
 
     /// Build the message `publish` would send: serialized, compressed, with

@@ -33,7 +33,7 @@ pub struct SimpleQueue {
     connection: Connection,
     queue: Queue,
     producer: Producer,
-    channel: tokio::sync::OnceCell<Arc<dyn Channel>>,
+    channel: tokio::sync::Mutex<Option<(Arc<dyn Channel>, u64)>>,
     decoder: Decoder,
     no_ack: bool,
     delivery_mode: DeliveryMode,
@@ -52,7 +52,7 @@ impl SimpleQueue {
                 .exchange(exchange)
                 .routing_key(name),
             queue,
-            channel: tokio::sync::OnceCell::new(),
+            channel: tokio::sync::Mutex::new(None),
             decoder: Decoder::new(connection, Accept::default()),
             no_ack: buffer,
             delivery_mode: if buffer {
@@ -84,14 +84,21 @@ impl SimpleQueue {
         &self.queue.name
     }
 
-    async fn channel(&self) -> Result<&Arc<dyn Channel>> {
-        self.channel
-            .get_or_try_init(|| async {
-                let channel = self.connection.channel().await?;
-                self.queue.declare(channel.as_ref()).await?;
-                Ok(channel)
-            })
-            .await
+    /// The queue's channel, opened (and the queue declared) on first use
+    /// and again after the connection was lost.
+    async fn channel(&self) -> Result<(Arc<dyn Channel>, u64)> {
+        let mut slot = self.channel.lock().await;
+        if let Some((channel, epoch)) = slot.as_ref() {
+            if channel.is_open() && *epoch == self.connection.epoch() {
+                return Ok((channel.clone(), *epoch));
+            }
+        }
+        let (channel, epoch) = self.connection.channel_at().await?;
+        self.connection
+            .declare_queue(channel.as_ref(), &self.queue)
+            .await?;
+        *slot = Some((channel.clone(), epoch));
+        Ok((channel, epoch))
     }
 
     /// Publish `body` to the queue.
@@ -112,11 +119,11 @@ impl SimpleQueue {
 
     /// Take a message without waiting; `None` when the queue is empty.
     pub async fn get_nowait(&self) -> Result<Option<Message>> {
-        let channel = self.channel().await?;
+        let (channel, epoch) = self.channel().await?;
         Ok(channel
             .basic_get(&self.queue.name, self.no_ack)
             .await?
-            .map(|d| Message::new(d, channel.clone(), self.decoder.clone(), self.no_ack)))
+            .map(|d| Message::new(d, channel.clone(), self.decoder.clone(), self.no_ack, epoch)))
     }
 
     /// Take a message, waiting up to `timeout` (forever with `None`);
@@ -142,18 +149,18 @@ impl SimpleQueue {
 
     /// Messages waiting in the queue.
     pub async fn qsize(&self) -> Result<u64> {
-        self.channel().await?.queue_size(&self.queue.name).await
+        self.channel().await?.0.queue_size(&self.queue.name).await
     }
 
     /// Remove every waiting message; returns how many.
     pub async fn clear(&self) -> Result<u64> {
-        self.channel().await?.queue_purge(&self.queue.name).await
+        self.channel().await?.0.queue_purge(&self.queue.name).await
     }
 
     /// Close the queue's channel (unacked messages go back).
     pub async fn close(&self) -> Result<()> {
-        match self.channel.get() {
-            Some(channel) => channel.close().await,
+        match self.channel.lock().await.take() {
+            Some((channel, _)) => channel.close().await,
             None => Ok(()),
         }
     }
