@@ -59,8 +59,8 @@ impl Collections {
 
 /// The [`VirtualBackend`] of `mongodb://`.
 ///
-/// Built by [`crate::MongoTransportFactory`]; public so that
-/// `VirtualTransport<MongoBackend>` can be named.
+/// Built by [`crate::MongoTransportFactory`]; reached from a
+/// [`MongoTransport`](crate::MongoTransport) with its `backend()`.
 pub struct MongoBackend {
     config: Arc<MongoConfig>,
     client: mongodb::Client,
@@ -114,6 +114,28 @@ impl MongoBackend {
             fanout_checked: Mutex::new(HashMap::new()),
             renewal,
             fetched: AtomicU64::new(0),
+        }
+    }
+
+    /// The bound of one operation (`socket_timeout`).
+    pub(crate) fn socket_timeout(&self) -> Duration {
+        self.config.socket_timeout
+    }
+
+    /// Run `ping` on the admin database, within `socket_timeout`.
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let admin = self.client.database("admin");
+        let ping = admin.run_command(mongodb::bson::doc! { "ping": 1 });
+        let limit = self.config.socket_timeout;
+        match tokio::time::timeout(limit, ping).await {
+            Ok(answer) => answer.map(|_| ()).map_err(driver("ping")),
+            Err(_) => Err(kombu_core::Error::new(
+                kombu_core::ErrorKind::Timeout,
+                format!(
+                    "mongodb: ping: no answer within {:.1} s",
+                    limit.as_secs_f64()
+                ),
+            )),
         }
     }
 

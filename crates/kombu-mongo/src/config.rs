@@ -120,9 +120,15 @@ pub struct MongoConfig {
     pub polling_interval: Duration,
     /// Bound on connecting (kombu's `connect_timeout`).
     pub connect_timeout: Option<Duration>,
+    /// Bound on each operation's answer (the driver has no socket
+    /// timeout): transport option `socket_timeout`, default 10 s.
+    pub socket_timeout: Duration,
     /// TLS asked for through kombu's `ssl` settings.
     pub ssl: kombu_core::SslOptions,
 }
+
+/// How long one operation waits for the server by default.
+pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl MongoConfig {
     /// Read the URL (defaults filled in) and the options.
@@ -212,6 +218,15 @@ impl MongoConfig {
                 .get_duration_secs("polling_interval")?
                 .unwrap_or(Duration::from_millis(100)),
             connect_timeout: options.connect_timeout,
+            socket_timeout: match to.get_duration_secs("socket_timeout")? {
+                None => DEFAULT_SOCKET_TIMEOUT,
+                Some(d) if d.is_zero() => {
+                    return Err(Error::invalid_option(
+                        "socket_timeout: must be more than 0 seconds",
+                    ))
+                }
+                Some(d) => d,
+            },
             ssl: options.ssl.clone(),
         })
     }

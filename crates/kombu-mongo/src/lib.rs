@@ -7,10 +7,11 @@ mod connect;
 mod documents;
 mod error;
 mod lease;
+mod transport;
 
 use std::sync::Arc;
 
-use kombu_core::virtual_channel::{VirtualOptions, VirtualTransport};
+use kombu_core::virtual_channel::VirtualOptions;
 use kombu_core::{
     async_trait, BrokerUrl, Capabilities, ConnectionOptions, ExchangeType, Registry, Result,
     Transport, TransportFactory, TransportKind,
@@ -18,6 +19,7 @@ use kombu_core::{
 
 pub use backend::MongoBackend;
 pub use config::{CORE_QUERY_KEYS, DEFAULT_DATABASE};
+pub use transport::MongoTransport;
 
 /// The URL schemes this transport serves.
 pub const SCHEMES: &[&str] = &["mongodb", "mongodb+srv"];
@@ -45,6 +47,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "lease_renew_interval",
     "polling_interval",
     "unroutable_queue",
+    "socket_timeout",
 ];
 
 /// Add the MongoDB transport (`mongodb://`, `mongodb+srv://`) to `registry`.
@@ -127,6 +130,6 @@ impl TransportFactory for MongoTransportFactory {
         connect::prepare(&database, &config, &collections).await?;
         let backend = MongoBackend::new(config, client, collections);
         let virtual_options = VirtualOptions::from_transport_options(&options.transport_options)?;
-        Ok(Arc::new(VirtualTransport::new(backend, virtual_options)))
+        Ok(Arc::new(MongoTransport::new(backend, virtual_options)))
     }
 }
