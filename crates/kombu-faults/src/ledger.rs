@@ -4,7 +4,8 @@
 //! returned `Ok` (after `attempts` tries) and `retry <id> <error>` for each
 //! failed try. The consumer writes `got <id> ok` (or `got <id> corrupt`,
 //! `corrupt <why>`) *before* it acks, `acked <id>` after the ack returned
-//! `Ok`, `ackerr <id> <error>` when it failed, and `reconnect <why>` when it
+//! `Ok`, `ackerr <id> <error>` when it failed, `acking <id>` just before
+//! it acks, and `reconnect <why>` when it
 //! starts over with a new connection. Several consumers (one killed, the
 //! next started) append to one log in turn. A line cut short by SIGKILL is
 //! ignored.
@@ -56,10 +57,14 @@ pub struct Tally {
     pub not_published: BTreeSet<u64>,
     /// Published ids never received.
     pub lost: BTreeSet<u64>,
-    /// Published ids whose every ack failed or timed out (not a fault by
-    /// itself: an ack that timed out may have been applied, and then the
-    /// message never comes again).
+    /// Published ids never acked, of which an ack was begun (`acking`):
+    /// not a fault by itself, as an ack that failed, timed out, or was
+    /// under way when its consumer was killed may have been applied, and
+    /// then the message never comes again.
     pub never_acked: BTreeSet<u64>,
+    /// Published ids received, never acked, and no ack begun: the message
+    /// was lost with a consumer and never came again.
+    pub unacked_lost: BTreeSet<u64>,
 }
 
 fn words(line: &str) -> (&str, Option<u64>) {
@@ -110,6 +115,7 @@ impl Tally {
         // (None: not acked).
         let mut last_acked: BTreeMap<u64, Option<usize>> = BTreeMap::new();
         let mut acked = BTreeSet::new();
+        let mut acking = BTreeSet::new();
         let mut epoch = 0usize;
         for line in complete(consumer) {
             let corrupt = line.split_whitespace().nth(2) == Some("corrupt");
@@ -140,6 +146,9 @@ impl Tally {
                         }
                     }
                 }
+                ("acking", Some(id)) => {
+                    acking.insert(id);
+                }
                 ("acked", Some(id)) => {
                     last_acked.insert(id, Some(epoch));
                     acked.insert(id);
@@ -156,11 +165,12 @@ impl Tally {
             .filter(|id| !last_acked.contains_key(id))
             .copied()
             .collect();
-        t.never_acked = published
+        let (begun, not_begun): (BTreeSet<u64>, BTreeSet<u64>) = published
             .iter()
-            .filter(|id| !acked.contains(id))
-            .copied()
-            .collect();
+            .filter(|id| !acked.contains(id) && last_acked.contains_key(id))
+            .partition(|id| acking.contains(id));
+        t.never_acked = begun;
+        t.unacked_lost = not_begun;
         t
     }
 
@@ -182,6 +192,12 @@ impl Tally {
             out.push(format!(
                 "published but never received: {}",
                 some(&self.lost)
+            ));
+        }
+        if !self.unacked_lost.is_empty() {
+            out.push(format!(
+                "received, never acked (no ack begun) and never delivered again: {}",
+                some(&self.unacked_lost)
             ));
         }
         if self.corrupt > 0 {
@@ -266,6 +282,16 @@ mod tests {
     }
 
     #[test]
+    fn a_message_held_by_a_killed_consumer_must_come_again() {
+        let publisher = "published 0 1\npublished 1 1\n";
+        let consumer = "start 1\ngot 0 ok\ngot 1 ok\nacking 1\nstart 2\n";
+        let t = Tally::read(publisher, consumer, 2);
+        assert_eq!(t.unacked_lost, BTreeSet::from([0]));
+        assert_eq!(t.never_acked, BTreeSet::from([1]));
+        assert_eq!(t.problems(true).len(), 1, "{:?}", t.problems(true));
+    }
+
+    #[test]
     fn an_acked_delivery_may_come_again_after_a_reconnect_when_acks_are_unconfirmed() {
         let publisher = "published 0 1\n";
         let consumer = "start 1\ngot 0 ok\nacked 0\nreconnect connection lost\ngot 0 ok\nacked 0\n";
@@ -280,6 +306,7 @@ mod tests {
         let publisher = "published 0 1\npublished 1 1\npubli";
         let consumer = "got 0 ok\nacked 0\ngot 1 corrupt\ncorrupt not json\ngot 1 o";
         let t = Tally::read(publisher, consumer, 3);
+        assert!(t.unacked_lost.is_empty());
         assert_eq!(t.not_published, BTreeSet::from([2]));
         assert_eq!(t.lost, BTreeSet::from([1]));
         assert_eq!(t.corrupt, 2);

@@ -123,7 +123,7 @@ fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
         if ready() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
     false
 }
@@ -195,9 +195,9 @@ fn run(kind: BrokerKind, fault: Fault) {
             format!("stopped {}s", STOP_FOR.as_secs())
         }
         Fault::KillConsumer => {
-            // Mid-batch: with a message in hand (received, not acked).
-            wait_until(Duration::from_secs(5), || {
-                count_lines(&cons_log, "got") > count_lines(&cons_log, "acked")
+            // Mid-batch: with a message in hand (received, its ack not begun).
+            wait_until(Duration::from_secs(10), || {
+                count_lines(&cons_log, "got") > count_lines(&cons_log, "acking")
             });
             consumers[0].kill();
             let pending = count_lines(&cons_log, "got") - count_lines(&cons_log, "acked");
@@ -229,7 +229,7 @@ fn run(kind: BrokerKind, fault: Fault) {
     println!("{}", Tally::header());
     println!("{}", tally.row(&scenario, took));
     println!(
-        "{scenario}: fault at {} published / {} received; {note}; first start {:.1}s; ack errors {}; never acked {}; consumer processes {}",
+        "{scenario}: fault at {} published / {} received; {note}; first start {:.1}s; ack errors {}; acks in doubt {}; consumer processes {}",
         at.0,
         at.1,
         first_start.as_secs_f64(),

@@ -3,21 +3,22 @@
 //! ```text
 //! fault-peer publish --url URL --queue Q --count N --log FILE [--pace-ms 5]
 //! fault-peer consume --url URL --queue Q --count N --log FILE [--work-ms 2] [--prefetch 10]
-//!         [--idle-s 10] [--settle-s 15]
-//! common: [--deadline-s 60] [--op-timeout-s 5]
+//!         [--settle-s 15]
+//! common: [--deadline-s 60] [--op-timeout-s 10]
 //! ```
 //!
 //! The publisher sends ids `0..N` as persistent messages to the durable
-//! queue `Q` (through the default exchange), retrying each publish on a new
-//! connection until it returns `Ok`; it logs `retry <id> <error>` per failed
-//! try and `published <id> <tries>` after the `Ok`. The consumer logs
-//! `got <id> ok` before it acks and `acked <id>` after the ack returned
-//! `Ok`, starts over on a new connection after an error or after `idle`
-//! without a message, and exits 0 once every id was acked (by it or by an
-//! earlier consumer writing the same log), or once every id was received
-//! and nothing came for `settle` (an ack whose outcome is unknown, e.g. it
-//! timed out while the broker was stopped, may have been applied: the
-//! message then never comes again), or 2 at the deadline. See `kombu_faults::ledger` for the format.
+//! queue `Q` (through the default exchange) on one connection, each publish
+//! retried (`Connection::ensure_with`, reconnecting) until it returns `Ok`;
+//! it logs `retry <id> <error>` per failed try and `published <id> <tries>`
+//! after the `Ok`. The consumer (one `kombu::Consumer`, which reconnects by
+//! itself) logs `reconnect auto` for each of its reconnects, `got <id> ok`
+//! when a message arrived, `acking <id>` before it acks and `acked <id>`
+//! after the ack returned `Ok`, and exits 0 once every id was acked (by it
+//! or by an earlier consumer writing the same log), or once every id was
+//! acked or its ack is in doubt and nothing came for `settle` (an ack that
+//! timed out, failed, or was under way when a consumer was killed may have
+//! been applied: the message then never comes again), or 2 at the deadline. See `kombu_faults::ledger` for the format.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kombu::{Connection, Consumer, DeliveryMode, Producer, PublishOptions, Queue};
+use kombu::{Connection, Consumer, DeliveryMode, Producer, PublishOptions, Queue, RetryPolicy};
 use kombu_faults::body::{self, Check};
 use kombu_faults::peer::LineLog;
 use tokio::time::{sleep, timeout};
@@ -42,7 +43,6 @@ struct Args {
     prefetch: u16,
     deadline: Duration,
     op_timeout: Duration,
-    idle: Duration,
     settle: Duration,
 }
 
@@ -61,8 +61,7 @@ fn parse() -> Result<Args, String> {
         work: Duration::from_millis(2),
         prefetch: 10,
         deadline: Duration::from_secs(60),
-        op_timeout: Duration::from_secs(5),
-        idle: Duration::from_secs(10),
+        op_timeout: Duration::from_secs(10),
         settle: Duration::from_secs(15),
     };
     while let Some(flag) = it.next() {
@@ -78,7 +77,6 @@ fn parse() -> Result<Args, String> {
             "--prefetch" => args.prefetch = num()? as u16,
             "--deadline-s" => args.deadline = Duration::from_secs(num()?),
             "--op-timeout-s" => args.op_timeout = Duration::from_secs(num()?),
-            "--idle-s" => args.idle = Duration::from_secs(num()?),
             "--settle-s" => args.settle = Duration::from_secs(num()?),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -98,77 +96,84 @@ async fn close(conn: Connection) {
     let _ = timeout(Duration::from_secs(1), conn.close()).await;
 }
 
+/// Quick retries: a fault lasts seconds, the test tens of seconds.
+fn policy(deadline: Instant) -> RetryPolicy {
+    RetryPolicy::new()
+        .max_retries(None)
+        .interval_start(Duration::from_millis(100))
+        .interval_step(Duration::from_millis(200))
+        .interval_max(Duration::from_secs(1))
+        .timeout(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// One connection for the whole run (its heartbeat monitor finds a hung
+/// broker); each publish goes through `Connection::ensure_with`, which is
+/// what `PublishOptions::retry_policy` does inside `Producer::publish`,
+/// plus a callback that logs each retry. A publish that still fails (the
+/// policy gave up, or `--op-timeout-s` passed) is logged as a retry too and
+/// tried again.
 async fn publish(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
     let queue = Queue::new(&args.queue).durable(true);
     let deadline = Instant::now() + args.deadline;
-    let mut current: Option<(Connection, Producer)> = None;
+    let conn = match Connection::new(&args.url) {
+        Ok(conn) => conn,
+        Err(e) => {
+            log.line(&format!("fatal {}", flat(e)))?;
+            return Ok(false);
+        }
+    };
+    let producer = Producer::new(&conn);
     for id in 0..args.count {
-        let mut tries = 0u32;
+        let mut tries = 1u32;
         loop {
             if Instant::now() > deadline {
                 log.line("deadline")?;
                 return Ok(false);
             }
-            tries += 1;
-            if current.is_none() {
-                let conn = match Connection::new(&args.url) {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        log.line(&format!("fatal {}", flat(e)))?;
-                        return Ok(false);
-                    }
-                };
-                let declared = timeout(args.op_timeout, async {
-                    let channel = conn.channel().await?;
-                    queue.declare(channel.as_ref()).await
-                })
-                .await;
-                match declared {
-                    Ok(Ok(_)) => current = Some((conn.clone(), Producer::new(&conn))),
-                    Ok(Err(e)) => {
-                        log.line(&format!("retry {id} connect: {}", flat(e)))?;
-                        close(conn).await;
-                        sleep(Duration::from_millis(250)).await;
-                        continue;
-                    }
-                    Err(_) => {
-                        log.line(&format!("retry {id} connect: timed out"))?;
-                        close(conn).await;
-                        sleep(Duration::from_millis(250)).await;
-                        continue;
-                    }
-                }
-            }
-            let (_, producer) = current.as_ref().expect("connected");
+            // Declared (and cached by the connection, declared again after a
+            // reconnect) by the publish itself.
             let options = PublishOptions::new()
                 .routing_key(&args.queue)
-                .delivery_mode(DeliveryMode::Persistent);
-            let failure =
-                match timeout(args.op_timeout, producer.publish(body::make(id), options)).await {
-                    Ok(Ok(())) => {
-                        log.line(&format!("published {id} {tries}"))?;
-                        break;
-                    }
-                    Ok(Err(e)) => flat(e),
-                    Err(_) => "timed out".to_string(),
-                };
-            log.line(&format!("retry {id} {failure}"))?;
-            if let Some((conn, _)) = current.take() {
-                close(conn).await;
+                .delivery_mode(DeliveryMode::Persistent)
+                .declare(queue.clone());
+            let mut failures = Vec::new();
+            let outcome = timeout(
+                args.op_timeout,
+                conn.ensure_with(
+                    &policy(deadline),
+                    || producer.publish(body::make(id), options.clone()),
+                    |err, _wait| failures.push(flat(err)),
+                ),
+            )
+            .await;
+            tries += failures.len() as u32;
+            for failure in failures {
+                log.line(&format!("retry {id} {failure}"))?;
             }
-            sleep(Duration::from_millis(250)).await;
+            let failure = match outcome {
+                Ok(Ok(())) => {
+                    log.line(&format!("published {id} {tries}"))?;
+                    break;
+                }
+                Ok(Err(e)) => flat(e),
+                Err(_) => "timed out".to_string(),
+            };
+            log.line(&format!("retry {id} {failure}"))?;
+            tries += 1;
+            sleep(Duration::from_millis(100)).await;
         }
         if !args.pace.is_zero() {
             sleep(args.pace).await;
         }
     }
     log.line("done")?;
-    if let Some((conn, _)) = current.take() {
-        close(conn).await;
-    }
+    close(conn).await;
     Ok(true)
 }
 
+/// One consumer for the whole run: it reconnects by itself (its reconnects
+/// are logged as `reconnect auto` before the next message's line). Only a
+/// stream that ends or a consumer that cannot be built is started over.
 async fn consume(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
     // Ids an earlier consumer of this log acked will not come again.
     let earlier = std::fs::read_to_string(&args.log).unwrap_or_default();
@@ -180,33 +185,37 @@ async fn consume(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
             .collect()
     };
     let mut acked = ids("acked ");
-    let mut got = ids("got ");
+    // Acks begun and not known to have been applied: the message may or
+    // may not come again.
+    let mut in_doubt: BTreeSet<u64> = ids("acking ").difference(&acked).copied().collect();
     log.line(&format!("start {}", std::process::id()))?;
     let queue = Queue::new(&args.queue).durable(true);
     let deadline = Instant::now() + args.deadline;
     let all = |ids: &BTreeSet<u64>| ids.range(0..args.count).count() as u64 == args.count;
+    let conn = match Connection::new(&args.url) {
+        Ok(conn) => conn,
+        Err(e) => {
+            log.line(&format!("fatal {}", flat(e)))?;
+            return Ok(false);
+        }
+    };
     let mut settled = false;
     loop {
         if all(&acked) || settled {
             log.line("done")?;
+            close(conn).await;
             return Ok(true);
         }
         if Instant::now() > deadline {
             log.line("deadline")?;
             return Ok(false);
         }
-        let conn = match Connection::new(&args.url) {
-            Ok(conn) => conn,
-            Err(e) => {
-                log.line(&format!("fatal {}", flat(e)))?;
-                return Ok(false);
-            }
-        };
         let built = timeout(
             args.op_timeout,
             Consumer::builder(&conn)
                 .queue(queue.clone())
                 .prefetch_count(args.prefetch)
+                .reconnect(policy(deadline))
                 .build(),
         )
         .await;
@@ -214,39 +223,48 @@ async fn consume(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
             Ok(Ok(consumer)) => consumer,
             Ok(Err(e)) => {
                 log.line(&format!("connect-failed {}", flat(e)))?;
-                close(conn).await;
                 sleep(Duration::from_millis(250)).await;
                 continue;
             }
             Err(_) => {
                 log.line("connect-failed timed out")?;
-                close(conn).await;
                 sleep(Duration::from_millis(250)).await;
                 continue;
             }
         };
+        let mut reconnects = 0;
         let why = loop {
             if all(&acked) {
                 break None;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let settling = all(&got);
-            let wait = if settling { args.settle } else { args.idle };
-            let message = match timeout(wait.min(left), consumer.next()).await {
+            if left.is_zero() {
+                break Some("deadline".to_string());
+            }
+            let settling = all(&acked.union(&in_doubt).copied().collect());
+            let wait = if settling { args.settle } else { left };
+            let next = timeout(wait.min(left), consumer.next()).await;
+            while reconnects < consumer.reconnects() {
+                reconnects += 1;
+                log.line("reconnect auto")?;
+            }
+            let message = match next {
                 Err(_) if settling && Instant::now() < deadline => {
                     log.line("settled")?;
                     break None;
                 }
-                Err(_) => break Some("idle".to_string()),
+                Err(_) => break Some("deadline".to_string()),
                 Ok(None) => break Some("stream ended".to_string()),
-                Ok(Some(Err(e))) => break Some(flat(e)),
+                Ok(Some(Err(e))) => {
+                    log.line(&format!("error {}", flat(e)))?;
+                    continue;
+                }
                 Ok(Some(Ok(message))) => message,
             };
             let id = match message.decode::<serde_json::Value>() {
                 Ok(value) => match body::check(&value) {
                     Check::Ok(id) => {
                         log.line(&format!("got {id} ok"))?;
-                        got.insert(id);
                         Some(id)
                     }
                     Check::Corrupt(Some(id)) => {
@@ -267,29 +285,31 @@ async fn consume(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
                 sleep(args.work).await;
             }
             let shown = id.map_or("-".to_string(), |id| id.to_string());
+            log.line(&format!("acking {shown}"))?;
+            if let Some(id) = id {
+                in_doubt.insert(id);
+            }
             match timeout(args.op_timeout, message.ack()).await {
                 Ok(Ok(())) => {
                     if let Some(id) = id {
                         log.line(&format!("acked {id}"))?;
                         acked.insert(id);
+                        in_doubt.remove(&id);
                     }
                 }
-                Ok(Err(e)) => {
-                    log.line(&format!("ackerr {shown} {}", flat(&e)))?;
-                    break Some(format!("ack failed: {}", flat(e)));
-                }
-                Err(_) => {
-                    log.line(&format!("ackerr {shown} timed out"))?;
-                    break Some("ack timed out".to_string());
-                }
+                // The consumer reconnects by itself; the message comes again.
+                Ok(Err(e)) => log.line(&format!("ackerr {shown} {}", flat(e)))?,
+                Err(_) => log.line(&format!("ackerr {shown} timed out"))?,
             }
         };
-        drop(consumer);
-        close(conn).await;
-        settled = why.is_none();
-        if let Some(why) = why {
-            log.line(&format!("reconnect {why}"))?;
-            sleep(Duration::from_millis(100)).await;
+        let _ = timeout(Duration::from_secs(1), consumer.close()).await;
+        match why {
+            None => settled = true,
+            Some(why) if why == "deadline" => {}
+            Some(why) => {
+                log.line(&format!("reconnect {why}"))?;
+                sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }
