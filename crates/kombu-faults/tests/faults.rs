@@ -213,9 +213,13 @@ fn run(kind: BrokerKind, fault: Fault) {
             format!("{pending} got-not-acked at kill")
         }
     };
-    let limit = Duration::from_secs(PEER_DEADLINE_S + 10);
-    let published = publisher.wait(limit);
-    let consumed = consumers.last_mut().expect("a consumer").wait(limit);
+    // The peers stop themselves at their deadline; allow a little more.
+    let end = t0 + Duration::from_secs(PEER_DEADLINE_S + 5);
+    let published = publisher.wait(end.saturating_duration_since(Instant::now()));
+    let consumed = consumers
+        .last_mut()
+        .expect("a consumer")
+        .wait(end.saturating_duration_since(Instant::now()));
     let took = t0.elapsed();
     publisher.kill();
     for c in &mut consumers {
