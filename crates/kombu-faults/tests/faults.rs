@@ -201,6 +201,10 @@ fn run(kind: BrokerKind, fault: Fault) {
             });
             consumers[0].kill();
             let pending = count_lines(&cons_log, "got") - count_lines(&cons_log, "acked");
+            assert!(
+                pending > 0,
+                "{scenario}: the consumer was killed with no message in hand"
+            );
             consumers.push(
                 Peer::spawn(
                     exe,
