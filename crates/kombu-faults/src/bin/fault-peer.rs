@@ -130,8 +130,8 @@ async fn publish(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
                 log.line("deadline")?;
                 return Ok(false);
             }
-            // Declared (and cached by the connection, declared again after a
-            // reconnect) by the publish itself.
+            // Each publish declares the queue (the connection remembers it
+            // for its topology recovery after a reconnect).
             let options = PublishOptions::new()
                 .routing_key(&args.queue)
                 .delivery_mode(DeliveryMode::Persistent)
