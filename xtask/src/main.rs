@@ -6,9 +6,13 @@
 //! * `cargo xtask test [--no-services] [-p NAME] [-- ARGS]` brings every
 //!   service up, exports `KOMBU_TEST_<NAME>_URL` and runs the workspace tests.
 //! * `cargo xtask python` installs the Python kombu 5.7 peer for interop tests.
+//! * `cargo xtask bench [--quick] [--only NAMES] ...` runs the same workload
+//!   through `kombu bench`, raw-client baselines and Python kombu, and writes
+//!   `docs/benchmarks.md` (+ `.svg`, `.json`).
 //!
 //! See `docs/development.md` for the full story.
 
+mod bench;
 mod docker;
 mod install;
 mod process;
@@ -46,6 +50,9 @@ enum Command {
     /// Install (if missing) the Python kombu 5.7 venv used by interop tests
     /// and print its interpreter's path.
     Python,
+    /// Benchmark kombu-rs against raw clients and Python kombu (interleaved
+    /// rounds, medians) and write docs/benchmarks.md, .svg and .json.
+    Bench(bench::BenchArgs),
 }
 
 /// `cargo xtask services ...`
@@ -90,6 +97,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Test(args) => test_cmd::run(&root, &args),
+        Command::Bench(args) => bench::run(&root, &args),
         Command::Python => python::ensure(&root).map(|path| {
             println!("{}", path.display());
             ExitCode::SUCCESS
