@@ -103,6 +103,8 @@ mod user_guide {
     struct WritingATransport;
     #[doc = include_str!("../../../docs/wire-format.md")]
     struct WireFormat;
+    #[doc = include_str!("../../../docs/staying-up.md")]
+    struct StayingUp;
 }
 
 impl Deref for Connection {
