@@ -43,6 +43,11 @@ pub struct CouchBackend {
 }
 
 impl CouchBackend {
+    /// Check the server answers (`GET /`, within `request_timeout`).
+    pub async fn ping(&self) -> Result<()> {
+        self.client.ping().await
+    }
+
     pub(crate) fn new(client: CouchClient, config: &CouchConfig) -> Self {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         CouchBackend {

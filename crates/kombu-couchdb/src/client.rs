@@ -180,6 +180,39 @@ impl CouchClient {
         Ok(Reply { status, body })
     }
 
+    /// `GET /` on the server (its welcome), within the request timeout:
+    /// any HTTP answer below 500 means it is up.
+    pub async fn ping(&self) -> Result<()> {
+        let mut url = self.db.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop();
+        }
+        let mut request = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(login) = &self.login {
+            request = request.basic_auth(&login.username, Some(&login.password));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(e, "GET /"))?;
+        let status = response.status();
+        // Read the body too: a server that stops halfway is not up.
+        response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, "GET /"))?;
+        if status.is_server_error() {
+            return Err(Error::new(
+                ErrorKind::ConnectionLost,
+                format!("couchdb: GET /: the server answered {status}"),
+            ));
+        }
+        Ok(())
+    }
+
     async fn ensure_database(&self) -> Result<()> {
         let reply = self.send(Method::GET, &[], &[], None, None).await?;
         if reply.status.is_success() {
