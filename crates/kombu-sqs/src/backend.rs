@@ -265,6 +265,28 @@ impl CloneKind for Error {
 }
 
 impl SqsBackend {
+    /// Check SQS answers: `ListQueues` for one queue (with the queue name
+    /// prefix), within `socket_timeout`, without retries.
+    pub async fn ping(&self) -> Result<()> {
+        let limit = self.settings.socket_timeout;
+        let mut request = self.clients.sqs.list_queues().max_results(1);
+        if !self.settings.queue_name_prefix.is_empty() {
+            request = request.queue_name_prefix(&self.settings.queue_name_prefix);
+        }
+        match tokio::time::timeout(limit, request.send()).await {
+            Ok(answer) => answer
+                .map(|_| ())
+                .map_err(|e| from_sdk("listing SQS queues (heartbeat)", e)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "sqs: listing queues (heartbeat): no answer within {:.1} s",
+                    limit.as_secs_f64()
+                ),
+            )),
+        }
+    }
+
     pub(crate) fn new(settings: SqsSettings, clients: AwsClients) -> SqsBackend {
         let predefined_clients = settings
             .predefined_queues
@@ -669,6 +691,8 @@ impl SqsBackend {
             .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
             .wait_time_seconds(wait_seconds)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .customize()
+            .config_override(AwsClients::receive_timeouts(&self.settings, wait_seconds))
             .send()
             .await
             .map_err(|e| from_sdk(&format!("receiving from SQS queue {}", q.sqs_name), e))?;

@@ -2,6 +2,7 @@
 //! and the credential providers; the default credential chain or the URL's
 //! keys; the region and endpoint from the options.
 
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
@@ -36,7 +37,17 @@ impl AwsClients {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+        // Every attempt at a request is bounded (a long poll gets its wait
+        // on top, see `receive_timeouts`): a hung endpoint fails it with a
+        // timeout instead of holding it forever.
+        let mut timeouts =
+            TimeoutConfig::builder().operation_attempt_timeout(settings.socket_timeout);
+        if let Some(limit) = settings.connect_timeout {
+            timeouts = timeouts.connect_timeout(limit);
+        }
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(timeouts.build());
         // Without a `region` option the loader's own chain (environment,
         // profile, instance metadata: with the client above) decides.
         if let Some(region) = &settings.region {
@@ -77,6 +88,20 @@ impl AwsClients {
             builder = builder.region(Region::new(region.to_owned()));
         }
         aws_sdk_sqs::Client::from_conf(builder.build())
+    }
+
+    /// The timeouts of a long poll of `wait_seconds`.
+    pub(crate) fn receive_timeouts(
+        settings: &SqsSettings,
+        wait_seconds: i32,
+    ) -> aws_sdk_sqs::config::Builder {
+        let wait = std::time::Duration::from_secs(wait_seconds.max(0) as u64);
+        let mut timeouts =
+            TimeoutConfig::builder().operation_attempt_timeout(settings.socket_timeout + wait);
+        if let Some(limit) = settings.connect_timeout {
+            timeouts = timeouts.connect_timeout(limit);
+        }
+        aws_sdk_sqs::config::Builder::default().timeout_config(timeouts.build())
     }
 
     /// The region in use.

@@ -26,7 +26,11 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "binding_cache_seconds",
     "max_message_size",
     "unroutable_queue",
+    "socket_timeout",
 ];
+
+/// How long one attempt at a request waits for its answer by default.
+pub const DEFAULT_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// SQS's limit on a message (body and attributes): 256 KiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 262_144;
@@ -74,6 +78,10 @@ pub(crate) struct SqsSettings {
     pub(crate) base64_encoding: bool,
     pub(crate) binding_cache: Duration,
     pub(crate) max_message_size: usize,
+    /// Bound of one attempt at a request (a long poll: plus its wait).
+    pub(crate) socket_timeout: Duration,
+    /// Bound on opening a connection (kombu's `connect_timeout`).
+    pub(crate) connect_timeout: Option<Duration>,
 }
 
 fn string_map(options: &TransportOptions, key: &str) -> Result<BTreeMap<String, String>> {
@@ -229,6 +237,16 @@ impl SqsSettings {
                 .get_duration_secs("binding_cache_seconds")?
                 .unwrap_or(Duration::from_secs(1)),
             max_message_size,
+            socket_timeout: match options.get_duration_secs("socket_timeout")? {
+                None => DEFAULT_SOCKET_TIMEOUT,
+                Some(d) if d.is_zero() => {
+                    return Err(kombu_core::Error::invalid_option(
+                        "socket_timeout: must be more than 0 seconds",
+                    ))
+                }
+                Some(d) => d,
+            },
+            connect_timeout: None,
         })
     }
 }
