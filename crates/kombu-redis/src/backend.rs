@@ -14,7 +14,7 @@ use kombu_core::{
 };
 use redis::aio::ConnectionManager;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::config::{FanoutMode, QueueOrder, RedisConfig};
 use crate::error::map_redis;
@@ -29,6 +29,11 @@ type ArgsByMember = HashMap<Vec<u8>, Vec<u8>>;
 const PUBSUB_RECEIPT: &str = "pubsub:";
 /// Messages restored per `ZRANGE` of a restore sweep (kombu's `num`).
 const RESTORE_BATCH: isize = 10;
+/// The most messages one fetch script call takes (a prefetch of 0 means
+/// "no limit": the batch is capped here).
+const MAX_FETCH_BATCH: usize = 256;
+/// The most acks one flush sends (two commands: ZREM and HDEL with them all).
+const MAX_ACK_BATCH: usize = 1024;
 /// kombu's BINDING_EXPIRES_FACTOR and MIN_BINDING_TTL.
 const BINDING_EXPIRES_FACTOR: u64 = 2;
 const MIN_BINDING_TTL_MS: u64 = 3_600_000;
@@ -64,7 +69,26 @@ pub(crate) struct Shared {
     /// Woken when this process stores a message (or PUB/SUB buffers one).
     pub arrived: Arc<Notify>,
     pub closed: AtomicBool,
+    /// Set when the server is known unreachable (a failed health check or
+    /// a connection error on a command): the transport reports itself
+    /// disconnected so the connection is replaced.
+    pub dead: AtomicBool,
     next_pubsub: AtomicU64,
+    acks: AckQueue,
+}
+
+/// Acks waiting to be sent: `ack` queues its receipt and waits for the
+/// answer; one flusher task at a time sends every receipt queued so far in
+/// one round trip (ZREM + HDEL with all of them, in MULTI) and tells each
+/// waiter how it went. Acks made together (by several consumers, tasks or
+/// channels of one connection) cost one round trip; an ack returns only
+/// once Redis has applied it, and a failed round trip fails every ack it
+/// carried (those messages come back after `visibility_timeout`).
+#[derive(Default)]
+struct AckQueue {
+    pending: Mutex<Vec<(String, oneshot::Sender<Result<()>>)>>,
+    /// True while a flusher task runs.
+    flushing: AtomicBool,
 }
 
 /// The [`VirtualBackend`] of `redis://`.
@@ -87,7 +111,9 @@ impl RedisBackend {
             hub,
             arrived,
             closed: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             next_pubsub: AtomicU64::new(1),
+            acks: AckQueue::default(),
         });
         let tasks = crate::maintenance::spawn(&shared);
         RedisBackend {
@@ -103,6 +129,35 @@ impl RedisBackend {
     pub async fn restore_visible(&self) -> Result<u64> {
         self.shared.restore_visible().await
     }
+
+    /// One PING round trip (bounded by the response timeout); a failure
+    /// marks the connection dead (see [`RedisBackend::is_dead`]).
+    pub async fn ping(&self) -> Result<()> {
+        let s = &self.shared;
+        let bound = s.config.response_timeout();
+        let ping = async {
+            redis::cmd("PING")
+                .query_async::<String>(&mut s.conn())
+                .await
+                .map_err(map_redis)
+        };
+        let result = match tokio::time::timeout(bound, ping).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("redis: no answer to PING within {bound:?}"),
+            )),
+        };
+        if let Err(err) = &result {
+            s.mark_dead(err);
+        }
+        result
+    }
+
+    /// True once the server was found unreachable.
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
 }
 
 impl Shared {
@@ -114,6 +169,73 @@ impl Shared {
         self.conn.clone()
     }
 
+    /// Remember that the server is unreachable when `err` says so.
+    pub(crate) fn mark_dead(&self, err: &Error) {
+        if err.is_connection_error() && !self.dead.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %err, "redis connection lost");
+        }
+    }
+
+    /// Queue an ack, make sure a flusher runs, and wait for the answer.
+    async fn ack_together(self: &Arc<Self>, receipt: &str) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.acks
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((receipt.to_owned(), tx));
+        if !self.acks.flushing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().ack_flusher());
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::ConnectionLost,
+                "redis: the ack was not sent (the transport shut down)",
+            ))
+        })
+    }
+
+    /// Send queued acks, a batch per round trip, until none is left.
+    async fn ack_flusher(self: Arc<Self>) {
+        loop {
+            let batch: Vec<(String, oneshot::Sender<Result<()>>)> = {
+                let mut pending = self.acks.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let take = pending.len().min(MAX_ACK_BATCH);
+                if take == 0 {
+                    // Cleared under the lock: an ack queued after this
+                    // sees `false` and starts a flusher.
+                    self.acks.flushing.store(false, Ordering::Release);
+                    return;
+                }
+                pending.drain(..take).collect()
+            };
+            let receipts: Vec<&str> = batch.iter().map(|(r, _)| r.as_str()).collect();
+            let sent: Result<()> = redis::pipe()
+                .atomic()
+                .cmd("ZREM")
+                .arg(self.keys.unacked_index())
+                .arg(&receipts)
+                .ignore()
+                .cmd("HDEL")
+                .arg(self.keys.unacked())
+                .arg(&receipts)
+                .ignore()
+                .query_async(&mut self.conn())
+                .await
+                .map_err(map_redis);
+            if let Err(err) = &sent {
+                self.mark_dead(err);
+            }
+            for (_, waiter) in batch {
+                let answer = match &sent {
+                    Ok(()) => Ok(()),
+                    Err(err) => Err(Error::new(err.kind(), err.message().to_owned())),
+                };
+                let _ = waiter.send(answer);
+            }
+        }
+    }
+
     fn invalidate(&self, exchange: &str) {
         let mut cache = self.cache();
         cache.bindings.remove(exchange);
@@ -123,16 +245,38 @@ impl Shared {
     /// The envelope as stored: the priority in kombu's numbering.
     fn wire_json(&self, envelope: &Envelope, api: u8) -> (Vec<u8>, u8) {
         let wire = wire_priority(api);
-        let mut copy = Envelope {
-            body: Vec::new(),
-            content_type: envelope.content_type.clone(),
-            content_encoding: envelope.content_encoding.clone(),
-            headers: envelope.headers.clone(),
-            properties: envelope.properties.clone(),
-        };
+        let mut copy = envelope.clone();
         copy.properties.insert("priority".into(), wire.into());
-        copy.body = envelope.body.clone();
         (copy.to_json(), wire)
+    }
+
+    /// LPUSH a stored message (one command; concurrent publishes share the
+    /// multiplexed connection, which pipelines them).
+    async fn put_json(&self, queue: &str, json: Vec<u8>, wire: u8) -> Result<()> {
+        let list = self.keys.list_for_wire(queue, wire);
+        let result = match self.queue_expires(queue).await {
+            Some(expires) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("LPUSH").arg(&list).arg(json).ignore();
+                for list in self.keys.lists(queue) {
+                    pipe.cmd("PEXPIRE").arg(list).arg(expires).ignore();
+                }
+                pipe.query_async::<()>(&mut self.conn()).await
+            }
+            None => redis::cmd("LPUSH")
+                .arg(&list)
+                .arg(json)
+                .query_async::<i64>(&mut self.conn())
+                .await
+                .map(drop),
+        };
+        result.map_err(|err| {
+            let err = map_redis(err);
+            self.mark_dead(&err);
+            err
+        })?;
+        self.arrived.notify_waiters();
+        Ok(())
     }
 
     /// Read a stored message: the priority back in the API's numbering.
@@ -261,26 +405,32 @@ impl Shared {
         }
     }
 
-    /// One atomic look at every list of `queues`.
-    async fn try_fetch(&self, queues: &[String]) -> Result<Option<Fetched>> {
+    /// One atomic look at every list of `queues` (in priority steps, then
+    /// in order) taking up to `max` messages in one script call; PUB/SUB
+    /// deliveries buffered here come first.
+    async fn try_fetch_many(&self, queues: &[String], max: usize) -> Result<Vec<Fetched>> {
+        let max = max.clamp(1, MAX_FETCH_BATCH);
         if let Some(hub) = &self.hub {
-            if let Some((queue, raw)) = hub.pop(queues) {
+            let mut found = Vec::new();
+            while found.len() < max {
+                let Some((queue, raw)) = hub.pop(queues) else {
+                    break;
+                };
                 let n = self.next_pubsub.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(self.read_fetched(
-                    &queue,
-                    format!("{PUBSUB_RECEIPT}{n}"),
-                    &raw,
-                )));
+                found.push(self.read_fetched(&queue, format!("{PUBSUB_RECEIPT}{n}"), &raw));
+            }
+            if !found.is_empty() {
+                return Ok(found);
             }
         }
         let queues = self.order(queues);
-        let receipt = uuid::Uuid::new_v4().to_string();
-        let mut invocation = self.scripts.fetch.prepare_invoke();
+        let tags: Vec<String> = (0..max).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let mut invocation = self.scripts.fetch_many.prepare_invoke();
         invocation
             .key(self.keys.unacked())
             .key(self.keys.unacked_index())
             .arg(format!("{:.6}", now_secs()))
-            .arg(&receipt);
+            .arg(max);
         let mut owners = Vec::with_capacity(queues.len() * self.keys.steps().len());
         for step in self.keys.steps() {
             for queue in &queues {
@@ -289,16 +439,23 @@ impl Shared {
                 owners.push(queue);
             }
         }
-        let found: Option<(usize, Vec<u8>)> = invocation
+        for tag in &tags {
+            invocation.arg(tag);
+        }
+        let taken: Vec<(usize, Vec<u8>)> = invocation
             .invoke_async(&mut self.conn())
             .await
             .map_err(map_redis)?;
-        Ok(found.map(|(index, raw)| {
-            let queue = owners
-                .get(index.saturating_sub(1))
-                .map_or("", |q| q.as_str());
-            self.read_fetched(queue, receipt, &raw)
-        }))
+        Ok(taken
+            .into_iter()
+            .zip(tags)
+            .map(|((index, raw), receipt)| {
+                let queue = owners
+                    .get(index.saturating_sub(1))
+                    .map_or("", |q| q.as_str());
+                self.read_fetched(queue, receipt, &raw)
+            })
+            .collect())
     }
 
     pub(crate) async fn restore_visible(&self) -> Result<u64> {
@@ -659,30 +816,30 @@ impl VirtualBackend for RedisBackend {
     async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
         let s = &self.shared;
         let (json, wire) = s.wire_json(envelope, priority);
-        let list = s.keys.list_for_wire(queue, wire);
-        match s.queue_expires(queue).await {
-            Some(expires) => {
-                let mut pipe = redis::pipe();
-                pipe.cmd("LPUSH").arg(&list).arg(json).ignore();
-                for list in s.keys.lists(queue) {
-                    pipe.cmd("PEXPIRE").arg(list).arg(expires).ignore();
-                }
-                let _: () = pipe.query_async(&mut s.conn()).await.map_err(map_redis)?;
-            }
-            None => {
-                let _: i64 = redis::cmd("LPUSH")
-                    .arg(&list)
-                    .arg(json)
-                    .query_async(&mut s.conn())
-                    .await
-                    .map_err(map_redis)?;
-            }
-        }
-        s.arrived.notify_waiters();
-        Ok(())
+        s.put_json(queue, json, wire).await
+    }
+
+    async fn put_owned(&self, queue: &str, mut envelope: Envelope, priority: u8) -> Result<()> {
+        let s = &self.shared;
+        let wire = wire_priority(priority);
+        envelope.properties.insert("priority".into(), wire.into());
+        s.put_json(queue, envelope.to_json(), wire).await
     }
 
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
+        Ok(self.fetch_batch(queues, wait, 1).await?.pop())
+    }
+
+    /// One script call takes up to `max` messages (kombu's BRPOP and its
+    /// unacked bookkeeping, for a whole batch); with none ready it looks
+    /// again when this process stores a message, or after a pause growing
+    /// from 1 ms to `polling_interval`, until `wait` is over.
+    async fn fetch_batch(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>> {
         let s = &self.shared;
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(1);
@@ -690,37 +847,28 @@ impl VirtualBackend for RedisBackend {
             let notified = s.arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(found) = s.try_fetch(queues).await? {
-                return Ok(Some(found));
+            let found = s.try_fetch_many(queues, max).await.inspect_err(|err| {
+                s.mark_dead(err);
+            })?;
+            if !found.is_empty() {
+                return Ok(found);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || s.closed.load(Ordering::Acquire) {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let _ = tokio::time::timeout(pause.min(left), notified).await;
             pause = (pause * 2).min(s.config.polling_interval.max(Duration::from_millis(1)));
         }
     }
 
+    /// Returns once Redis has removed the message from kombu's unacked
+    /// bookkeeping; acks made at the same time share one round trip.
     async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
         if receipt.starts_with(PUBSUB_RECEIPT) {
             return Ok(());
         }
-        let s = &self.shared;
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("ZREM")
-            .arg(s.keys.unacked_index())
-            .arg(receipt)
-            .ignore()
-            .cmd("HDEL")
-            .arg(s.keys.unacked())
-            .arg(receipt)
-            .ignore()
-            .query_async(&mut s.conn())
-            .await
-            .map_err(map_redis)?;
-        Ok(())
+        self.shared.ack_together(receipt).await
     }
 
     async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
@@ -966,7 +1114,14 @@ impl VirtualBackend for RedisBackend {
         if let Some(hub) = &s.hub {
             hub.close().await;
         }
-        match s.restore_visible().await {
+        let bound = s.config.response_timeout();
+        if s.dead.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match tokio::time::timeout(bound, s.restore_visible())
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "restore on close timed out")))
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 restored = n,

@@ -131,9 +131,12 @@ pub struct RedisConfig {
     pub queue_order: QueueOrder,
     /// `health_check_interval` (25 s; zero: off).
     pub health_check_interval: Duration,
-    /// `socket_timeout` (none).
+    /// `socket_timeout`: how long a command may wait for its answer
+    /// (none given: [`DEFAULT_RESPONSE_TIMEOUT`]; see
+    /// [`RedisConfig::response_timeout`]).
     pub socket_timeout: Option<Duration>,
-    /// `socket_connect_timeout` (none; the connection's `connect_timeout` otherwise).
+    /// `socket_connect_timeout` (none: the connection's `connect_timeout`,
+    /// else [`DEFAULT_CONNECT_TIMEOUT`]; see [`RedisConfig::connect_timeout`]).
     pub socket_connect_timeout: Option<Duration>,
     /// `unacked_restore_limit` (none: everything due).
     pub unacked_restore_limit: Option<u64>,
@@ -157,6 +160,31 @@ pub struct RedisConfig {
     /// `polling_interval` (0.02 s): the longest pause between two looks at
     /// empty queues.
     pub polling_interval: Duration,
+}
+
+/// How long a command waits for its answer when `socket_timeout` is not
+/// given. Every command kombu-rs sends returns at once (no blocking pops),
+/// so this only bounds how long a stopped or unreachable server can hold a
+/// call before it fails with a `Timeout` error.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long opening a connection may take when neither
+/// `socket_connect_timeout` nor the connection's `connect_timeout` is given.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RedisConfig {
+    /// The bound on one command's answer: `socket_timeout`, else
+    /// [`DEFAULT_RESPONSE_TIMEOUT`].
+    pub fn response_timeout(&self) -> Duration {
+        self.socket_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT)
+    }
+
+    /// The bound on opening a connection: `socket_connect_timeout`, else
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn connect_timeout(&self) -> Duration {
+        self.socket_connect_timeout
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
 }
 
 fn invalid(message: impl Into<String>) -> Error {

@@ -90,23 +90,30 @@ fn tls_addr(_: &str, _: u16, _: bool) -> Result<ConnectionAddr> {
 }
 
 async fn manager(client: &redis::Client, config: &RedisConfig) -> Result<ConnectionManager> {
-    let mut cfg = ConnectionManagerConfig::new()
-        .set_response_timeout(config.socket_timeout)
-        .set_connection_timeout(config.socket_connect_timeout)
+    // Every command returns at once (no blocking pops), so a response
+    // timeout bounds how long a stopped server can hold a call.
+    let cfg = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(config.response_timeout()))
+        .set_connection_timeout(Some(config.connect_timeout()))
         .set_number_of_retries(3);
-    if config.socket_timeout.is_none() {
-        // Blocking-free commands only: a generous bound still catches a dead peer.
-        cfg = cfg.set_response_timeout(Some(std::time::Duration::from_secs(30)));
-    }
-    let mut conn = client
-        .get_connection_manager_with_config(cfg)
-        .await
-        .map_err(map_redis)?;
-    let _: String = redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .map_err(map_redis)?;
-    Ok(conn)
+    let bound = config.connect_timeout() + config.response_timeout();
+    let open = async {
+        let mut conn = client
+            .get_connection_manager_with_config(cfg)
+            .await
+            .map_err(map_redis)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(map_redis)?;
+        Ok(conn)
+    };
+    tokio::time::timeout(bound, open).await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!("redis: no connection within {bound:?}"),
+        ))
+    })
 }
 
 /// The command connection and the client (for PUB/SUB) with the login that

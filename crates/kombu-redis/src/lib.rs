@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use kombu_core::virtual_channel::{VirtualOptions, VirtualTransport};
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, ConnectionOptions, ExchangeType, Registry, Result,
-    Transport, TransportFactory, TransportKind,
+    async_trait, BrokerUrl, Capabilities, Channel, ConnectionOptions, Error, ErrorKind,
+    ExchangeType, Registry, Result, Transport, TransportFactory, TransportKind,
 };
 
 pub use backend::RedisBackend;
@@ -102,6 +102,57 @@ impl TransportFactory for RedisTransportFactory {
         let virtual_options = VirtualOptions::from_transport_options(&options.transport_options)?;
         let (conn, client) = connect::open(&config).await?;
         let backend = RedisBackend::new(config, conn, client);
-        Ok(Arc::new(VirtualTransport::new(backend, virtual_options)))
+        Ok(Arc::new(RedisTransport {
+            inner: VirtualTransport::new(backend, virtual_options),
+        }))
+    }
+}
+
+/// A `redis://` connection: the virtual transport over [`RedisBackend`],
+/// with a real health check. [`Transport::heartbeat_check`] sends a PING
+/// and waits for the answer (at most the response timeout, `socket_timeout`
+/// or [`config::DEFAULT_RESPONSE_TIMEOUT`]); when it or any command fails
+/// with a connection error, [`Transport::is_connected`] turns false for
+/// good, so the connection is replaced rather than reused.
+pub struct RedisTransport {
+    inner: VirtualTransport<RedisBackend>,
+}
+
+impl RedisTransport {
+    /// The backend (for `restore_visible` and the connection state).
+    pub fn backend(&self) -> &Arc<RedisBackend> {
+        self.inner.backend()
+    }
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
+        if self.inner.backend().is_dead() {
+            return Err(Error::new(
+                ErrorKind::ConnectionLost,
+                "redis: the connection was lost (open a new one)",
+            ));
+        }
+        self.inner.create_channel().await
+    }
+
+    fn is_connected(&self) -> bool {
+        self.inner.is_connected() && !self.inner.backend().is_dead()
+    }
+
+    async fn heartbeat_check(&self) -> Result<()> {
+        if !self.inner.is_connected() {
+            return Err(Error::new(ErrorKind::Closed, "the connection is closed"));
+        }
+        self.inner.backend().ping().await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
     }
 }

@@ -4,25 +4,47 @@
 
 use redis::Script;
 
-/// Pop the first message of the lists `KEYS[3..]` (in order, from the
-/// right, as kombu's BRPOP) and, in the same step, record it as unacked the
-/// way kombu does: `ZADD unacked_index <now> <tag>` and
+/// Pop up to `ARGV[2]` messages of the lists `KEYS[3..]` (in order, each
+/// from the right as kombu's BRPOP, until it is empty or the batch is
+/// full) and, in the same step, record each as unacked the way kombu does:
+/// `ZADD unacked_index <now> <tag>` and
 /// `HSET unacked <tag> '[<envelope>, "", "<queue>"]'` (exchange `""` and
-/// the queue as routing key: a restore puts it back in that queue only).
-///
-/// `KEYS[1]` unacked, `KEYS[2]` unacked_index; `ARGV[1]` now (seconds, a
-/// float like kombu's), `ARGV[2]` the tag, `ARGV[2 + i]` the queue name of
-/// list `i` as a JSON string. Returns `{i, message}` or nil.
-const FETCH: &str = r#"
+/// the queue as routing key: a restore puts it back in that queue only). `KEYS[1]` unacked, `KEYS[2]` unacked_index;
+/// `ARGV[1]` now, `ARGV[2]` the most to take, `ARGV[2 + i]` the queue name
+/// of list `i` as a JSON string, then one tag per message that may be
+/// taken (`ARGV[3 + lists + k - 1]` for the k-th). Returns the flat list
+/// `{i1, message1, i2, message2, ...}` (empty when every list is empty).
+const FETCH_MANY: &str = r#"
+local lists = #KEYS - 2
+local max = tonumber(ARGV[2])
+local taken = {}
+local scores = {}
+local entries = {}
+local n = 0
 for i = 3, #KEYS do
-    local item = redis.call('RPOP', KEYS[i])
-    if item then
-        redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-        redis.call('HSET', KEYS[1], ARGV[2], '[' .. item .. ', "", ' .. ARGV[i] .. ']')
-        return {i - 2, item}
+    while n < max do
+        local item = redis.call('RPOP', KEYS[i])
+        if not item then
+            break
+        end
+        n = n + 1
+        local tag = ARGV[2 + lists + n]
+        taken[#taken + 1] = i - 2
+        taken[#taken + 1] = item
+        scores[#scores + 1] = ARGV[1]
+        scores[#scores + 1] = tag
+        entries[#entries + 1] = tag
+        entries[#entries + 1] = '[' .. item .. ', "", ' .. ARGV[i] .. ']'
+    end
+    if n >= max then
+        break
     end
 end
-return false
+if n > 0 then
+    redis.call('ZADD', KEYS[2], unpack(scores))
+    redis.call('HSET', KEYS[1], unpack(entries))
+end
+return taken
 "#;
 
 /// Requeue a fetched message if it is still ours: `KEYS[1]` unacked,
@@ -92,7 +114,7 @@ return #overdue
 
 /// The loaded scripts (EVALSHA, falling back to EVAL once per server).
 pub(crate) struct Scripts {
-    pub fetch: Script,
+    pub fetch_many: Script,
     pub requeue: Script,
     pub restore: Script,
     pub unlock: Script,
@@ -103,7 +125,7 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Scripts {
-            fetch: Script::new(FETCH),
+            fetch_many: Script::new(FETCH_MANY),
             requeue: Script::new(REQUEUE),
             restore: Script::new(RESTORE),
             unlock: Script::new(UNLOCK),
