@@ -105,6 +105,8 @@ mod user_guide {
     struct WireFormat;
     #[doc = include_str!("../../../docs/staying-up.md")]
     struct StayingUp;
+    #[doc = include_str!("../../../docs/pools.md")]
+    struct Pools;
 }
 
 impl Deref for Connection {
