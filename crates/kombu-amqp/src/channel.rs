@@ -11,26 +11,26 @@ use kombu_core::{
     ExchangeType, Queue, QueueInfo, RawMessage, Result,
 };
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeBindOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions, QueuePurgeOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::types::ShortString;
-use lapin::{Confirmation, Connection, ExchangeKind};
+use lapin::{Confirmation, ExchangeKind};
 
 use crate::config::Settings;
-use crate::errors::op;
+use crate::errors::{op, LinkState};
 use crate::field_table::{short_string, to_field_table};
 use crate::properties::{no_arguments, to_basic_properties, to_delivery};
 use crate::publish_sync::{PublishSync, Tracked};
+use crate::transport::Link;
 
 /// One AMQP channel. Closing or dropping it makes the broker requeue the
 /// messages it holds unacked.
 pub struct AmqpChannel {
     tracked: Arc<Tracked>,
     sync: Arc<PublishSync>,
-    connection: Arc<Connection>,
+    link: Arc<Link>,
     /// Publishes wait for the broker's confirm (on with `confirm_publish`,
     /// and from the first `mandatory` publish on).
     confirming: AtomicBool,
@@ -64,14 +64,14 @@ fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
 impl AmqpChannel {
     pub(crate) async fn new(
         channel: lapin::Channel,
-        connection: Arc<Connection>,
+        link: Arc<Link>,
         sync: Arc<PublishSync>,
         settings: Settings,
     ) -> Result<Self> {
         let this = AmqpChannel {
-            tracked: sync.track(channel),
+            tracked: sync.track(channel, settings.ack_coalescing),
             sync,
-            connection,
+            link,
             confirming: AtomicBool::new(false),
             confirm_select: tokio::sync::Mutex::new(()),
         };
@@ -81,6 +81,37 @@ impl AmqpChannel {
         Ok(this)
     }
 
+    /// An error when the channel is closed: a lost connection's is a
+    /// [`ErrorKind::ConnectionLost`] (the message's ack cannot reach the
+    /// broker, which delivers it again).
+    fn check_open(&self, operation: &str) -> Result<()> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let (kind, why) = match self.link.state() {
+            LinkState::Lost => (ErrorKind::ConnectionLost, "the connection was lost"),
+            LinkState::Closed => (ErrorKind::Closed, "the connection was closed"),
+            LinkState::Up => (ErrorKind::ChannelClosed, "the channel is closed"),
+        };
+        Err(Error::new(kind, format!("{operation}: {why}")))
+    }
+
+    /// An error when the connection is known lost or closed (lapin may not
+    /// know yet when a heartbeat check found the broker silent).
+    fn check_link(&self, operation: &str) -> Result<()> {
+        match self.link.state() {
+            LinkState::Up => Ok(()),
+            LinkState::Lost => Err(Error::new(
+                ErrorKind::ConnectionLost,
+                format!("{operation}: the connection was lost"),
+            )),
+            LinkState::Closed => Err(Error::new(
+                ErrorKind::Closed,
+                format!("{operation}: the connection was closed"),
+            )),
+        }
+    }
+
     /// The lapin channel, for what kombu's API does not cover.
     pub fn lapin_channel(&self) -> &lapin::Channel {
         &self.tracked.channel
@@ -88,6 +119,13 @@ impl AmqpChannel {
 
     fn channel(&self) -> &lapin::Channel {
         &self.tracked.channel
+    }
+
+    /// Send the acks this channel holds back (in-order acks wait a few
+    /// milliseconds to go out as one multiple-ack) now. Closing the channel
+    /// or the connection, a reject, a cancel or a qos do it too.
+    pub async fn flush_acks(&self) -> Result<()> {
+        self.tracked.acks.flush().await
     }
 
     /// True when publishes on this channel wait for the broker's confirm.
@@ -107,7 +145,7 @@ impl AmqpChannel {
                 .channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await
-                .map_err(op("confirm.select"))?;
+                .map_err(self.link.op("confirm.select"))?;
             self.confirming.store(true, Ordering::Release);
         }
         Ok(())
@@ -145,6 +183,7 @@ impl AmqpChannel {
 #[async_trait]
 impl Channel for AmqpChannel {
     async fn exchange_declare(&self, exchange: &Exchange) -> Result<()> {
+        self.check_link("exchange.declare")?;
         if exchange.is_default() {
             return Ok(());
         }
@@ -163,7 +202,7 @@ impl Channel for AmqpChannel {
                 to_field_table(&exchange.arguments)?,
             )
             .await
-            .map_err(op("exchange.declare"))
+            .map_err(self.link.op("exchange.declare"))
     }
 
     async fn exchange_delete(&self, exchange: &str) -> Result<()> {
@@ -173,10 +212,11 @@ impl Channel for AmqpChannel {
                 ExchangeDeleteOptions::default(),
             )
             .await
-            .map_err(op("exchange.delete"))
+            .map_err(self.link.op("exchange.delete"))
     }
 
     async fn queue_declare(&self, queue: &Queue) -> Result<QueueInfo> {
+        self.check_link("queue.declare")?;
         let options = QueueDeclareOptions {
             passive: queue.passive,
             durable: queue.durable,
@@ -192,7 +232,7 @@ impl Channel for AmqpChannel {
                 to_field_table(&queue.declare_arguments())?,
             )
             .await
-            .map_err(op("queue.declare"))?;
+            .map_err(self.link.op("queue.declare"))?;
         Ok(QueueInfo::new(
             declared.name().as_str(),
             u64::from(declared.message_count()),
@@ -210,7 +250,7 @@ impl Channel for AmqpChannel {
                 to_field_table(&binding.arguments)?,
             )
             .await
-            .map_err(op("queue.bind"))
+            .map_err(self.link.op("queue.bind"))
     }
 
     async fn queue_unbind(&self, queue: &str, binding: &Binding) -> Result<()> {
@@ -222,7 +262,7 @@ impl Channel for AmqpChannel {
                 to_field_table(&binding.arguments)?,
             )
             .await
-            .map_err(op("queue.unbind"))
+            .map_err(self.link.op("queue.unbind"))
     }
 
     async fn queue_delete(&self, queue: &str) -> Result<u64> {
@@ -230,7 +270,7 @@ impl Channel for AmqpChannel {
             .queue_delete(name("queue name", queue)?, QueueDeleteOptions::default())
             .await
             .map(u64::from)
-            .map_err(op("queue.delete"))
+            .map_err(self.link.op("queue.delete"))
     }
 
     async fn queue_purge(&self, queue: &str) -> Result<u64> {
@@ -239,7 +279,7 @@ impl Channel for AmqpChannel {
             .queue_purge(name("queue name", queue)?, QueuePurgeOptions::default())
             .await
             .map(u64::from)
-            .map_err(op("queue.purge"))
+            .map_err(self.link.op("queue.purge"))
     }
 
     /// A passive declare on a short-lived channel of the same connection,
@@ -255,10 +295,11 @@ impl Channel for AmqpChannel {
         }
         let published = self.sync.settle().await;
         let side = self
+            .link
             .connection
             .create_channel()
             .await
-            .map_err(op("opening a channel"))?;
+            .map_err(self.link.op("opening a channel"))?;
         let result = passive_count(&side, &queue, published).await;
         if side.status().connected() {
             let _ = side.close(200, "OK".into()).await;
@@ -281,7 +322,7 @@ impl Channel for AmqpChannel {
                 no_arguments(),
             )
             .await
-            .map_err(op("exchange.bind"))
+            .map_err(self.link.op("exchange.bind"))
     }
 
     async fn basic_publish(
@@ -291,6 +332,7 @@ impl Channel for AmqpChannel {
         routing_key: &str,
         mandatory: bool,
     ) -> Result<()> {
+        self.check_link("basic.publish")?;
         if mandatory {
             // RabbitMQ sends basic.return before the confirm of the same
             // message: waiting for the confirm tells whether it was routed.
@@ -310,25 +352,33 @@ impl Channel for AmqpChannel {
                 properties,
             )
             .await
-            .map_err(op("basic.publish"))?;
+            .map_err(self.link.op("basic.publish"))?;
         if !self.confirms_enabled() {
             self.tracked.mark();
         } else {
             let confirmation = confirm
                 .await
-                .map_err(op("waiting for the publish confirm"))?;
+                .map_err(self.link.op("waiting for the publish confirm"))?;
             Self::check_confirmation(confirmation, exchange, routing_key)?;
         }
         Ok(())
     }
 
     async fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
+        self.check_link("basic.get")?;
         self.sync.settle().await;
         let got = self
             .channel()
             .basic_get(name("queue name", queue)?, BasicGetOptions { no_ack })
             .await
-            .map_err(op("basic.get"))?;
+            .map_err(self.link.op("basic.get"))?;
+        if no_ack {
+            if let Some(message) = &got {
+                self.tracked
+                    .acks
+                    .note_unacked_delivery(message.delivery.delivery_tag);
+            }
+        }
         Ok(got.map(|message| to_delivery(message.delivery, None, queue)))
     }
 
@@ -338,6 +388,7 @@ impl Channel for AmqpChannel {
         consumer_tag: &str,
         no_ack: bool,
     ) -> Result<DeliveryStream> {
+        self.check_link("basic.consume")?;
         let consumer = self
             .channel()
             .basic_consume(
@@ -350,60 +401,69 @@ impl Channel for AmqpChannel {
                 no_arguments(),
             )
             .await
-            .map_err(op("basic.consume"))?;
+            .map_err(self.link.op("basic.consume"))?;
         let tag = consumer.tag().as_str().to_owned();
         let queue = queue.to_owned();
+        let (link, acks) = (self.link.clone(), self.tracked.acks.clone());
+        // lapin ends a consumer's stream after an error item when its
+        // channel or connection dies: the error says which (a lost
+        // connection is a ConnectionLost), then the stream ends.
         Ok(consumer
-            .map(move |delivery| {
-                delivery
-                    .map(|d| to_delivery(d, Some(&tag), &queue))
-                    .map_err(op("receiving a delivery"))
+            .map(move |delivery| match delivery {
+                Ok(d) => {
+                    if no_ack {
+                        acks.note_unacked_delivery(d.delivery_tag);
+                    }
+                    Ok(to_delivery(d, Some(&tag), &queue))
+                }
+                Err(err) => Err(link.error(err, "receiving a delivery")),
             })
             .boxed())
     }
 
     async fn basic_cancel(&self, consumer_tag: &str) -> Result<()> {
+        self.tracked.acks.flush().await?;
         self.channel()
             .basic_cancel(
                 name("consumer tag", consumer_tag)?,
                 BasicCancelOptions::default(),
             )
             .await
-            .map_err(op("basic.cancel"))
+            .map_err(self.link.op("basic.cancel"))
     }
 
+    /// In-order acks may be sent a few milliseconds later, several as one
+    /// multiple-ack (see the crate docs); never an ack the user did not make.
     async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
-        self.channel()
-            .basic_ack(delivery_tag, BasicAckOptions { multiple })
-            .await
-            .map_err(op("basic.ack"))
+        self.check_open("basic.ack")?;
+        self.tracked.acks.ack(delivery_tag, multiple).await
     }
 
     async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
-        self.channel()
-            .basic_reject(delivery_tag, BasicRejectOptions { requeue })
-            .await
-            .map_err(op("basic.reject"))
+        self.check_open("basic.reject")?;
+        self.tracked.acks.reject(delivery_tag, requeue).await
     }
 
     /// Per-consumer prefetch (`global=false`): applies to consumers started
     /// after it, as RabbitMQ (and quorum queues) expect.
     async fn basic_qos(&self, prefetch_count: u16) -> Result<()> {
+        self.tracked.acks.set_prefetch(prefetch_count).await?;
         self.channel()
             .basic_qos(prefetch_count, BasicQosOptions { global: false })
             .await
-            .map_err(op("basic.qos"))
+            .map_err(self.link.op("basic.qos"))
     }
 
     async fn close(&self) -> Result<()> {
         if !self.tracked.channel.status().connected() {
             return Ok(());
         }
+        self.tracked.acks.flush().await?;
         match self.tracked.channel.close(200, "OK".into()).await {
             Ok(()) => Ok(()),
             // Closed meanwhile (by the broker or another task): nothing to do.
             Err(_) if !self.tracked.channel.status().connected() => Ok(()),
-            Err(err) => Err(op("channel.close")(err)),
+            Err(err) => Err(self.link.op("channel.close")(err)),
         }
     }
 
@@ -451,9 +511,12 @@ impl Drop for AmqpChannel {
             return;
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let channel = self.tracked.channel.clone();
+            let tracked = self.tracked.clone();
             handle.spawn(async move {
-                if let Err(err) = channel.close(200, "OK".into()).await {
+                if let Err(err) = tracked.acks.flush().await {
+                    tracing::debug!(error = %err, "sending the deferred acks of a dropped AMQP channel failed");
+                }
+                if let Err(err) = tracked.channel.close(200, "OK".into()).await {
                     tracing::debug!(error = %err, "closing a dropped AMQP channel failed");
                 }
             });

@@ -20,6 +20,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "channel_max",
     "client_properties",
     "connection_name",
+    "ack_coalescing",
 ];
 
 /// Everything needed to open one connection.
@@ -35,10 +36,12 @@ pub(crate) struct ConnectConfig {
 }
 
 /// Per-connection behaviour of channels.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
     /// Publishes wait for the broker's confirm.
     pub(crate) confirm_publish: bool,
+    /// In-order acks are sent as multiple-acks (see `acks.rs`).
+    pub(crate) ack_coalescing: bool,
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -141,6 +144,9 @@ impl ConnectConfig {
             confirm_publish: transport_options
                 .get_bool("confirm_publish")?
                 .unwrap_or(false),
+            ack_coalescing: transport_options
+                .get_bool("ack_coalescing")?
+                .unwrap_or(true),
         };
         Ok(ConnectConfig {
             uri,
@@ -249,8 +255,11 @@ mod tests {
             Some(default_timeout.as_millis() as u64)
         );
         assert!(c.settings.confirm_publish);
+        assert!(c.settings.ack_coalescing);
         assert_eq!(c.uri.scheme, AMQPScheme::AMQP);
         assert_eq!(c.endpoint, "h:1234");
+        let c = config("amqp://h/?ack_coalescing=0", ConnectionOptions::new()).unwrap();
+        assert!(!c.settings.ack_coalescing);
     }
 
     #[test]

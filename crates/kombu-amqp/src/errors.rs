@@ -53,8 +53,13 @@ fn io_kind(err: &io::Error, phase: Phase) -> ErrorKind {
 
 /// The kombu error for a lapin error raised by `operation`.
 pub(crate) fn map_error(err: lapin::Error, operation: &str, phase: Phase) -> Error {
+    let kind = kind_of(&err, phase);
+    Error::new(kind, format!("{operation}: {err}")).with_source(err)
+}
+
+fn kind_of(err: &lapin::Error, phase: Phase) -> ErrorKind {
     use lapin::ErrorKind as L;
-    let kind = match err.kind() {
+    match err.kind() {
         L::ProtocolError(amqp) => amqp_kind(amqp.kind(), amqp.get_message().as_str(), phase),
         L::IOError(io) | L::RuntimeShutdownError(io) => io_kind(io, phase),
         L::InvalidChannelState(..) | L::InvalidChannel(_) => ErrorKind::ChannelClosed,
@@ -66,13 +71,42 @@ pub(crate) fn map_error(err: lapin::Error, operation: &str, phase: Phase) -> Err
             ErrorKind::Protocol
         }
         _ => ErrorKind::Other,
-    };
-    Error::new(kind, format!("{operation}: {err}")).with_source(err)
+    }
 }
 
 /// Shorthand for an error while operating on an open connection.
 pub(crate) fn op(operation: &'static str) -> impl Fn(lapin::Error) -> Error {
     move |err| map_error(err, operation, Phase::Operate)
+}
+
+/// What became of the connection an operation failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// Still up: the error is the operation's own.
+    Up,
+    /// Lost (closed by the broker, a dead socket, a missed heartbeat).
+    Lost,
+    /// Closed by us.
+    Closed,
+}
+
+/// The kombu error for `err` raised by `operation` on a connection in
+/// `state`: on a lost connection every failure is a
+/// [`ErrorKind::ConnectionLost`] (the channel's own state errors included),
+/// on one we closed an [`ErrorKind::Closed`].
+pub(crate) fn map_error_on(err: lapin::Error, operation: &str, state: LinkState) -> Error {
+    let kind = kind_of(&err, Phase::Operate);
+    let connection_kind = matches!(
+        kind,
+        ErrorKind::ConnectionLost | ErrorKind::ConnectionRefused | ErrorKind::Timeout
+    );
+    let (kind, note) = match state {
+        LinkState::Up => (kind, ""),
+        _ if connection_kind => (kind, ""),
+        LinkState::Lost => (ErrorKind::ConnectionLost, " (the connection was lost)"),
+        LinkState::Closed => (ErrorKind::Closed, " (the connection was closed)"),
+    };
+    Error::new(kind, format!("{operation}: {err}{note}")).with_source(err)
 }
 
 #[cfg(test)]
@@ -137,6 +171,30 @@ mod tests {
         assert_eq!(
             map_error(refused, "c", Phase::Operate).kind(),
             ErrorKind::ConnectionRefused
+        );
+    }
+
+    #[test]
+    fn failures_on_a_lost_connection_are_connection_errors() {
+        let state = || {
+            lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Error,
+                "basic.ack",
+            ))
+        };
+        let up = map_error_on(state(), "basic.ack", LinkState::Up);
+        assert_eq!(up.kind(), ErrorKind::ChannelClosed);
+        let lost = map_error_on(state(), "basic.ack", LinkState::Lost);
+        assert_eq!(lost.kind(), ErrorKind::ConnectionLost);
+        assert!(lost.is_connection_error());
+        assert!(lost.to_string().contains("connection was lost"), "{lost}");
+        let closed = map_error_on(state(), "basic.ack", LinkState::Closed);
+        assert_eq!(closed.kind(), ErrorKind::Closed);
+        // A connection-level kind stays as it is.
+        let timeout = lapin::Error::from(io::Error::from(io::ErrorKind::TimedOut));
+        assert_eq!(
+            map_error_on(timeout, "x", LinkState::Lost).kind(),
+            ErrorKind::Timeout
         );
     }
 }

@@ -14,10 +14,13 @@ use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::ExchangeKind;
 
-/// A channel and whether it published since it was last synced.
+use crate::acks::AckCoalescer;
+
+/// A channel, whether it published since it was last synced, and its acks.
 pub(crate) struct Tracked {
     pub(crate) channel: lapin::Channel,
     dirty: AtomicBool,
+    pub(crate) acks: Arc<AckCoalescer>,
 }
 
 impl Tracked {
@@ -36,9 +39,11 @@ pub(crate) struct PublishSync {
 }
 
 impl PublishSync {
-    /// Track `channel`; it is forgotten when the returned handle drops.
-    pub(crate) fn track(&self, channel: lapin::Channel) -> Arc<Tracked> {
+    /// Track `channel` (coalescing its in-order acks with `coalesce_acks`);
+    /// it is forgotten when the returned handle drops.
+    pub(crate) fn track(&self, channel: lapin::Channel, coalesce_acks: bool) -> Arc<Tracked> {
         let tracked = Arc::new(Tracked {
+            acks: AckCoalescer::new(channel.clone(), coalesce_acks),
             channel,
             dirty: AtomicBool::new(false),
         });
@@ -46,6 +51,19 @@ impl PublishSync {
         channels.retain(|weak| weak.strong_count() > 0);
         channels.push(Arc::downgrade(&tracked));
         tracked
+    }
+
+    /// Send the deferred acks of every channel (before the connection closes).
+    pub(crate) async fn flush_acks(&self) {
+        let live: Vec<Arc<Tracked>> = {
+            let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            channels.iter().filter_map(Weak::upgrade).collect()
+        };
+        for tracked in live {
+            if let Err(err) = tracked.acks.flush().await {
+                tracing::debug!(error = %err, "sending deferred acks before closing failed");
+            }
+        }
     }
 
     /// Wait until every message published so far on this connection

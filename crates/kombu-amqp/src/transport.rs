@@ -3,26 +3,67 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kombu_core::{
     async_trait, BrokerUrl, Capabilities, Channel, ConnectionOptions, Error, ErrorKind, Result,
     Transport,
 };
-use lapin::Connection;
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ExchangeKind};
 
 use crate::channel::AmqpChannel;
 use crate::config::{ConnectConfig, Settings};
-use crate::errors::{map_error, op, Phase};
+use crate::errors::{map_error, map_error_on, LinkState, Phase};
 use crate::publish_sync::PublishSync;
+
+/// How long `heartbeat_check` and `close` wait for the broker when no
+/// heartbeat is negotiated (with one: the heartbeat interval).
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The lapin connection and what became of it, shared by the transport and
+/// its channels (so that their errors say when the connection is gone).
+pub(crate) struct Link {
+    pub(crate) connection: Connection,
+    /// Closed by us.
+    closed: AtomicBool,
+    /// Found dead by a heartbeat check (lapin may not know yet).
+    lost: AtomicBool,
+}
+
+impl Link {
+    /// Up, lost or closed by us.
+    pub(crate) fn state(&self) -> LinkState {
+        if self.closed.load(Ordering::Acquire) {
+            LinkState::Closed
+        } else if self.lost.load(Ordering::Acquire) || !self.connection.status().connected() {
+            LinkState::Lost
+        } else {
+            LinkState::Up
+        }
+    }
+
+    /// Map a lapin error of `operation`, by the state of the connection.
+    pub(crate) fn op(&self, operation: &'static str) -> impl Fn(lapin::Error) -> Error + '_ {
+        move |err| self.error(err, operation)
+    }
+
+    /// The kombu error for `err` of `operation`, by the state of the connection.
+    pub(crate) fn error(&self, err: lapin::Error, operation: &str) -> Error {
+        map_error_on(err, operation, self.state())
+    }
+}
 
 /// A connection to an AMQP 0-9-1 broker (RabbitMQ), made by
 /// [`AmqpTransportFactory`](crate::AmqpTransportFactory).
 pub struct AmqpTransport {
-    connection: Arc<Connection>,
+    link: Arc<Link>,
     settings: Settings,
     endpoint: String,
-    closed: AtomicBool,
     sync: Arc<PublishSync>,
+    /// The channel `heartbeat_check` asks the broker on.
+    check_channel: tokio::sync::Mutex<Option<lapin::Channel>>,
 }
 
 impl fmt::Debug for AmqpTransport {
@@ -65,11 +106,15 @@ impl AmqpTransport {
             .map_err(|e| map_error(e, &format!("connecting to {endpoint}"), Phase::Connect))?;
         tracing::debug!(%endpoint, "AMQP connection open");
         Ok(AmqpTransport {
-            connection: Arc::new(connection),
+            link: Arc::new(Link {
+                connection,
+                closed: AtomicBool::new(false),
+                lost: AtomicBool::new(false),
+            }),
             settings,
             endpoint,
-            closed: AtomicBool::new(false),
             sync: Arc::default(),
+            check_channel: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -101,39 +146,86 @@ impl AmqpTransport {
 
     /// The heartbeat interval in seconds negotiated with the broker (0: none).
     pub fn heartbeat_secs(&self) -> u16 {
-        self.connection.configuration().heartbeat()
+        self.link.connection.configuration().heartbeat()
     }
 
     /// The largest frame negotiated with the broker, in bytes.
     pub fn frame_max(&self) -> u32 {
-        self.connection.configuration().frame_max()
+        self.link.connection.configuration().frame_max()
     }
 
     /// The lapin connection, for what kombu's API does not cover.
     pub fn lapin_connection(&self) -> &Connection {
-        &self.connection
+        &self.link.connection
+    }
+
+    /// How long a check or a close waits for the broker.
+    fn patience(&self) -> Duration {
+        match self.heartbeat_secs() {
+            0 => DEFAULT_CHECK_TIMEOUT,
+            secs => Duration::from_secs(u64::from(secs)),
+        }
+    }
+
+    fn lost_error(&self, what: &str) -> Error {
+        match self.link.state() {
+            LinkState::Closed => Error::new(
+                ErrorKind::Closed,
+                format!(
+                    "{what}: the AMQP connection to {} was closed",
+                    self.endpoint
+                ),
+            ),
+            _ => Error::new(
+                ErrorKind::ConnectionLost,
+                format!("{what}: the AMQP connection to {} is lost", self.endpoint),
+            ),
+        }
+    }
+
+    /// One round trip on the check channel: a passive declare of `amq.direct`.
+    async fn ask_broker(&self) -> Result<()> {
+        let mut slot = self.check_channel.lock().await;
+        let channel = match slot.as_ref() {
+            Some(channel) if channel.status().connected() => channel.clone(),
+            _ => {
+                let channel = self
+                    .link
+                    .connection
+                    .create_channel()
+                    .await
+                    .map_err(self.link.op("heartbeat check: opening a channel"))?;
+                *slot = Some(channel.clone());
+                channel
+            }
+        };
+        let options = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                "amq.direct".into(),
+                ExchangeKind::Direct,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(self.link.op("heartbeat check"))
     }
 
     /// A new channel of this connection, as the concrete type.
     pub async fn open_channel(&self) -> Result<AmqpChannel> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::Closed,
-                "the AMQP connection was closed",
-            ));
+        if self.link.state() != LinkState::Up {
+            return Err(self.lost_error("opening a channel"));
         }
         let channel = self
+            .link
             .connection
             .create_channel()
             .await
-            .map_err(op("opening a channel"))?;
-        AmqpChannel::new(
-            channel,
-            self.connection.clone(),
-            self.sync.clone(),
-            self.settings,
-        )
-        .await
+            .map_err(self.link.op("opening a channel"))?;
+        AmqpChannel::new(channel, self.link.clone(), self.sync.clone(), self.settings).await
     }
 }
 
@@ -147,28 +239,76 @@ impl Transport for AmqpTransport {
         Ok(Arc::new(self.open_channel().await?))
     }
 
+    /// False once the connection is closed, lapin reports it errored or
+    /// closed (by the broker, a dead socket, a missed heartbeat), or a
+    /// [`heartbeat_check`](Transport::heartbeat_check) went unanswered.
     fn is_connected(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.connection.status().connected()
+        self.link.state() == LinkState::Up
     }
 
+    /// A real round trip to the broker (a passive declare of `amq.direct`
+    /// on a channel of its own), bounded by the heartbeat interval (10 s
+    /// without one). A broker that does not answer in time (stopped, a
+    /// dead network) marks the connection lost: the error is a
+    /// [`ErrorKind::ConnectionLost`], and so are later operations' errors.
     async fn heartbeat_check(&self) -> Result<()> {
-        if self.is_connected() {
-            Ok(())
+        if self.link.state() != LinkState::Up {
+            return Err(self.lost_error("heartbeat check"));
+        }
+        let limit = self.patience();
+        let result = match tokio::time::timeout(limit, self.ask_broker()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => err,
+            Err(_) => Error::new(
+                ErrorKind::ConnectionLost,
+                format!(
+                    "heartbeat check: {} did not answer within {:.1} s",
+                    self.endpoint,
+                    limit.as_secs_f64()
+                ),
+            ),
+        };
+        // A failed check on an open connection: the channel failed, or the
+        // broker is gone. Either way the connection is not to be trusted.
+        self.link.lost.store(true, Ordering::Release);
+        if result.is_connection_error() {
+            Err(result)
         } else {
             Err(Error::new(
                 ErrorKind::ConnectionLost,
-                format!("the AMQP connection to {} is closed", self.endpoint),
+                format!("heartbeat check failed: {}", result.message()),
             ))
         }
     }
 
+    /// Send the deferred acks, then close the connection, waiting at most
+    /// the heartbeat interval (10 s without one) for the broker: a lost
+    /// connection is closed without waiting.
     async fn close(&self) -> Result<()> {
-        if self.closed.swap(true, Ordering::AcqRel) || !self.connection.status().connected() {
+        let state = self.link.state();
+        if state == LinkState::Closed {
             return Ok(());
         }
-        self.connection
-            .close(200, "OK".into())
-            .await
-            .map_err(op("closing the connection"))
+        let limit = self.patience();
+        if state == LinkState::Up {
+            let _ = tokio::time::timeout(limit, self.sync.flush_acks()).await;
+        }
+        self.link.closed.store(true, Ordering::Release);
+        if !self.link.connection.status().connected() {
+            return Ok(());
+        }
+        let closing = self.link.connection.close(200, "OK".into());
+        let limit = if state == LinkState::Up {
+            limit
+        } else {
+            Duration::from_millis(100)
+        };
+        match tokio::time::timeout(limit, closing).await {
+            Ok(result) => {
+                result.map_err(|e| map_error(e, "closing the connection", Phase::Operate))
+            }
+            // The broker does not answer: the connection is dropped anyway.
+            Err(_) => Ok(()),
+        }
     }
 }
