@@ -2,7 +2,7 @@
 //! exchange and binding tables, and a notification for waiting consumers.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,13 +15,23 @@ use tokio::sync::Notify;
 static BROKERS: LazyLock<Mutex<HashMap<String, Arc<MemoryBroker>>>> =
     LazyLock::new(Default::default);
 
-/// Order within a queue: higher priority first, then lower sequence first.
-type Slot = (Reverse<u8>, i64);
-
+/// Order within a queue: higher priority first, then first in, first out
+/// within a priority (a requeued message goes to the front of its level).
+/// A deque per level: taking from the front moves nothing else.
 #[derive(Default)]
 struct MemoryQueue {
     declaration: Option<Queue>,
-    ready: BTreeMap<Slot, Envelope>,
+    ready: BTreeMap<Reverse<u8>, VecDeque<Envelope>>,
+}
+
+impl MemoryQueue {
+    fn len(&self) -> usize {
+        self.ready.values().map(VecDeque::len).sum()
+    }
+
+    fn pop(&mut self) -> Option<Envelope> {
+        self.ready.values_mut().find_map(VecDeque::pop_front)
+    }
 }
 
 #[derive(Default)]
@@ -29,10 +39,6 @@ struct State {
     queues: HashMap<String, MemoryQueue>,
     exchanges: HashMap<String, Exchange>,
     bindings: HashMap<String, Vec<QueueBinding>>,
-    reserved: HashSet<String>,
-    /// Next sequence number at the back (grows) and at the front (shrinks).
-    back: i64,
-    front: i64,
     next_receipt: u64,
 }
 
@@ -90,7 +96,7 @@ impl MemoryBroker {
         let mut state = self.lock();
         match state.queues.get_mut(queue) {
             Some(q) => {
-                let n = q.ready.len() as u64;
+                let n = q.len() as u64;
                 q.ready.clear();
                 n
             }
@@ -99,67 +105,77 @@ impl MemoryBroker {
     }
 
     pub(crate) fn size(&self, queue: &str) -> u64 {
-        self.lock()
-            .queues
-            .get(queue)
-            .map_or(0, |q| q.ready.len() as u64)
+        self.lock().queues.get(queue).map_or(0, |q| q.len() as u64)
     }
 
     /// Store a message; `front` puts it before every message of its priority.
     pub(crate) fn put(&self, queue: &str, envelope: Envelope, priority: u8, front: bool) {
         {
             let mut state = self.lock();
-            let seq = if front {
-                state.front -= 1;
-                state.front
-            } else {
-                state.back += 1;
-                state.back
+            // Look up before `entry`, which would allocate the name each time.
+            let ready = match state.queues.get_mut(queue) {
+                Some(found) => &mut found.ready,
+                None => &mut state.queues.entry(queue.to_owned()).or_default().ready,
             };
-            state
-                .queues
-                .entry(queue.to_owned())
-                .or_default()
-                .ready
-                .insert((Reverse(priority), seq), envelope);
+            let level = ready.entry(Reverse(priority)).or_default();
+            if front {
+                level.push_front(envelope);
+            } else {
+                level.push_back(envelope);
+            }
         }
         self.arrived.notify_waiters();
     }
 
-    fn take(&self, queues: &[String]) -> Option<Fetched> {
+    /// Take up to `max` messages from the first of `queues` that has any
+    /// (one lock for the lot).
+    fn take(&self, queues: &[String], max: usize, out: &mut Vec<Fetched>) {
         let mut state = self.lock();
+        let state = &mut *state;
         for name in queues {
             let Some(queue) = state.queues.get_mut(name) else {
                 continue;
             };
-            if let Some((_, envelope)) = queue.ready.pop_first() {
+            while out.len() < max {
+                let Some(envelope) = queue.pop() else {
+                    break;
+                };
                 state.next_receipt += 1;
-                let receipt = state.next_receipt.to_string();
-                state.reserved.insert(receipt.clone());
-                return Some(Fetched::new(name.clone(), receipt, envelope));
+                out.push(Fetched::new(
+                    name.clone(),
+                    state.next_receipt.to_string(),
+                    envelope,
+                ));
+            }
+            if !out.is_empty() {
+                return;
             }
         }
-        None
     }
 
-    /// Take the next message of `queues`, waiting up to `wait`.
-    pub(crate) async fn fetch(&self, queues: &[String], wait: Duration) -> Option<Fetched> {
+    /// Take up to `max` (at least one) messages of `queues`, waiting up to
+    /// `wait` for the first.
+    pub(crate) async fn fetch(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+    ) -> Vec<Fetched> {
+        let max = max.max(1);
+        let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(found) = self.take(queues) {
-                return Some(found);
+            self.take(queues, max, &mut out);
+            if !out.is_empty() {
+                return out;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
+                return out;
             }
         }
-    }
-
-    pub(crate) fn forget(&self, receipt: &str) {
-        self.lock().reserved.remove(receipt);
     }
 
     pub(crate) fn declare_exchange(&self, exchange: &Exchange) {

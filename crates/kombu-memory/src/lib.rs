@@ -131,17 +131,31 @@ impl VirtualBackend for MemoryBackend {
         Ok(())
     }
 
-    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
-        Ok(self.broker.fetch(queues, wait).await)
-    }
-
-    async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
-        self.broker.forget(receipt);
+    async fn put_owned(&self, queue: &str, envelope: Envelope, priority: u8) -> Result<()> {
+        self.broker.put(queue, envelope, priority, false);
         Ok(())
     }
 
-    async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
-        self.broker.forget(receipt);
+    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
+        Ok(self.broker.fetch(queues, wait, 1).await.pop())
+    }
+
+    async fn fetch_batch(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>> {
+        Ok(self.broker.fetch(queues, wait, max).await)
+    }
+
+    async fn ack(&self, _queue: &str, _receipt: &Receipt) -> Result<()> {
+        // A fetched message lives only in the channel that took it (the
+        // channel puts it back on requeue or close): nothing to forget here.
+        Ok(())
+    }
+
+    async fn requeue(&self, queue: &str, _receipt: &Receipt, envelope: &Envelope) -> Result<()> {
         let priority = envelope
             .properties
             .get("priority")

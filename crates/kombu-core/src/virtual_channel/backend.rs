@@ -98,6 +98,13 @@ pub trait VirtualBackend: Send + Sync + 'static {
 
     /// Store a message in a queue.
     async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()>;
+    /// Store a message in a queue, taking the envelope: what the channel
+    /// calls. A backend that keeps envelopes as they are (in process)
+    /// overrides it to store this one instead of a copy. By default
+    /// [`put`](Self::put).
+    async fn put_owned(&self, queue: &str, envelope: Envelope, priority: u8) -> Result<()> {
+        self.put(queue, &envelope, priority).await
+    }
     /// Take the next message of any of `queues` (a fair rotation across them
     /// is the caller's job: it rotates the slice), waiting up to `wait` for
     /// one to arrive. The message stays reserved until acked or requeued.

@@ -84,41 +84,53 @@ async fn fetch_once<B: VirtualBackend>(
     let wait = state.backend.polling_interval();
     let batch = state.backend.fetch_batch(queues, wait, room.max(1)).await?;
     let mut first_error = None;
+    // The consumer of the previous message's queue (a batch usually comes
+    // from one queue): looked up once, not per message.
+    let mut consumer: Option<(String, Option<Target>)> = None;
     for fetched in batch {
+        if !matches!(&consumer, Some((queue, _)) if *queue == fetched.queue) {
+            consumer = Some((fetched.queue.clone(), consumer_of(state, &fetched.queue)));
+        }
+        let target = consumer.as_ref().and_then(|(_, target)| target.as_ref());
         // Deliver every message of the batch even if one fails, so none
         // stays reserved without an owner.
-        if let Err(err) = deliver(state, fetched).await {
+        if let Err(err) = deliver(state, fetched, target).await {
             first_error.get_or_insert(err);
         }
     }
     first_error.map_or(Ok(()), Err)
 }
 
-/// Hand one fetched message to the consumer of its queue.
-async fn deliver<B: VirtualBackend>(state: &Arc<State<B>>, fetched: super::Fetched) -> Result<()> {
-    let queue = fetched.queue.clone();
-    let consumer = {
-        let inner = state.lock();
-        inner
-            .consumers
-            .iter()
-            .find(|c| c.queue == queue)
-            .map(|c| (c.tag.clone(), c.no_ack, c.sender.clone()))
-    };
-    let Some((tag, no_ack, sender)) = consumer else {
+/// The consumer a message goes to: its tag, no_ack and sender.
+type Target = (String, bool, tokio::sync::mpsc::Sender<Result<Delivery>>);
+
+fn consumer_of<B: VirtualBackend>(state: &State<B>, queue: &str) -> Option<Target> {
+    let inner = state.lock();
+    inner
+        .consumers
+        .iter()
+        .find(|c| c.queue == queue)
+        .map(|c| (c.tag.clone(), c.no_ack, c.sender.clone()))
+}
+
+/// Hand one fetched message to the consumer of its queue (`target`, or
+/// none when the consumer left).
+async fn deliver<B: VirtualBackend>(
+    state: &Arc<State<B>>,
+    fetched: super::Fetched,
+    target: Option<&Target>,
+) -> Result<()> {
+    let Some((tag, no_ack, sender)) = target else {
+        let queue = fetched.queue;
         // The consumer left (or the channel closed) while we fetched.
         if let super::FetchedBody::Envelope(envelope) = fetched.body {
-            let item = Unacked {
-                queue,
-                receipt: fetched.receipt,
-                envelope,
-            };
+            let item = Unacked::whole(queue, fetched.receipt, envelope);
             state.release(item, false).await?;
         }
         return Ok(());
     };
-    match state.admit(fetched, no_ack, Some(&tag)).await? {
-        Admitted::Deliver(delivery) => hand_over(state, &sender, *delivery).await,
+    match state.admit(fetched, *no_ack, Some(tag)).await? {
+        Admitted::Deliver(delivery) => hand_over(state, sender, *delivery).await,
         Admitted::Skipped => Ok(()),
         Admitted::Corrupt(error) => {
             let _ = sender.send(Err(error)).await;

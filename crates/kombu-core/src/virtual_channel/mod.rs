@@ -29,7 +29,11 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Delivery, RawMessage};
 use crate::routing::{route, QueueBinding};
 use crate::transport::{Capabilities, Channel, DeliveryStream, QueueInfo, Transport};
-use convert::{from_envelope, now_ms, published_ms, to_envelope, PUBLISHED_MS};
+use bytes::Bytes;
+use convert::{
+    from_envelope, from_envelope_with_body, new_delivery_tag, now_ms, priority_and_expiration,
+    published_ms, to_envelope, PUBLISHED_MS,
+};
 
 /// Options of the virtual channel, shared by every virtual transport.
 ///
@@ -133,7 +137,31 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
 struct Unacked {
     queue: String,
     receipt: Receipt,
+    /// The stored envelope; its body lives in `body` meanwhile (shared with
+    /// the delivery handed out, so it is not copied per message).
     envelope: Envelope,
+    body: Bytes,
+}
+
+impl Unacked {
+    /// A reserved message whose envelope still holds its body.
+    fn whole(queue: String, receipt: Receipt, envelope: Envelope) -> Self {
+        Unacked {
+            queue,
+            receipt,
+            envelope,
+            body: Bytes::new(),
+        }
+    }
+
+    /// The envelope as it was stored, body included.
+    fn into_envelope(self) -> (String, Receipt, Envelope) {
+        let mut envelope = self.envelope;
+        if !self.body.is_empty() {
+            envelope.body = Vec::from(self.body);
+        }
+        (self.queue, self.receipt, envelope)
+    }
 }
 
 /// A registered consumer.
@@ -151,7 +179,7 @@ struct Inner {
     consumers: Vec<ConsumerEntry>,
     poller_running: bool,
     rotation: usize,
-    declarations: HashMap<String, Option<Queue>>,
+    declarations: HashMap<String, Option<Arc<Queue>>>,
 }
 
 /// Shared state of one channel (the consume loop holds a weak reference).
@@ -248,11 +276,11 @@ impl<B: VirtualBackend> State<B> {
         }
     }
 
-    async fn declaration(&self, queue: &str) -> Result<Option<Queue>> {
+    async fn declaration(&self, queue: &str) -> Result<Option<Arc<Queue>>> {
         if let Some(found) = self.lock().declarations.get(queue) {
             return Ok(found.clone());
         }
-        let found = self.backend.queue_declaration(queue).await?;
+        let found = self.backend.queue_declaration(queue).await?.map(Arc::new);
         self.lock()
             .declarations
             .insert(queue.to_owned(), found.clone());
@@ -264,13 +292,15 @@ impl<B: VirtualBackend> State<B> {
         &self,
         exchange: &str,
         routing_key: &str,
-        envelope: &Envelope,
+        envelope: Envelope,
         priority: u8,
         mandatory: bool,
     ) -> Result<()> {
-        let queues: Vec<String> = if exchange.is_empty() {
-            vec![routing_key.to_owned()]
-        } else {
+        if exchange.is_empty() {
+            // The default exchange routes to the queue named by the key.
+            return self.put_in_queue(routing_key, envelope, priority).await;
+        }
+        let queues: Vec<String> = {
             let kind = self
                 .backend
                 .exchange(exchange)
@@ -280,7 +310,7 @@ impl<B: VirtualBackend> State<B> {
             if kind == ExchangeType::Fanout
                 && self
                     .backend
-                    .put_fanout(exchange, routing_key, envelope)
+                    .put_fanout(exchange, routing_key, &envelope)
                     .await?
             {
                 return Ok(());
@@ -296,17 +326,20 @@ impl<B: VirtualBackend> State<B> {
                 .unroutable(exchange, routing_key, envelope, priority, mandatory)
                 .await;
         }
-        for queue in &queues {
-            self.put_in_queue(queue, envelope, priority).await?;
+        let Some((last, others)) = queues.split_last() else {
+            return Ok(());
+        };
+        for queue in others {
+            self.put_in_queue(queue, envelope.clone(), priority).await?;
         }
-        Ok(())
+        self.put_in_queue(last, envelope, priority).await
     }
 
     async fn unroutable(
         &self,
         exchange: &str,
         routing_key: &str,
-        envelope: &Envelope,
+        envelope: Envelope,
         priority: u8,
         mandatory: bool,
     ) -> Result<()> {
@@ -323,7 +356,7 @@ impl<B: VirtualBackend> State<B> {
         match &self.options.unroutable_queue {
             Some(queue) => {
                 tracing::warn!(exchange, routing_key, queue = %queue, "unroutable message kept");
-                self.backend.put(queue, envelope, priority).await
+                self.backend.put_owned(queue, envelope, priority).await
             }
             None => {
                 tracing::warn!(exchange, routing_key, "unroutable message dropped");
@@ -332,19 +365,16 @@ impl<B: VirtualBackend> State<B> {
         }
     }
 
-    async fn put_in_queue(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
+    async fn put_in_queue(&self, queue: &str, mut envelope: Envelope, priority: u8) -> Result<()> {
         let declaration = self.declaration(queue).await?;
         let queue_ttl = declaration.as_ref().and_then(|q| q.message_ttl);
         let needs_time = queue_ttl.is_some() || envelope.properties.contains_key("expiration");
         if needs_time && !envelope.properties.contains_key(PUBLISHED_MS) {
-            let mut stamped = envelope.clone();
-            stamped
+            envelope
                 .properties
                 .insert(PUBLISHED_MS.into(), now_ms().into());
-            self.backend.put(queue, &stamped, priority).await?;
-        } else {
-            self.backend.put(queue, envelope, priority).await?;
         }
+        self.backend.put_owned(queue, envelope, priority).await?;
         if let Some(max) = declaration.as_ref().and_then(|q| q.max_length) {
             self.enforce_max_length(queue, max).await?;
         }
@@ -406,13 +436,12 @@ impl<B: VirtualBackend> State<B> {
         envelope.properties.shift_remove("expiration");
         envelope.properties.shift_remove(PUBLISHED_MS);
         set_delivery_info(&mut envelope, &dlx, &routing_key);
-        envelope.properties.insert(
-            "delivery_tag".into(),
-            uuid::Uuid::new_v4().to_string().into(),
-        );
-        let priority = from_envelope(&envelope).0.properties.priority.unwrap_or(0);
+        envelope
+            .properties
+            .insert("delivery_tag".into(), new_delivery_tag().into());
+        let (priority, _) = priority_and_expiration(&envelope);
         tracing::debug!(queue, reason, exchange = %dlx, "message dead-lettered");
-        self.route_and_put(&dlx, &routing_key, &envelope, priority, false)
+        self.route_and_put(&dlx, &routing_key, envelope, priority, false)
             .await
     }
 
@@ -420,7 +449,7 @@ impl<B: VirtualBackend> State<B> {
         let Some(published) = published_ms(envelope) else {
             return false;
         };
-        let message_ttl = from_envelope(envelope).0.properties.expiration_duration();
+        let (_, message_ttl) = priority_and_expiration(envelope);
         let queue_ttl = declaration.and_then(|q| q.message_ttl);
         let ttl = match (message_ttl, queue_ttl) {
             (Some(a), Some(b)) => a.min(b),
@@ -443,7 +472,7 @@ impl<B: VirtualBackend> State<B> {
             receipt,
             body,
         } = fetched;
-        let envelope = match body {
+        let mut envelope = match body {
             FetchedBody::Envelope(envelope) => envelope,
             FetchedBody::Corrupt { raw, error } => {
                 self.reject_corrupt(&queue, &receipt, raw, &error).await?;
@@ -451,13 +480,14 @@ impl<B: VirtualBackend> State<B> {
             }
         };
         let declaration = self.declaration(&queue).await?;
-        if self.expired(&envelope, declaration.as_ref()) {
+        if self.expired(&envelope, declaration.as_deref()) {
             self.dead_letter(&queue, envelope, "expired").await?;
             self.backend.ack(&queue, &receipt).await?;
             return Ok(Admitted::Skipped);
         }
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let (message, mut info) = from_envelope(&envelope);
+        let body = Bytes::from(std::mem::take(&mut envelope.body));
+        let (message, mut info) = from_envelope_with_body(&envelope, body.clone());
         info.consumer_tag = consumer_tag.map(str::to_owned);
         info.queue = Some(queue.clone());
         info.receipt = Some(receipt.clone());
@@ -470,6 +500,7 @@ impl<B: VirtualBackend> State<B> {
                     queue,
                     receipt,
                     envelope,
+                    body,
                 },
             );
         }
@@ -489,7 +520,7 @@ impl<B: VirtualBackend> State<B> {
         let mut headers = Map::new();
         headers.insert("x-kombu-error".into(), error.to_string().into());
         let mut wrapped = to_envelope(
-            &RawMessage {
+            RawMessage {
                 body: raw.into(),
                 content_type: Some("application/data".into()),
                 content_encoding: Some("binary".into()),
@@ -498,7 +529,7 @@ impl<B: VirtualBackend> State<B> {
             },
             "",
             queue,
-            &uuid::Uuid::new_v4().to_string(),
+            new_delivery_tag(),
         );
         wrapped.properties.shift_remove("delivery_mode");
         self.dead_letter(queue, wrapped, "rejected").await?;
@@ -507,13 +538,11 @@ impl<B: VirtualBackend> State<B> {
 
     /// Put a reserved message back (redelivered unless it was never handed out).
     async fn release(&self, item: Unacked, redelivered: bool) -> Result<()> {
-        let mut envelope = item.envelope;
+        let (queue, receipt, mut envelope) = item.into_envelope();
         if redelivered {
             envelope.mark_redelivered();
         }
-        self.backend
-            .requeue(&item.queue, &item.receipt, &envelope)
-            .await
+        self.backend.requeue(&queue, &receipt, &envelope).await
     }
 
     async fn close(&self) -> Result<()> {
@@ -646,7 +675,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
             self.state
                 .lock()
                 .declarations
-                .insert(queue.name.clone(), Some(queue.clone()));
+                .insert(queue.name.clone(), Some(Arc::new(queue.clone())));
         }
         let size = self.state.backend.size(&queue.name).await?;
         Ok(QueueInfo::new(queue.name.clone(), size, 0))
@@ -695,11 +724,10 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         mandatory: bool,
     ) -> Result<()> {
         self.state.ensure_open()?;
-        let tag = uuid::Uuid::new_v4().to_string();
         let priority = message.properties.priority.unwrap_or(0);
-        let envelope = to_envelope(&message, exchange, routing_key, &tag);
+        let envelope = to_envelope(message, exchange, routing_key, new_delivery_tag());
         self.state
-            .route_and_put(exchange, routing_key, &envelope, priority, mandatory)
+            .route_and_put(exchange, routing_key, envelope, priority, mandatory)
             .await
     }
 
@@ -764,6 +792,11 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
 
     async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
         self.state.ensure_open()?;
+        if !multiple {
+            let item = take_one_unacked(&mut self.state.lock(), delivery_tag)?;
+            self.state.wake_poller.notify_one();
+            return self.state.backend.ack(&item.queue, &item.receipt).await;
+        }
         let items = take_unacked(&mut self.state.lock(), delivery_tag, multiple)?;
         self.state.wake_poller.notify_one();
         for item in items {
@@ -780,12 +813,13 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
             if requeue {
                 self.state.release(item, true).await?;
             } else {
+                let (queue, receipt, envelope) = item.into_envelope();
                 self.state
-                    .dead_letter(&item.queue, item.envelope.clone(), "rejected")
+                    .dead_letter(&queue, envelope.clone(), "rejected")
                     .await?;
                 self.state
                     .backend
-                    .discard(&item.queue, &item.receipt, &item.envelope)
+                    .discard(&queue, &receipt, &envelope)
                     .await?;
             }
         }
@@ -807,12 +841,23 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
     }
 }
 
+fn unknown_tag(delivery_tag: u64) -> Error {
+    Error::new(
+        ErrorKind::PreconditionFailed,
+        format!("unknown delivery tag {delivery_tag} (already acked, or from another channel)"),
+    )
+}
+
+fn take_one_unacked(inner: &mut Inner, delivery_tag: u64) -> Result<Unacked> {
+    inner
+        .unacked
+        .remove(&delivery_tag)
+        .ok_or_else(|| unknown_tag(delivery_tag))
+}
+
 fn take_unacked(inner: &mut Inner, delivery_tag: u64, multiple: bool) -> Result<Vec<Unacked>> {
     if !inner.unacked.contains_key(&delivery_tag) {
-        return Err(Error::new(
-            ErrorKind::PreconditionFailed,
-            format!("unknown delivery tag {delivery_tag} (already acked, or from another channel)"),
-        ));
+        return Err(unknown_tag(delivery_tag));
     }
     if multiple {
         let rest = inner.unacked.split_off(&(delivery_tag + 1));
