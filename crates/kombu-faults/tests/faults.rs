@@ -247,6 +247,11 @@ fn run(kind: BrokerKind, fault: Fault) {
     );
     // An AMQP basic.ack has no reply; redis and beanstalk answer theirs.
     let mut problems = tally.problems(kind != BrokerKind::Amqp);
+    if fault == Fault::StopBroker && tally.consumer_reconnects == 0 {
+        // Stopped for three heartbeats: the monitor must have noticed
+        // (within 1.5 intervals) and the consumer reconnected.
+        problems.push("the hung broker was not detected: the consumer never reconnected".into());
+    }
     if published.is_none_or(|s| !s.success()) {
         problems.push(format!("publisher did not finish: {published:?}"));
     }
