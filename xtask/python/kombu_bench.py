@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -100,6 +101,8 @@ def drain_until(conn, done, progress, what):
 
 
 def main():
+    # A SIGTERM (e.g. Ctrl-C on the xtask) still deletes the queues.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
     options = transport_options(args.option)
     body = b"x" * args.size
