@@ -395,7 +395,10 @@ impl Connection {
     }
 
     /// Resolves (with the new state) once the epoch is no longer `epoch`.
-    pub(crate) fn lost_since(&self, epoch: u64) -> impl Future<Output = EpochState> + Send + 'static {
+    pub(crate) fn lost_since(
+        &self,
+        epoch: u64,
+    ) -> impl Future<Output = EpochState> + Send + 'static {
         let mut watch = self.shared.epoch.subscribe();
         async move {
             match watch.wait_for(|state| state.epoch != epoch).await {

@@ -51,7 +51,7 @@ const REQUEUED: u8 = 3;
 pub struct Message {
     delivery: Delivery,
     channel: Arc<dyn Channel>,
-    decoder: Decoder,
+    decoder: Arc<Decoder>,
     no_ack: bool,
     epoch: u64,
     state: AtomicU8,
@@ -72,7 +72,7 @@ impl Message {
     pub(crate) fn new(
         delivery: Delivery,
         channel: Arc<dyn Channel>,
-        decoder: Decoder,
+        decoder: Arc<Decoder>,
         no_ack: bool,
         epoch: u64,
     ) -> Self {
@@ -322,7 +322,7 @@ impl ConsumerBuilder {
         Ok(Consumer {
             spec: self.spec,
             reconnect: self.reconnect,
-            decoder,
+            decoder: Arc::new(decoder),
             attached,
             cancelled: false,
             lost: None,
@@ -337,8 +337,48 @@ impl ConsumerBuilder {
 struct Attached {
     channel: Arc<dyn Channel>,
     epoch: u64,
-    streams: SelectAll<DeliveryStream>,
+    streams: Streams,
     tags: Vec<String>,
+}
+
+/// The delivery streams of a consumer: one polled directly (the common
+/// case, without the cost of a `SelectAll`), or several merged.
+enum Streams {
+    One(Option<DeliveryStream>),
+    Many(SelectAll<DeliveryStream>),
+}
+
+impl Streams {
+    fn new(mut streams: Vec<DeliveryStream>) -> Self {
+        if streams.len() == 1 {
+            Streams::One(streams.pop())
+        } else {
+            Streams::Many(streams.into_iter().collect())
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Streams::One(stream) => stream.is_none(),
+            Streams::Many(all) => all.is_empty(),
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery>>> {
+        match self {
+            Streams::One(slot) => match slot {
+                Some(stream) => {
+                    let polled = stream.as_mut().poll_next(cx);
+                    if let Poll::Ready(None) = polled {
+                        *slot = None;
+                    }
+                    polled
+                }
+                None => Poll::Ready(None),
+            },
+            Streams::Many(all) => Pin::new(all).poll_next(cx),
+        }
+    }
 }
 
 /// Open a channel, declare, set QoS and consume every queue of `spec`. A
@@ -363,14 +403,14 @@ async fn attach(spec: Spec) -> Result<Attached> {
             }
         }
         channel.basic_qos(spec.prefetch_count).await?;
-        let mut streams: SelectAll<DeliveryStream> = SelectAll::new();
+        let mut streams = Vec::with_capacity(names.len());
         let mut tags = Vec::new();
         for name in &names {
             let tag = format!("{}{}", spec.tag_prefix, uuid::Uuid::new_v4().simple());
             streams.push(channel.basic_consume(name, &tag, spec.no_ack).await?);
             tags.push(tag);
         }
-        Ok::<_, Error>((streams, tags))
+        Ok::<_, Error>((Streams::new(streams), tags))
     }
     .await;
     match result {
@@ -452,7 +492,7 @@ async fn reattach(
 pub struct Consumer {
     spec: Spec,
     reconnect: Option<RetryPolicy>,
-    decoder: Decoder,
+    decoder: Arc<Decoder>,
     attached: Attached,
     cancelled: bool,
     lost: Option<BoxFuture<'static, EpochState>>,
@@ -600,7 +640,7 @@ impl Stream for Consumer {
                     continue;
                 }
             }
-            match Pin::new(&mut this.attached.streams).poll_next(cx) {
+            match this.attached.streams.poll_next(cx) {
                 Poll::Ready(Some(Ok(delivery))) => {
                     return Poll::Ready(Some(Ok(Message::new(
                         delivery,

@@ -198,6 +198,10 @@ mod tests {
         let limited = RetryPolicy::new().timeout(Duration::from_secs(5));
         // Each wait must end before the deadline, measured on the clock.
         let waits: Vec<u64> = limited.delays().map(|d| d.as_secs()).collect();
-        assert_eq!(waits, [2, 4], "a 6 s wait from now would end past the 5 s deadline");
+        assert_eq!(
+            waits,
+            [2, 4],
+            "a 6 s wait from now would end past the 5 s deadline"
+        );
     }
 }

@@ -34,7 +34,7 @@ pub struct SimpleQueue {
     queue: Queue,
     producer: Producer,
     channel: tokio::sync::Mutex<Option<(Arc<dyn Channel>, u64)>>,
-    decoder: Decoder,
+    decoder: Arc<Decoder>,
     no_ack: bool,
     delivery_mode: DeliveryMode,
 }
@@ -53,7 +53,7 @@ impl SimpleQueue {
                 .routing_key(name),
             queue,
             channel: tokio::sync::Mutex::new(None),
-            decoder: Decoder::new(connection, Accept::default()),
+            decoder: Arc::new(Decoder::new(connection, Accept::default())),
             no_ack: buffer,
             delivery_mode: if buffer {
                 DeliveryMode::Transient
@@ -75,7 +75,7 @@ impl SimpleQueue {
 
     /// Accept these content types on `get` (default: json only).
     pub fn accept(mut self, accept: Accept) -> Self {
-        self.decoder.accept = accept;
+        Arc::make_mut(&mut self.decoder).accept = accept;
         self
     }
 
