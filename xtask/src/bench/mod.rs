@@ -180,7 +180,7 @@ pub static TRANSPORTS: &[Transport] = &[
             package: "kombu-amqp",
             example: "raw_lapin_bench",
             label: "raw lapin",
-            extra_args: &["--confirms"],
+            extra_args: &["--confirm"],
         }),
     },
     Transport {
@@ -1253,6 +1253,6 @@ mod tests {
             .as_ref()
             .unwrap()
             .1
-            .contains(&"--confirms".to_owned()));
+            .contains(&"--confirm".to_owned()));
     }
 }
