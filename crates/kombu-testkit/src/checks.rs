@@ -12,7 +12,7 @@ use kombu_core::{
 };
 use serde_json::{json, Value};
 
-use crate::support::{recv, recv_n, skip, unique, Cleanup};
+use crate::support::{consumer_builder, recv, recv_n, recv_within, skip, step, unique, Cleanup};
 
 fn check(condition: bool, what: impl Into<String>) -> Result<()> {
     if condition {
@@ -30,15 +30,54 @@ fn expect_eq<T: PartialEq + std::fmt::Debug>(actual: T, expected: T, what: &str)
 }
 
 async fn consumer(conn: &Connection, queue: &Queue, prefetch: u16) -> Result<Consumer> {
-    Consumer::builder(conn)
+    step(format!("starting a consumer of {}", queue.name));
+    consumer_builder(conn)
         .queue(queue.clone())
         .prefetch_count(prefetch)
         .build()
         .await
 }
 
-/// Nothing arrives on `consumer` within `wait`.
+/// Nothing but what was already received is in `queue` for `consumer`:
+/// publish a sentinel to `queue` (through the default exchange) and read
+/// up to it; any message before it is an error. Unlike waiting out a
+/// fixed window, this is as fast as the transport and cannot pass only
+/// because the transport was slow (a CouchDB stand-in polls once a second).
+async fn expect_only_sentinel(
+    conn: &Connection,
+    consumer: &mut Consumer,
+    queue: &str,
+) -> Result<()> {
+    let sentinel = json!({"kombu-testkit-sentinel": unique("s")});
+    step(format!("publishing a sentinel to {queue}"));
+    Producer::new(conn)
+        .publish(sentinel.clone(), PublishOptions::new().routing_key(queue))
+        .await?;
+    let m = recv_within(
+        consumer,
+        crate::RECV_TIMEOUT,
+        &format!("the sentinel on {queue}"),
+    )
+    .await?;
+    let body = m.decode::<Value>().ok();
+    m.ack().await?;
+    if body.as_ref() == Some(&sentinel) {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Other,
+        format!(
+            "{queue}: unexpected message before the sentinel: {:?}",
+            String::from_utf8_lossy(m.body())
+        ),
+    ))
+}
+
+/// Nothing arrives on `consumer` within `wait`: only for what a sentinel
+/// cannot show (a prefetch limit holding messages back also holds back a
+/// sentinel).
 async fn expect_silence(consumer: &mut Consumer, wait: Duration) -> Result<()> {
+    step(format!("checking nothing arrives within {wait:?}"));
     match tokio::time::timeout(wait, consumer.next()).await {
         Err(_) => Ok(()),
         Ok(None) => Ok(()),
@@ -109,7 +148,7 @@ pub async fn direct_exchange(conn: &Connection) -> Result<()> {
     let m = recv(&mut c1).await?;
     expect_eq(m.decode::<String>()?, "to-a".into(), "body")?;
     m.ack().await?;
-    expect_silence(&mut c2, Duration::from_millis(300)).await?;
+    expect_only_sentinel(conn, &mut c2, &q2.name).await?;
     clean.run(c1.channel().as_ref()).await;
     Ok(())
 }
@@ -141,7 +180,8 @@ pub async fn topic_exchange(conn: &Connection) -> Result<()> {
         vec!["a.err", "b.c.err"],
         vec!["a.err", "a.x.y"],
     ];
-    for (c, want) in cs.iter_mut().zip(expected) {
+    let names = [&q1.name, &q2.name, &q3.name];
+    for ((c, want), name) in cs.iter_mut().zip(expected).zip(names) {
         let mut got = Vec::new();
         for m in recv_n(c, want.len()).await? {
             got.push(m.decode::<String>()?);
@@ -153,7 +193,7 @@ pub async fn topic_exchange(conn: &Connection) -> Result<()> {
             want.iter().map(|s| s.to_string()).collect(),
             "topic routing",
         )?;
-        expect_silence(c, Duration::from_millis(200)).await?;
+        expect_only_sentinel(conn, c, name).await?;
     }
     clean.run(cs[0].channel().as_ref()).await;
     Ok(())
@@ -231,7 +271,7 @@ pub async fn headers_exchange(conn: &Connection) -> Result<()> {
     let m = recv(&mut c_all).await?;
     expect_eq(m.decode::<String>()?, "both".into(), "x-match all")?;
     m.ack().await?;
-    expect_silence(&mut c_all, Duration::from_millis(300)).await?;
+    expect_only_sentinel(conn, &mut c_all, &all.name).await?;
     let mut got = Vec::new();
     for m in recv_n(&mut c_any, 2).await? {
         got.push(m.decode::<String>()?);
@@ -243,7 +283,7 @@ pub async fn headers_exchange(conn: &Connection) -> Result<()> {
         vec!["both".to_string(), "one".to_string()],
         "x-match any",
     )?;
-    expect_silence(&mut c_any, Duration::from_millis(300)).await?;
+    expect_only_sentinel(conn, &mut c_any, &any.name).await?;
     clean.run(channel.as_ref()).await;
     Ok(())
 }
@@ -380,7 +420,7 @@ pub async fn purge_and_size(conn: &Connection) -> Result<()> {
 pub async fn serializers_round_trip(conn: &Connection) -> Result<()> {
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&unique("serial-q")));
-    let mut c = Consumer::builder(conn)
+    let mut c = consumer_builder(conn)
         .queue(q.clone())
         .accept(Accept::all())
         .build()
@@ -435,7 +475,7 @@ pub async fn raw_and_text_bodies(conn: &Connection) -> Result<()> {
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&unique("raw-q")));
     // json-only (the default) trusts application/data but not text/plain.
-    let mut c = Consumer::builder(conn)
+    let mut c = consumer_builder(conn)
         .queue(q.clone())
         .accept(Accept::new(["json", "text/plain"]))
         .build()
@@ -612,7 +652,7 @@ pub async fn message_ttl_expires(conn: &Connection) -> Result<()> {
     let m = recv(&mut c).await?;
     expect_eq(m.decode::<String>()?, "long".into(), "surviving message")?;
     m.ack().await?;
-    expect_silence(&mut c, Duration::from_millis(300)).await?;
+    expect_only_sentinel(conn, &mut c, &q.name).await?;
     clean.run(channel.as_ref()).await;
     Ok(())
 }
@@ -736,12 +776,16 @@ pub async fn many_producers_many_consumers(conn: &Connection) -> Result<()> {
     const PRODUCERS: usize = 8;
     const CONSUMERS: usize = 8;
     const EACH: usize = 25;
+    /// All messages are in within this time, or the check fails.
+    const ALL_IN: Duration = Duration::from_secs(60);
     let mut clean = Cleanup::new();
     let q = Queue::new(clean.queue(&unique("mpmc-q")));
     let channel = conn.channel().await?;
     q.declare(channel.as_ref()).await?;
-    let seen = Arc::new(tokio::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let total = PRODUCERS * EACH;
+    let deadline = tokio::time::Instant::now() + ALL_IN;
+    let count = |seen: &std::sync::Mutex<Vec<String>>| seen.lock().map_or(0, |s| s.len());
     let mut consumers = Vec::new();
     for _ in 0..CONSUMERS {
         let conn = conn.clone();
@@ -749,23 +793,30 @@ pub async fn many_producers_many_consumers(conn: &Connection) -> Result<()> {
         let seen = seen.clone();
         consumers.push(tokio::spawn(async move {
             let mut c = consumer(&conn, &q, 5).await?;
-            loop {
-                if seen.lock().await.len() >= total {
-                    return Ok::<(), Error>(());
-                }
+            // Each consumer stops once all are in or at the deadline; an
+            // error (a dead server, say) ends it at once.
+            while count(&seen) < total && tokio::time::Instant::now() < deadline {
                 match tokio::time::timeout(Duration::from_millis(500), c.next()).await {
                     Ok(Some(m)) => {
                         let m = m?;
                         let id: String = m.decode()?;
                         m.ack().await?;
-                        seen.lock().await.push(id);
+                        if let Ok(mut seen) = seen.lock() {
+                            seen.push(id);
+                        }
                     }
-                    Ok(None) => return Ok(()),
+                    Ok(None) => {
+                        return Err(Error::new(ErrorKind::Closed, "a consumer's stream ended"))
+                    }
                     Err(_) => {}
                 }
             }
+            Ok::<(), Error>(())
         }));
     }
+    step(format!(
+        "{PRODUCERS} producers publishing {EACH} messages each"
+    ));
     let mut producers = Vec::new();
     for p_index in 0..PRODUCERS {
         let conn = conn.clone();
@@ -782,21 +833,41 @@ pub async fn many_producers_many_consumers(conn: &Connection) -> Result<()> {
             Ok::<(), Error>(())
         }));
     }
+    let join = |e: tokio::task::JoinError| Error::new(ErrorKind::Other, e.to_string());
     for p in producers {
-        p.await
-            .map_err(|e| Error::new(ErrorKind::Other, e.to_string()))??;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tokio::time::timeout(left, p)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("producers still publishing after {ALL_IN:?}"),
+                )
+            })?
+            .map_err(join)??;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.lock().await.len() < total && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    step(format!("{CONSUMERS} consumers receiving {total} messages"));
     for c in consumers {
-        c.await
-            .map_err(|e| Error::new(ErrorKind::Other, e.to_string()))??;
+        // A consumer ends by the deadline (plus one receive and its ack).
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now())
+            + Duration::from_secs(10);
+        tokio::time::timeout(left, c)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    "a consumer did not stop by the deadline",
+                )
+            })?
+            .map_err(join)??;
     }
-    let seen = seen.lock().await;
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
     let unique_ids: HashSet<&String> = seen.iter().collect();
-    expect_eq(unique_ids.len(), total, "distinct messages received")?;
+    expect_eq(
+        unique_ids.len(),
+        total,
+        &format!("distinct messages received within {ALL_IN:?}"),
+    )?;
     expect_eq(
         seen.len(),
         total,
@@ -842,7 +913,7 @@ pub async fn consumer_on_several_queues(conn: &Connection) -> Result<()> {
     let mut clean = Cleanup::new();
     let q1 = Queue::new(clean.queue(&unique("multi-q1")));
     let q2 = Queue::new(clean.queue(&unique("multi-q2")));
-    let mut c = Consumer::builder(conn)
+    let mut c = consumer_builder(conn)
         .queues([q1.clone(), q2.clone()])
         .prefetch_count(10)
         .build()

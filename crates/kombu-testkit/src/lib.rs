@@ -5,6 +5,14 @@
 //! each. A check the transport's [`Capabilities`](kombu_core::Capabilities)
 //! rule out prints a `SKIP` line and passes.
 //!
+//! Every check ends: it runs within [`CHECK_DEADLINE`] (120 s;
+//! `KOMBU_TEST_CHECK_SECS` overrides it), each wait for a message within
+//! [`RECV_TIMEOUT`], and its consumers reconnect a few times only
+//! ([`test_reconnect_policy`]), so a dead server fails the check with the
+//! connection error, the check's name and its last [`step`]. A "nothing
+//! else arrived" check publishes a sentinel message and reads up to it
+//! rather than waiting out a fixed window.
+//!
 //! A test that needs a server reads `KOMBU_TEST_<NAME>_URL` through
 //! [`test_url`]. Without it the test prints a skip line naming the
 //! variable; with `KOMBU_TEST_REQUIRE=1` (CI sets it) a missing URL fails.
@@ -22,8 +30,9 @@ pub mod checks;
 mod support;
 
 pub use support::{
-    connection_for, python_peer, recv, recv_n, require_env, run_python, skip, test_url, unique,
-    Cleanup, RECV_TIMEOUT,
+    connection_for, consumer_builder, python_peer, recv, recv_n, recv_within, require_env,
+    run_check, run_python, skip, step, test_reconnect_policy, test_url, unique, Cleanup,
+    CHECK_DEADLINE, RECV_TIMEOUT,
 };
 
 /// Expand the conformance checks into `#[tokio::test]`s. `$connect` is a
@@ -68,11 +77,7 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let Some(conn) = $connect() else { return };
-                let result = $crate::checks::$name(&conn).await;
-                let _ = conn.close().await;
-                if let Err(err) = result {
-                    panic!("{} failed on {}: {err}", stringify!($name), conn.as_uri());
-                }
+                $crate::run_check(stringify!($name), &conn, $crate::checks::$name(&conn)).await;
             }
         )*
     };

@@ -4,10 +4,107 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kombu_core::{Channel, Connection, Consumer, Error, ErrorKind, Message, Registry, Result};
+use kombu_core::{
+    Channel, Connection, Consumer, ConsumerBuilder, Error, ErrorKind, Message, Registry, Result,
+    RetryPolicy,
+};
 
 /// How long a check waits for a message before it fails.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long one conformance check may run in all before it fails (a few
+/// times the slowest check's normal duration on the slowest stand-in).
+/// `KOMBU_TEST_CHECK_SECS` overrides it.
+pub const CHECK_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long closing the connection after a check may take.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+tokio::task_local! {
+    /// What the running check is doing now (for the deadline's message).
+    static STEP: std::sync::Mutex<String>;
+}
+
+/// Note what the running check does now; a check that runs past its
+/// deadline fails with the last step noted. Outside a check, a no-op.
+///
+/// ```
+/// kombu_testkit::step("publishing 5 messages");
+/// ```
+pub fn step(what: impl Into<String>) {
+    let what = what.into();
+    let _ = STEP.try_with(|step| {
+        if let Ok(mut step) = step.lock() {
+            *step = what;
+        }
+    });
+}
+
+/// The deadline of one check: [`CHECK_DEADLINE`] or `KOMBU_TEST_CHECK_SECS`.
+fn check_deadline() -> Duration {
+    std::env::var("KOMBU_TEST_CHECK_SECS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(CHECK_DEADLINE, Duration::from_secs)
+}
+
+/// Run the conformance check `name` on `conn` within its deadline, then
+/// close the connection (within 10 s). Panics, naming the check, the URL
+/// (password masked) and the last [`step`], when the check fails or runs
+/// past its deadline: what [`conformance_tests!`](crate::conformance_tests)
+/// expands to.
+///
+/// ```
+/// # async fn demo(conn: kombu_core::Connection) {
+/// kombu_testkit::run_check("my_check", &conn, async { Ok(()) }).await;
+/// # }
+/// ```
+pub async fn run_check(
+    name: &str,
+    conn: &Connection,
+    check: impl std::future::Future<Output = Result<()>>,
+) {
+    let deadline = check_deadline();
+    let started = std::time::Instant::now();
+    let (result, last_step) = STEP
+        .scope(std::sync::Mutex::new("starting".into()), async {
+            let result = tokio::time::timeout(deadline, check).await;
+            let last = STEP.with(|s| s.lock().map(|s| s.clone()).unwrap_or_default());
+            (result, last)
+        })
+        .await;
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, conn.close()).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => panic!(
+            "{name} failed on {} after {:.1} s: {err} (last step: {last_step})",
+            conn.as_uri(),
+            started.elapsed().as_secs_f64()
+        ),
+        Err(_) => panic!(
+            "{name} did not finish within {deadline:?} on {}: it was {last_step}",
+            conn.as_uri()
+        ),
+    }
+}
+
+/// How consumers made by checks reconnect: a few quick tries, then the
+/// stream gives the connection error (a consumer's default retries for
+/// ever, which would turn a dead server into a hung test).
+pub fn test_reconnect_policy() -> RetryPolicy {
+    RetryPolicy::new()
+        .max_retries(3)
+        .interval_start(Duration::from_millis(200))
+        .interval_step(Duration::from_millis(500))
+        .interval_max(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+}
+
+/// A consumer builder for tests: [`Consumer::builder`] with
+/// [`test_reconnect_policy`].
+pub fn consumer_builder(conn: &Connection) -> ConsumerBuilder {
+    Consumer::builder(conn).reconnect(test_reconnect_policy())
+}
 
 fn required() -> bool {
     matches!(
@@ -78,21 +175,36 @@ pub fn skip(check: &str, why: &str) -> Result<()> {
 
 /// The next message of `consumer`, or an error after [`RECV_TIMEOUT`].
 pub async fn recv(consumer: &mut Consumer) -> Result<Message> {
-    match tokio::time::timeout(RECV_TIMEOUT, consumer.next()).await {
-        Ok(Some(message)) => message,
-        Ok(None) => Err(Error::new(ErrorKind::Closed, "consumer stream ended")),
+    recv_within(consumer, RECV_TIMEOUT, "a message").await
+}
+
+/// The next message of `consumer` within `wait`; the error says what was
+/// awaited (`what`) and what came instead (a stream end, an error, nothing).
+pub async fn recv_within(consumer: &mut Consumer, wait: Duration, what: &str) -> Result<Message> {
+    step(format!("waiting up to {wait:?} for {what}"));
+    match tokio::time::timeout(wait, consumer.next()).await {
+        Ok(Some(Ok(message))) => Ok(message),
+        Ok(Some(Err(err))) => Err(Error::new(
+            err.kind(),
+            format!("waiting for {what}, the consumer gave an error: {err}"),
+        )),
+        Ok(None) => Err(Error::new(
+            ErrorKind::Closed,
+            format!("waiting for {what}, the consumer stream ended"),
+        )),
         Err(_) => Err(Error::new(
             ErrorKind::Timeout,
-            format!("no message within {RECV_TIMEOUT:?}"),
+            format!("waited {wait:?} for {what}; nothing came"),
         )),
     }
 }
 
-/// The next `n` messages of `consumer`.
+/// The next `n` messages of `consumer` (each within [`RECV_TIMEOUT`]).
 pub async fn recv_n(consumer: &mut Consumer, n: usize) -> Result<Vec<Message>> {
     let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(recv(consumer).await?);
+    for i in 0..n {
+        let what = format!("message {} of {n}", i + 1);
+        out.push(recv_within(consumer, RECV_TIMEOUT, &what).await?);
     }
     Ok(out)
 }
@@ -119,13 +231,16 @@ impl Cleanup {
         self.exchanges.push(name.to_owned());
         name.to_owned()
     }
-    /// Delete everything recorded.
+    /// Delete everything recorded (each deletion bounded: a dead server
+    /// does not hold up the check's result).
     pub async fn run(self, channel: &dyn Channel) {
+        step("deleting the check's queues and exchanges");
+        let limit = Duration::from_secs(5);
         for queue in &self.queues {
-            let _ = channel.queue_delete(queue).await;
+            let _ = tokio::time::timeout(limit, channel.queue_delete(queue)).await;
         }
         for exchange in &self.exchanges {
-            let _ = channel.exchange_delete(exchange).await;
+            let _ = tokio::time::timeout(limit, channel.exchange_delete(exchange)).await;
         }
     }
 }
