@@ -20,6 +20,7 @@ mod python;
 mod services;
 mod state;
 mod test_cmd;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

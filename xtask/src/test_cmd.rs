@@ -74,10 +74,14 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
         command.env("KOMBU_TEST_REQUIRE", "1");
     }
 
+    let limit = crate::watch::test_limit();
+    eprintln!(
+        "xtask: watching the services that are up, and every test (limit {} s each, \
+         KOMBU_TEST_LIMIT_SECS)",
+        limit.as_secs()
+    );
     let tests_started = Instant::now();
-    let status = command
-        .status()
-        .map_err(|e| format!("could not run cargo test: {e}"))?;
+    let outcome = crate::watch::run(root, command, limit)?;
     let tests_time = tests_started.elapsed();
 
     eprintln!("xtask: timing");
@@ -91,7 +95,16 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
     eprintln!("  cargo test   {} (build + run)", secs(tests_time));
     eprintln!("  total        {}", secs(services_started.elapsed()));
 
-    Ok(match status.code() {
+    for dead in &outcome.dead_services {
+        eprintln!("xtask: FAILED: service died during the run: {dead}");
+    }
+    for killed in &outcome.killed_tests {
+        eprintln!("xtask: FAILED: test killed at its limit: {killed}");
+    }
+    if !outcome.dead_services.is_empty() || !outcome.killed_tests.is_empty() {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(match outcome.status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,

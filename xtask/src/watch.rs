@@ -1,0 +1,346 @@
+//! Watching a test run: `cargo test`'s output passes through unchanged
+//! while two guards look on.
+//!
+//! * **Services.** Every service that answered when the run began is
+//!   checked every 2 s: one `services up` started must keep its process
+//!   (a crash is seen at once); any service must answer on its port (a
+//!   port that stays shut for 30 s counts as dead; the grace covers the
+//!   RabbitMQ restart test). A dead service is reported at once, with the
+//!   tail of its log, and again in the summary; the run then fails even if
+//!   the tests passed.
+//! * **Tests.** libtest says when a test has run over 60 s. One that is
+//!   still running after the per-test limit (`KOMBU_TEST_LIMIT_SECS`,
+//!   default [`DEFAULT_TEST_LIMIT`]) has its test binary killed, so the run
+//!   fails naming it instead of hanging until CI's own limit.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::process;
+use crate::services::{Service, SERVICES};
+use crate::state::{Mode, State};
+use crate::Result;
+
+/// How long one test may run before its binary is killed.
+pub const DEFAULT_TEST_LIMIT: Duration = Duration::from_secs(240);
+/// How often the services are checked.
+const SERVICE_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long a port may stay shut before its service counts as dead.
+const PORT_GRACE: Duration = Duration::from_secs(30);
+/// Log lines shown for a dead service.
+const TAIL_LINES: usize = 25;
+
+/// What happened during a watched run.
+#[derive(Debug)]
+pub struct Outcome {
+    /// `cargo test`'s exit status.
+    pub status: ExitStatus,
+    /// Services that died, each with what was seen.
+    pub dead_services: Vec<String>,
+    /// Tests whose binary was killed for running past the limit.
+    pub killed_tests: Vec<String>,
+}
+
+/// The per-test limit: `KOMBU_TEST_LIMIT_SECS` or [`DEFAULT_TEST_LIMIT`].
+pub fn test_limit() -> Duration {
+    std::env::var("KOMBU_TEST_LIMIT_SECS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_TEST_LIMIT, Duration::from_secs)
+}
+
+/// One line of the child's output.
+enum Event {
+    Out(String),
+    Err(String),
+}
+
+/// Run `command` (a `cargo test`), pass its output through, and watch the
+/// services that are up now and the tests it runs.
+pub fn run(root: &Path, mut command: Command, limit: Duration) -> Result<Outcome> {
+    let mut services = ServiceWatch::new(root);
+    let mut tests = TestWatch::new(root, limit);
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run cargo test: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stdout)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                let _ = tx.send(Event::Out(line));
+            }
+        }));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                let _ = tx.send(Event::Err(line));
+            }
+        }));
+    }
+    drop(tx);
+
+    let mut last_service_check = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(Event::Out(line)) => {
+                println!("{line}");
+                tests.saw(&line);
+            }
+            Ok(Event::Err(line)) => {
+                eprintln!("{line}");
+                tests.saw(&line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // Both pipes closed: cargo is done (or about to be).
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if last_service_check.elapsed() >= SERVICE_CHECK_EVERY {
+            last_service_check = Instant::now();
+            services.check();
+        }
+        tests.enforce();
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let _ = std::io::stdout().flush();
+    let status = child
+        .wait()
+        .map_err(|e| format!("could not wait for cargo test: {e}"))?;
+    services.check();
+    Ok(Outcome {
+        status,
+        dead_services: services.dead,
+        killed_tests: tests.killed,
+    })
+}
+
+/// How a service is known to be alive.
+struct Watched {
+    service: &'static Service,
+    /// The process `services up` started, if it did.
+    process: Option<(u32, u64)>,
+    log: PathBuf,
+    /// Since when the port has not answered.
+    shut_since: Option<Instant>,
+    reported: bool,
+}
+
+struct ServiceWatch {
+    watched: Vec<Watched>,
+    started: Instant,
+    dead: Vec<String>,
+}
+
+impl ServiceWatch {
+    /// Every service that answers now.
+    fn new(root: &Path) -> Self {
+        let watched = SERVICES
+            .iter()
+            .filter(|s| process::port_answers(s.port))
+            .map(|service| {
+                let state = State::load(root, service.name)
+                    .filter(|st| st.mode == Mode::Native && st.is_live());
+                Watched {
+                    service,
+                    process: state.as_ref().map(|st| (st.pid, st.start_time)),
+                    log: state
+                        .map(|st| st.log)
+                        .unwrap_or_else(|| crate::services::log_path(root, service)),
+                    shut_since: None,
+                    reported: false,
+                }
+            })
+            .collect();
+        ServiceWatch {
+            watched,
+            started: Instant::now(),
+            dead: Vec::new(),
+        }
+    }
+
+    fn check(&mut self) {
+        let now = Instant::now();
+        for w in self.watched.iter_mut().filter(|w| !w.reported) {
+            let why = match w.process {
+                Some((pid, start)) if !process::is_same_process(pid, start) => {
+                    Some(format!("its process (pid {pid}) exited"))
+                }
+                _ if process::port_answers(w.service.port) => {
+                    w.shut_since = None;
+                    None
+                }
+                _ => {
+                    let since = *w.shut_since.get_or_insert(now);
+                    (now.duration_since(since) >= PORT_GRACE).then(|| {
+                        format!(
+                            "port {} has not answered for {} s",
+                            w.service.port,
+                            PORT_GRACE.as_secs()
+                        )
+                    })
+                }
+            };
+            let Some(why) = why else { continue };
+            w.reported = true;
+            let at = self.started.elapsed().as_secs();
+            eprintln!(
+                "\nxtask: SERVICE DIED: {} ({why}, {at} s into the test run); its tests fail \
+                 from here on. Last lines of {}:\n{}",
+                w.service.name,
+                w.log.display(),
+                process::tail(&w.log, TAIL_LINES)
+            );
+            self.dead.push(format!(
+                "{}: {why}, {at} s into the run (log: {})",
+                w.service.name,
+                w.log.display()
+            ));
+        }
+    }
+}
+
+/// The tests libtest said were slow, and the binary running them.
+struct TestWatch {
+    root: PathBuf,
+    limit: Duration,
+    /// The test binary cargo runs now (from its `Running ...` line).
+    binary: Option<PathBuf>,
+    /// Slow tests: name -> (binary, when it started).
+    slow: HashMap<String, (Option<PathBuf>, Instant)>,
+    killed: Vec<String>,
+}
+
+impl TestWatch {
+    fn new(root: &Path, limit: Duration) -> Self {
+        TestWatch {
+            root: root.to_path_buf(),
+            limit,
+            binary: None,
+            slow: HashMap::new(),
+            killed: Vec::new(),
+        }
+    }
+
+    /// Follow one line of cargo's or libtest's output.
+    fn saw(&mut self, line: &str) {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Running ") {
+            // `Running tests/conformance.rs (target/debug/deps/conformance-0123)`
+            self.binary = rest
+                .rsplit_once('(')
+                .and_then(|(_, path)| path.strip_suffix(')'))
+                .map(|path| self.root.join(path));
+            self.slow.clear();
+        } else if line.starts_with("Doc-tests ") {
+            self.binary = None;
+            self.slow.clear();
+        } else if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" has been running for over 60 seconds"))
+        {
+            let started = Instant::now()
+                .checked_sub(Duration::from_secs(60))
+                .unwrap_or_else(Instant::now);
+            self.slow
+                .insert(name.to_owned(), (self.binary.clone(), started));
+        } else if let Some((name, _)) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.split_once(" ... "))
+        {
+            self.slow.remove(name);
+        }
+    }
+
+    /// Kill the binary of a test that ran past the limit.
+    fn enforce(&mut self) {
+        let over: Vec<(String, Option<PathBuf>)> = self
+            .slow
+            .iter()
+            .filter(|(_, (_, started))| started.elapsed() > self.limit)
+            .map(|(name, (binary, _))| (name.clone(), binary.clone()))
+            .collect();
+        for (name, binary) in over {
+            self.slow.remove(&name);
+            let pids = binary.as_deref().map(processes_running).unwrap_or_default();
+            let shown = binary
+                .as_deref()
+                .map_or("a doctest".into(), |b| b.display().to_string());
+            eprintln!(
+                "\nxtask: TEST OVER ITS LIMIT: `{name}` has run over {} s \
+                 (KOMBU_TEST_LIMIT_SECS); killing its test binary {shown} (pids {pids:?})",
+                self.limit.as_secs()
+            );
+            for pid in pids {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stdin(Stdio::null())
+                    .status();
+            }
+            self.killed.push(format!(
+                "{name} (over {} s, in {shown})",
+                self.limit.as_secs()
+            ));
+        }
+    }
+}
+
+/// The PIDs of the processes running the executable `binary`.
+fn processes_running(binary: &Path) -> Vec<u32> {
+    let Ok(wanted) = binary.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let exe = std::fs::read_link(entry.path().join("exe")).ok()?;
+            (exe == wanted).then_some(pid)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_binaries_and_slow_tests() {
+        let mut watch = TestWatch::new(Path::new("/w"), Duration::from_secs(1));
+        watch.saw("     Running tests/conformance.rs (target/debug/deps/conformance-0123)");
+        assert_eq!(
+            watch.binary.as_deref(),
+            Some(Path::new("/w/target/debug/deps/conformance-0123"))
+        );
+        watch.saw("test many_producers has been running for over 60 seconds");
+        watch.saw("test other ... ok");
+        assert!(watch.slow.contains_key("many_producers"));
+        watch.saw("test many_producers ... FAILED");
+        assert!(watch.slow.is_empty());
+        watch.saw("test stuck has been running for over 60 seconds");
+        watch.enforce();
+        assert_eq!(watch.killed.len(), 1, "{:?}", watch.killed);
+        assert!(watch.killed[0].starts_with("stuck "), "{:?}", watch.killed);
+        watch.saw("   Doc-tests kombu_core");
+        assert!(watch.binary.is_none());
+    }
+}
