@@ -169,6 +169,16 @@ pub trait VirtualBackend: Send + Sync + 'static {
         Duration::from_secs(1)
     }
 
+    /// How long closing a channel waits for its consume loop's fetch under
+    /// way (before it puts the unacked messages back), so that what that
+    /// fetch takes returns to its queue before the process may exit. A
+    /// backend whose fetch can outlast the default (a long poll the server
+    /// keeps open) returns its longest fetch. By default the polling
+    /// interval + 5 s.
+    fn close_wait(&self) -> Duration {
+        self.polling_interval() + Duration::from_secs(5)
+    }
+
     /// Release connections; called once when the transport closes.
     async fn close(&self) -> Result<()> {
         Ok(())

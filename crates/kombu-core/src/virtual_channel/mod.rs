@@ -554,9 +554,7 @@ impl<B: VirtualBackend> State<B> {
         // Let a fetch that is under way finish: what it took goes back to
         // its queue now rather than when the reservation times out (a lease,
         // a visibility timeout), which matters when the process exits next.
-        let deadline = tokio::time::Instant::now()
-            + self.backend.polling_interval()
-            + std::time::Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + self.backend.close_wait();
         while self.lock().poller_running && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
