@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::time::Duration;
 
 use common::{command, compiled_schemes, kombu, kombu_stdin, wait};
 use serde_json::json;
@@ -382,25 +382,20 @@ fn count_takes_no_more_than_asked(url: &str) {
 #[cfg(unix)]
 fn interrupt_after(args: &[&str], lines: usize) -> (common::Run, usize) {
     let mut child = command(args).spawn().expect("run kombu");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = 0;
-    let mut line = String::new();
-    while printed < lines {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "consume ended early"
+    let mut stdout = kombu_testkit::ChildLines::new(child.stdout.take().unwrap());
+    for i in 0..lines {
+        stdout.expect_within(
+            Duration::from_secs(30),
+            &format!("line {} of {lines} from kombu consume", i + 1),
         );
-        printed += 1;
     }
+    let mut printed = lines;
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    printed += rest.lines().count();
+    printed += stdout.rest_within(Duration::from_secs(30)).len();
     let run = wait(child);
     (run, printed)
 }

@@ -9,14 +9,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{base_url, connect, prefix};
 use futures::StreamExt;
 use kombu_core::{Consumer, Producer, PublishOptions, Queue};
-use kombu_testkit::unique;
+use kombu_testkit::{unique, ChildLines};
 use serde_json::json;
 
 const CHILD_ENV: &str = "KOMBU_REDIS_CHILD";
@@ -93,32 +92,27 @@ async fn sigkill_between_fetch_and_ack_loses_nothing() {
     let mut probe = probe.get_multiplexed_async_connection().await.unwrap();
     for round in 0..KILLS {
         let mut child = spawn_child("ack", &url, &prefix, &queue);
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let mut acked = Vec::new();
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line
-                    .strip_prefix("got ")
-                    .and_then(|n| n.parse::<u64>().ok())
-                {
-                    got.push(n);
-                }
-                if let Some(n) = line
-                    .strip_prefix("acked ")
-                    .and_then(|n| n.parse::<u64>().ok())
-                {
-                    acked.push(n);
-                }
-            }
-            (got, acked)
-        });
+        let mut lines = ChildLines::new(child.stdout.take().unwrap());
         // Let it get going, then kill it mid-stream.
         let wait = 150 + (round as u64 * 37) % 250;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let (got, done) = reader.join().unwrap();
+        let (mut got, mut done) = (Vec::new(), Vec::new());
+        for line in lines.rest_within(Duration::from_secs(10)) {
+            if let Some(n) = line
+                .strip_prefix("got ")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                got.push(n);
+            }
+            if let Some(n) = line
+                .strip_prefix("acked ")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                done.push(n);
+            }
+        }
         seen.extend(got);
         acked.extend(done);
         let held: u64 = redis::cmd("HLEN")
@@ -238,17 +232,10 @@ async fn rust_consumer_dies_python_restores_after_visibility_timeout() {
     }
     // A Rust child takes them all, acks none, and is killed.
     let mut child = spawn_child("hold", &url, &prefix, &queue);
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.ends_with("ready")),
-        "the child never got ready"
-    );
-    for _ in 0..5 {
-        let line = lines.next().unwrap().unwrap();
+    let mut lines = ChildLines::new(child.stdout.take().unwrap());
+    lines.wait_for("ready", Duration::from_secs(30));
+    for i in 0..5 {
+        let line = lines.expect_within(Duration::from_secs(30), &format!("holding message {i}"));
         assert!(line.starts_with("holding "), "{line}");
     }
     child.kill().unwrap();

@@ -31,8 +31,8 @@ mod support;
 
 pub use support::{
     connection_for, consumer_builder, python_peer, recv, recv_n, recv_within, require_env,
-    run_check, run_python, skip, step, test_reconnect_policy, test_url, unique, Cleanup,
-    CHECK_DEADLINE, RECV_TIMEOUT,
+    run_check, run_python, skip, step, test_reconnect_policy, test_url, unique, ChildLines,
+    Cleanup, CHECK_DEADLINE, RECV_TIMEOUT,
 };
 
 /// Expand the conformance checks into `#[tokio::test]`s. `$connect` is a

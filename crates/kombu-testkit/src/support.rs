@@ -292,3 +292,87 @@ pub async fn run_python(
         ))
     }
 }
+
+/// The lines a child process prints, read on a thread of their own, so
+/// that a test waits for each with a deadline (a child that hangs fails
+/// the test saying what it waited for, instead of blocking it).
+///
+/// ```
+/// use std::time::Duration;
+/// let mut child = std::process::Command::new("echo")
+///     .arg("ready")
+///     .stdout(std::process::Stdio::piped())
+///     .spawn()
+///     .unwrap();
+/// let mut lines = kombu_testkit::ChildLines::new(child.stdout.take().unwrap());
+/// assert_eq!(lines.next_within(Duration::from_secs(5)).as_deref(), Some("ready"));
+/// assert_eq!(lines.next_within(Duration::from_secs(5)), None); // it ended
+/// child.wait().unwrap();
+/// ```
+pub struct ChildLines {
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChildLines {
+    /// Start reading `output` (a child's stdout or stderr) line by line.
+    pub fn new(output: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(output)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        ChildLines { lines: rx }
+    }
+
+    /// The next line within `wait`; `None` when the output ended or
+    /// nothing came in time.
+    pub fn next_within(&mut self, wait: Duration) -> Option<String> {
+        self.lines.recv_timeout(wait).ok()
+    }
+
+    /// The next line within `wait`, or a panic saying what was awaited.
+    pub fn expect_within(&mut self, wait: Duration, what: &str) -> String {
+        match self.lines.recv_timeout(wait) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("waited {wait:?} for {what}; the child printed nothing")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("waiting for {what}, the child's output ended")
+            }
+        }
+    }
+
+    /// Skip lines until one ends with `wanted` (libtest may print
+    /// `test name ... ` before it), within `wait` in all.
+    pub fn wait_for(&mut self, wanted: &str, wait: Duration) {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let what = format!("a line ending with {wanted:?}");
+            if self.expect_within(left, &what).ends_with(wanted) {
+                return;
+            }
+        }
+    }
+
+    /// Every line printed until the output ends, for at most `wait`.
+    pub fn rest_within(&mut self, wait: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut rest = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => rest.push(line),
+                Err(_) => return rest,
+            }
+        }
+    }
+}
