@@ -3,6 +3,7 @@
 //! writer wins), acked by deleting them with their revision, and waited for
 //! on the changes feed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kombu_core::routing::QueueBinding;
@@ -16,12 +17,11 @@ use crate::client::{status_error, CouchClient};
 use crate::config::CouchConfig;
 use crate::layout::{self, Lease, SequenceGenerator};
 
-/// Rows read per page when counting, purging or deleting a queue.
+/// Rows read per page when counting, purging or deleting a queue, and the
+/// largest page a claim reads.
 const PAGE: usize = 1000;
 /// Pause after a changes feed answer that concerned other queues.
 const IRRELEVANT_CHANGES_PAUSE: Duration = Duration::from_millis(50);
-/// Most messages a queue's size is counted up to.
-const SIZE_LIMIT: usize = 10_000_000;
 /// Attempts at a read-modify-write that keeps losing to other writers.
 const WRITE_ATTEMPTS: usize = 8;
 
@@ -35,6 +35,8 @@ fn now_ms() -> u64 {
 pub struct CouchBackend {
     client: CouchClient,
     owner: String,
+    /// The number of this backend's last claim (see [`layout::lease`]).
+    leases: AtomicU64,
     seqs: SequenceGenerator,
     feed: ChangesFeed,
     polling_interval: Duration,
@@ -53,6 +55,7 @@ impl CouchBackend {
         CouchBackend {
             client,
             owner: format!("{}-{}", std::process::id(), &instance[..12]),
+            leases: AtomicU64::new(0),
             seqs: SequenceGenerator::new(),
             feed: ChangesFeed::default(),
             polling_interval: config.polling_interval,
@@ -78,97 +81,96 @@ impl CouchBackend {
         &self.owner
     }
 
-    /// Messages of `queue`: the ready ones at `want.ready_at` (or all),
-    /// most urgent then oldest first when `want.sorted`, at most
-    /// `want.limit`. Asks the Mango index; when the server fails on it
-    /// (pouchdb-server does at times under concurrent writes), reads the
-    /// queue's id range instead.
-    async fn messages(&self, queue: &str, want: Want) -> Result<Vec<Value>> {
-        match self.find(queue, &want).await? {
-            Some(docs) => Ok(docs),
-            None => self.scan(queue, &want).await,
+    /// Ready messages of `queue` at `now`, most urgent then oldest first:
+    /// the ready ones of the first page of its id range that has any (at
+    /// most `claim_batch` of them). Messages leased by others are skipped
+    /// page by page, each page twice the size of the one before (up to
+    /// [`PAGE`]), so a queue whose head is leased costs a few requests, not
+    /// one per leased message.
+    async fn candidates(&self, queue: &str, now: u64) -> Result<Vec<Value>> {
+        let mut cursor = Cursor::messages(queue);
+        let mut limit = self.claim_batch;
+        while let Some(rows) = self.next_page(&mut cursor, limit, true).await? {
+            let ready: Vec<Value> = rows
+                .into_iter()
+                .filter_map(|row| row.doc)
+                .filter(|doc| layout::is_ready(doc, now))
+                .take(self.claim_batch)
+                .collect();
+            if !ready.is_empty() {
+                return Ok(ready);
+            }
+            limit = (limit * 2).min(PAGE);
         }
+        Ok(Vec::new())
     }
 
-    /// [`Self::messages`] through `_find`; `None` when the server failed
-    /// on its index.
-    async fn find(&self, queue: &str, want: &Want) -> Result<Option<Vec<Value>>> {
-        let selector = match want.ready_at {
-            Some(now) => layout::ready_selector(queue, now),
-            None => layout::all_messages_selector(queue),
-        };
-        let mut query = json!({
-            "selector": selector,
-            "limit": want.limit,
-            "use_index": [
-                format!("_design/{}", layout::MESSAGE_INDEX_DDOC),
-                layout::MESSAGE_INDEX_NAME
-            ],
-        });
-        if want.sorted {
-            query["sort"] = layout::message_sort();
+    /// The next page of `cursor`'s id range: at most `limit` rows (with
+    /// their documents when `docs`), `None` once the range is read. A
+    /// page starts at the last id of the page before (`startkey` is
+    /// inclusive) and leaves that row out: a document deleted in between
+    /// moves nothing.
+    async fn next_page(
+        &self,
+        cursor: &mut Cursor,
+        limit: usize,
+        docs: bool,
+    ) -> Result<Option<Vec<Row>>> {
+        if cursor.done {
+            return Ok(None);
         }
-        if let Some(fields) = want.fields {
-            query["fields"] = json!(fields);
-        }
-        let mut reply = self
-            .client
-            .send(Method::POST, &["_find"], &[], Some(&query), None)
-            .await?;
-        if reply.status == StatusCode::BAD_REQUEST {
-            let error = reply.body.get("error").and_then(Value::as_str);
-            let reason = reply.body.get("reason").and_then(Value::as_str);
-            if error == Some("no_usable_index") {
-                // Someone removed the index: make it again.
-                self.client.ensure_index().await?;
-                reply = self
-                    .client
-                    .send(Method::POST, &["_find"], &[], Some(&query), None)
-                    .await?;
-            } else if reason.is_some_and(|r| r.contains("Cannot read propert")) {
-                // pouchdb-server's index updater trips over documents
-                // changed while it reads them (a JavaScript TypeError).
-                tracing::debug!(reason, "couchdb: _find failed on the server; scanning");
-                return Ok(None);
+        let start = cursor.after.as_deref().unwrap_or(&cursor.start);
+        let asked = limit + usize::from(cursor.after.is_some());
+        let mut rows = self.all_docs(start, &cursor.end, Some(asked), docs).await?;
+        cursor.done = rows.len() < asked;
+        if let (Some(after), Some(first)) = (&cursor.after, rows.first()) {
+            if &first.id == after {
+                rows.remove(0);
             }
         }
-        let mut body = reply.ok("find messages")?;
-        match body.get_mut("docs").map(Value::take) {
-            Some(Value::Array(docs)) => Ok(Some(docs)),
-            _ => Err(Error::protocol("couchdb: _find answered without docs")),
+        match rows.last() {
+            Some(last) => cursor.after = Some(last.id.clone()),
+            None => cursor.done = true,
         }
+        Ok(Some(rows))
     }
 
-    /// [`Self::messages`] by reading the queue's id range (no index).
-    async fn scan(&self, queue: &str, want: &Want) -> Result<Vec<Value>> {
-        let (start, end) = layout::message_range(queue);
-        let mut docs = self.range(start, end).await?;
-        if let Some(now) = want.ready_at {
-            docs.retain(|doc| {
-                doc.get("lease_until")
-                    .and_then(Value::as_u64)
-                    .is_none_or(|until| until < now)
-            });
+    /// `_all_docs` from `start` to `end` (both inclusive), at most `limit`
+    /// rows, with the documents when `docs`.
+    async fn all_docs(
+        &self,
+        start: &str,
+        end: &str,
+        limit: Option<usize>,
+        docs: bool,
+    ) -> Result<Vec<Row>> {
+        let mut query = vec![
+            ("startkey", Value::from(start).to_string()),
+            ("endkey", Value::from(end).to_string()),
+        ];
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
         }
-        if want.sorted {
-            // Ids are in sequence order already; the sort is stable.
-            docs.sort_by_key(|doc| doc.get("rank").and_then(Value::as_u64).unwrap_or(0));
+        if docs {
+            query.push(("include_docs", "true".to_owned()));
         }
-        docs.truncate(want.limit);
-        Ok(docs)
+        let mut body = self
+            .client
+            .send(Method::GET, &["_all_docs"], &query, None, None)
+            .await?
+            .ok("read documents")?;
+        let rows = match body.get_mut("rows").map(Value::take) {
+            Some(Value::Array(rows)) => rows,
+            _ => Vec::new(),
+        };
+        Ok(rows.into_iter().filter_map(Row::from_json).collect())
     }
 
     /// Lease the oldest ready message of `queue`, if there is one.
     async fn claim(&self, queue: &str) -> Result<Option<Fetched>> {
         for _round in 0..WRITE_ATTEMPTS {
             let now = now_ms();
-            let want = Want {
-                ready_at: Some(now),
-                sorted: true,
-                limit: self.claim_batch,
-                fields: None,
-            };
-            let candidates = self.messages(queue, want).await?;
+            let candidates = self.candidates(queue, now).await?;
             if candidates.is_empty() {
                 return Ok(None);
             }
@@ -177,7 +179,8 @@ impl CouchBackend {
                 let Some(id) = doc.get("_id").and_then(Value::as_str).map(str::to_owned) else {
                     continue;
                 };
-                layout::lease(&mut doc, &self.owner, now, until);
+                let lease_id = self.leases.fetch_add(1, Ordering::Relaxed) + 1;
+                layout::lease(&mut doc, &self.owner, lease_id, now, until);
                 let reply = self
                     .client
                     .send(Method::PUT, &[&id], &[], Some(&doc), None)
@@ -279,14 +282,17 @@ impl CouchBackend {
     }
 
     /// Delete documents at their revisions; returns how many went.
-    async fn bulk_delete(&self, docs: &[Value]) -> Result<u64> {
-        if docs.is_empty() {
+    async fn bulk_delete<'a>(
+        &self,
+        docs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<u64> {
+        let deletions: Vec<Value> = docs
+            .into_iter()
+            .map(|(id, rev)| json!({"_id": id, "_rev": rev, "_deleted": true}))
+            .collect();
+        if deletions.is_empty() {
             return Ok(0);
         }
-        let deletions: Vec<Value> = docs
-            .iter()
-            .map(|d| json!({"_id": d["_id"], "_rev": d["_rev"], "_deleted": true}))
-            .collect();
         let body = self
             .client
             .send(
@@ -302,65 +308,80 @@ impl CouchBackend {
         Ok(results.iter().filter(|r| r.get("error").is_none()).count() as u64)
     }
 
-    /// Delete every message `selector` matches, page by page.
-    async fn delete_matching(&self, queue: &str, ready_only: bool) -> Result<u64> {
+    /// Delete the messages of `queue` (only the ready ones when
+    /// `ready_only`) at the revisions read, page by page; returns how many
+    /// went. A message claimed in between keeps its new revision and stays.
+    async fn delete_messages(&self, queue: &str, ready_only: bool) -> Result<u64> {
+        let mut cursor = Cursor::messages(queue);
         let mut total = 0;
-        loop {
-            let want = Want {
-                ready_at: ready_only.then(now_ms),
-                sorted: false,
-                limit: PAGE,
-                fields: Some(&["_id", "_rev"]),
-            };
-            let docs = self.messages(queue, want).await?;
-            let deleted = self.bulk_delete(&docs).await?;
-            total += deleted;
-            if docs.len() < PAGE || deleted == 0 {
-                return Ok(total);
-            }
+        let now = now_ms();
+        while let Some(rows) = self.next_page(&mut cursor, PAGE, ready_only).await? {
+            let doomed = rows
+                .iter()
+                .filter(|row| {
+                    !ready_only || row.doc.as_ref().is_some_and(|d| layout::is_ready(d, now))
+                })
+                .map(|row| (row.id.as_str(), row.rev.as_str()));
+            total += self.bulk_delete(doomed).await?;
         }
+        Ok(total)
     }
 
     /// Every binding document (of one exchange, or all).
     async fn binding_docs(&self, exchange: Option<&str>) -> Result<Vec<Value>> {
         let (start, end) = layout::binding_range(exchange);
-        self.range(start, end).await
-    }
-
-    /// The documents whose ids are in `start..end`, in id order.
-    async fn range(&self, start: String, end: String) -> Result<Vec<Value>> {
-        let query = [
-            ("include_docs", "true".to_owned()),
-            ("startkey", Value::from(start).to_string()),
-            ("endkey", Value::from(end).to_string()),
-        ];
-        let mut body = self
-            .client
-            .send(Method::GET, &["_all_docs"], &query, None, None)
+        Ok(self
+            .all_docs(&start, &end, None, true)
             .await?
-            .ok("read documents")?;
-        let rows = match body.get_mut("rows").map(Value::take) {
-            Some(Value::Array(rows)) => rows,
-            _ => Vec::new(),
-        };
-        Ok(rows
             .into_iter()
-            .filter_map(|mut row| row.get_mut("doc").map(Value::take))
-            .filter(|doc| doc.is_object())
+            .filter_map(|row| row.doc)
             .collect())
     }
 }
 
-/// What [`CouchBackend::messages`] returns.
-struct Want {
-    /// Only messages ready at this time (ms); `None`: every message.
-    ready_at: Option<u64>,
-    /// Most urgent, then oldest, first.
-    sorted: bool,
-    /// At most this many.
-    limit: usize,
-    /// Only these fields (with `_find`).
-    fields: Option<&'static [&'static str]>,
+/// A walk through a document id range, page by page
+/// ([`CouchBackend::next_page`]).
+struct Cursor {
+    start: String,
+    end: String,
+    /// The last id read.
+    after: Option<String>,
+    done: bool,
+}
+
+impl Cursor {
+    /// The id range of `queue`'s messages.
+    fn messages(queue: &str) -> Cursor {
+        let (start, end) = layout::message_range(queue);
+        Cursor {
+            start,
+            end,
+            after: None,
+            done: false,
+        }
+    }
+}
+
+/// A row of `_all_docs`.
+struct Row {
+    id: String,
+    rev: String,
+    /// The document, when asked for (`include_docs`).
+    doc: Option<Value>,
+}
+
+impl Row {
+    fn from_json(mut row: Value) -> Option<Row> {
+        let id = row.get("id")?.as_str()?.to_owned();
+        let rev = row.get("value")?.get("rev")?.as_str()?.to_owned();
+        let doc = row.get_mut("doc").map(Value::take).filter(Value::is_object);
+        Some(Row { id, rev, doc })
+    }
+}
+
+/// A document's `_id` and `_rev`.
+fn id_and_rev(doc: &Value) -> Option<(&str, &str)> {
+    Some((doc.get("_id")?.as_str()?, doc.get("_rev")?.as_str()?))
 }
 
 /// True when `a` and `b` are equal but for `_id`, `_rev` and `ignore`.
@@ -409,49 +430,47 @@ impl VirtualBackend for CouchBackend {
         if self.get_doc(&layout::queue_doc_id(queue)).await?.is_some() {
             return Ok(true);
         }
-        let want = Want {
-            ready_at: None,
-            sorted: false,
-            limit: 1,
-            fields: Some(&["_id"]),
-        };
-        let any = self.messages(queue, want).await?;
-        Ok(!any.is_empty())
+        let rows = self
+            .next_page(&mut Cursor::messages(queue), 1, false)
+            .await?;
+        Ok(rows.is_some_and(|rows| !rows.is_empty()))
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<()> {
-        self.delete_matching(queue, false).await?;
+        self.delete_messages(queue, false).await?;
         self.delete_doc(&layout::queue_doc_id(queue)).await?;
-        let bindings: Vec<Value> = self
-            .binding_docs(None)
-            .await?
-            .into_iter()
+        let bindings = self.binding_docs(None).await?;
+        let theirs = bindings
+            .iter()
             .filter(|doc| doc.get("queue").and_then(Value::as_str) == Some(queue))
-            .collect();
-        self.bulk_delete(&bindings).await?;
+            .filter_map(id_and_rev);
+        self.bulk_delete(theirs).await?;
         Ok(())
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
-        self.delete_matching(queue, true).await
+        self.delete_messages(queue, true).await
     }
 
     async fn size(&self, queue: &str) -> Result<u64> {
-        let want = Want {
-            ready_at: Some(now_ms()),
-            sorted: false,
-            limit: SIZE_LIMIT,
-            fields: Some(&["_id"]),
-        };
-        let docs = self.messages(queue, want).await?;
-        Ok(docs.len() as u64)
+        let mut cursor = Cursor::messages(queue);
+        let now = now_ms();
+        let mut ready = 0;
+        while let Some(rows) = self.next_page(&mut cursor, PAGE, true).await? {
+            ready += rows
+                .iter()
+                .filter_map(|row| row.doc.as_ref())
+                .filter(|doc| layout::is_ready(doc, now))
+                .count() as u64;
+        }
+        Ok(ready)
     }
 
     async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
         let now = now_ms();
         let seq = self.seqs.next(now);
         let doc = layout::message_doc(queue, &seq, envelope, priority, now);
-        let id = layout::message_id(queue, &seq);
+        let id = layout::message_id(queue, priority, &seq);
         self.client
             .send(Method::PUT, &[&id], &[], Some(&doc), None)
             .await?
@@ -561,7 +580,8 @@ impl VirtualBackend for CouchBackend {
 
     async fn delete_exchange(&self, name: &str) -> Result<()> {
         let bindings = self.binding_docs(Some(name)).await?;
-        self.bulk_delete(&bindings).await?;
+        self.bulk_delete(bindings.iter().filter_map(id_and_rev))
+            .await?;
         self.delete_doc(&layout::exchange_doc_id(name)).await?;
         Ok(())
     }

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use kombu_core::{Error, ErrorKind, Result, SslOptions};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use url::Url;
 
 use crate::config::{CouchConfig, Credentials};
-use crate::layout;
 
 /// A CouchDB answer: its status and its JSON body (`Null` when empty or
 /// not JSON).
@@ -89,8 +88,8 @@ pub(crate) struct CouchClient {
 }
 
 impl CouchClient {
-    /// Connect: choose the login, create the database and the message
-    /// index if they are missing.
+    /// Connect: choose the login, create the database if it is missing.
+    /// No index is made: a queue's messages are read from their id range.
     pub async fn open(config: &CouchConfig) -> Result<CouchClient> {
         let http = http_client(config)?;
         let mut db = config.server.clone();
@@ -118,7 +117,6 @@ impl CouchClient {
         } else {
             client.ensure_database().await?;
         }
-        client.ensure_index().await?;
         Ok(client)
     }
 
@@ -232,24 +230,9 @@ impl CouchClient {
                 .unwrap_err()),
         }
     }
-
-    /// The Mango index that orders each queue's messages (idempotent:
-    /// CouchDB answers `exists` when it is there).
-    pub async fn ensure_index(&self) -> Result<()> {
-        let index = json!({
-            "index": {"fields": layout::MESSAGE_INDEX_FIELDS},
-            "ddoc": layout::MESSAGE_INDEX_DDOC,
-            "name": layout::MESSAGE_INDEX_NAME,
-            "type": "json",
-        });
-        self.send(Method::POST, &["_index"], &[], Some(&index), None)
-            .await?
-            .ok("create the message index")?;
-        Ok(())
-    }
 }
 
-/// `GET _find`-style description of a request, for errors.
+/// `GET _all_docs`-style description of a request, for errors.
 fn describe(method: &Method, segments: &[&str]) -> String {
     match segments.first() {
         None => format!("{method} database"),
@@ -330,6 +313,7 @@ fn http_client(config: &CouchConfig) -> Result<reqwest::Client> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn statuses_map_to_kinds() {
@@ -351,7 +335,7 @@ mod tests {
 
     #[test]
     fn descriptions_name_no_document() {
-        assert_eq!(describe(&Method::POST, &["_find"]), "POST _find");
+        assert_eq!(describe(&Method::POST, &["_bulk_docs"]), "POST _bulk_docs");
         assert_eq!(describe(&Method::GET, &["message:1:q"]), "GET document");
         assert_eq!(describe(&Method::PUT, &[]), "PUT database");
     }

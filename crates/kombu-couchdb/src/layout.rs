@@ -1,10 +1,12 @@
-//! The documents this transport stores, their ids, and the Mango queries
-//! over them (docs/transports/couchdb.md shows the layout).
+//! The documents this transport stores and their ids
+//! (docs/transports/couchdb.md shows the layout).
 //!
 //! Every document has a `kombu` field naming its type: `message`, `queue`,
 //! `exchange` or `binding`. Messages keep kombu 3.0.37's `queue` and
 //! `payload` (the envelope as a JSON string) and add what ordering and
-//! leasing need.
+//! leasing need. A message's id orders it: one queue's messages are one
+//! `_all_docs` id range, most urgent first, then oldest, so no index or
+//! query is needed to find the next one.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -15,42 +17,57 @@ use serde_json::{json, Map, Value};
 
 /// The field naming a document's type.
 pub const KIND: &str = "kombu";
-/// Design document of the message index.
-pub const MESSAGE_INDEX_DDOC: &str = "kombu-messages";
-/// Name of the message index.
-pub const MESSAGE_INDEX_NAME: &str = "by-queue-rank-seq";
-/// The message index: a queue's messages, most urgent first, then oldest.
-pub const MESSAGE_INDEX_FIELDS: [&str; 4] = [KIND, "queue", "rank", "seq"];
 
-/// Prefix of message ids (`message:"<queue>":<seq>`).
+/// Prefix of message ids (`message:"<queue>":<rank>-<seq>`).
 pub const MESSAGE_PREFIX: &str = "message:";
 const QUEUE_PREFIX: &str = "queue:";
 const EXCHANGE_PREFIX: &str = "exchange:";
 const BINDING_PREFIX: &str = "binding:";
 
-/// The id of the message `seq` of `queue`: `message:`, the queue name as a
-/// JSON string, `:` and the sequence. The queue is in the id so that a
-/// changes feed row (which has only the id) says which queue it concerns,
-/// and the JSON quoting makes a queue's messages one id range (sorted by
-/// sequence) that no other queue's ids fall into.
+/// The id of the message `seq` of `queue` sent with `priority`:
+/// `message:`, the queue name as a JSON string, `:`, the [`rank`] in three
+/// digits, `-` and the sequence. The queue is in the id so that a changes
+/// feed row (which has only the id) says which queue it concerns, and the
+/// JSON quoting makes a queue's messages one id range that no other
+/// queue's ids fall into. In that range the ids sort by rank, then by
+/// sequence: most urgent first, then oldest.
 ///
 /// ```
-/// use kombu_couchdb::layout::{message_id, queue_of_message_id};
-/// let id = message_id("jobs:eu", "0001700000000000-000000-0a1b2c3d");
-/// assert_eq!(id, r#"message:"jobs:eu":0001700000000000-000000-0a1b2c3d"#);
+/// use kombu_couchdb::layout::{message_id, queue_of_message_id, seq_of_message_id};
+/// let id = message_id("jobs:eu", 9, "0001700000000000-000000-0a1b2c3d");
+/// assert_eq!(id, r#"message:"jobs:eu":246-0001700000000000-000000-0a1b2c3d"#);
 /// assert_eq!(queue_of_message_id(&id).as_deref(), Some("jobs:eu"));
+/// assert_eq!(seq_of_message_id(&id), Some("0001700000000000-000000-0a1b2c3d"));
+/// assert!(message_id("q", 9, "0002") < message_id("q", 0, "0001"));
 /// ```
-pub fn message_id(queue: &str, seq: &str) -> String {
-    format!("{MESSAGE_PREFIX}{}:{seq}", Value::from(queue))
+pub fn message_id(queue: &str, priority: u8, seq: &str) -> String {
+    format!(
+        "{MESSAGE_PREFIX}{}:{:03}-{seq}",
+        Value::from(queue),
+        rank(priority)
+    )
 }
 
-/// The queue name and the sequence of a message id.
+/// The queue name and what follows it (`<rank>-<seq>`) in a message id.
 fn split_message_id(id: &str) -> Option<(String, &str)> {
     let rest = id.strip_prefix(MESSAGE_PREFIX)?;
     let mut values = serde_json::Deserializer::from_str(rest).into_iter::<String>();
     let queue = values.next()?.ok()?;
-    let seq = rest[values.byte_offset()..].strip_prefix(':')?;
-    Some((queue, seq))
+    let key = rest[values.byte_offset()..].strip_prefix(':')?;
+    Some((queue, key))
+}
+
+/// The rank and the sequence in the part of a message id after the queue.
+/// Ids written before the rank was in them (`message:"<queue>":<seq>`,
+/// the sequence starting with 16 digits) have no rank.
+fn split_key(key: &str) -> (Option<u8>, &str) {
+    let bytes = key.as_bytes();
+    if bytes.len() > 4 && bytes[..3].iter().all(u8::is_ascii_digit) && bytes[3] == b'-' {
+        if let Ok(rank) = key[..3].parse::<u8>() {
+            return (Some(rank), &key[4..]);
+        }
+    }
+    (None, key)
 }
 
 /// The queue a message id belongs to (`None` for other documents).
@@ -60,11 +77,16 @@ pub fn queue_of_message_id(id: &str) -> Option<String> {
 
 /// The sequence part of a message id.
 pub fn seq_of_message_id(id: &str) -> Option<&str> {
-    split_message_id(id).map(|(_, seq)| seq)
+    split_message_id(id).map(|(_, key)| split_key(key).1)
+}
+
+/// The rank part of a message id (`None` for ids without one).
+pub fn rank_of_message_id(id: &str) -> Option<u8> {
+    split_message_id(id).and_then(|(_, key)| split_key(key).0)
 }
 
 /// The `_all_docs` id range (`startkey`, `endkey`) holding the messages of
-/// `queue`, oldest first.
+/// `queue`, most urgent first, then oldest.
 pub fn message_range(queue: &str) -> (String, String) {
     let start = format!("{MESSAGE_PREFIX}{}:", Value::from(queue));
     let end = format!("{start}\u{fff0}");
@@ -175,10 +197,25 @@ impl Default for SequenceGenerator {
     }
 }
 
-/// `rank` sorts ascending where AMQP priority sorts descending (Mango sorts
-/// every field of one query in the same direction).
+/// `255 - priority`: ranks sort ascending where AMQP priorities sort
+/// descending, so a message id that starts with its rank puts the most
+/// urgent messages first in `_all_docs` order.
 pub fn rank(priority: u8) -> u8 {
     u8::MAX - priority
+}
+
+/// True when a message document may be claimed at `now_ms`: never leased,
+/// released, or its lease ran out.
+///
+/// ```
+/// use kombu_couchdb::layout::is_ready;
+/// assert!(is_ready(&serde_json::json!({"lease_until": 0}), 5));
+/// assert!(!is_ready(&serde_json::json!({"lease_until": 9}), 5));
+/// ```
+pub fn is_ready(doc: &Value, now_ms: u64) -> bool {
+    doc.get("lease_until")
+        .and_then(Value::as_u64)
+        .is_none_or(|until| until < now_ms)
 }
 
 /// A new, ready message document.
@@ -187,7 +224,7 @@ pub fn rank(priority: u8) -> u8 {
 /// use kombu_core::Envelope;
 /// use kombu_couchdb::layout::message_doc;
 /// let doc = message_doc("q", "0001-000000-ab", &Envelope::default(), 5, 42);
-/// assert_eq!(doc["_id"], r#"message:"q":0001-000000-ab"#);
+/// assert_eq!(doc["_id"], r#"message:"q":250-0001-000000-ab"#);
 /// assert_eq!(doc["kombu"], "message");
 /// assert_eq!(doc["rank"], 250);
 /// assert_eq!(doc["lease_until"], 0);
@@ -202,7 +239,7 @@ pub fn message_doc(
 ) -> Value {
     let payload = String::from_utf8_lossy(&envelope.to_json()).into_owned();
     json!({
-        "_id": message_id(queue, seq),
+        "_id": message_id(queue, priority, seq),
         KIND: "message",
         "queue": queue,
         "payload": payload,
@@ -211,6 +248,7 @@ pub fn message_doc(
         "seq": seq,
         "published_at": published_at,
         "lease_owner": null,
+        "lease_id": null,
         "leased_at": null,
         "lease_until": 0,
         "deliveries": 0,
@@ -219,10 +257,27 @@ pub fn message_doc(
 
 /// Lease a message document to `owner` until `until_ms` (the caller saves
 /// it with its `_rev`: of several claimants exactly one succeeds).
-pub fn lease(doc: &mut Value, owner: &str, now_ms: u64, until_ms: u64) {
+///
+/// `lease_id` numbers the owner's claims: no two lease writes of one owner
+/// are the same document, even from the same read in the same
+/// millisecond. That matters on pouchdb-server, whose revisions are a hash
+/// of the content: a stale lease write equal to one already applied to a
+/// message acked since crashes the server (docs/transports/couchdb.md).
+///
+/// ```
+/// use kombu_couchdb::layout::lease;
+/// let read = serde_json::json!({"_id": "m", "_rev": "1-a", "deliveries": 0});
+/// let (mut a, mut b) = (read.clone(), read);
+/// lease(&mut a, "me", 1, 100, 200);
+/// lease(&mut b, "me", 2, 100, 200);
+/// assert_ne!(a, b);
+/// assert_eq!(a["deliveries"], 1);
+/// ```
+pub fn lease(doc: &mut Value, owner: &str, lease_id: u64, now_ms: u64, until_ms: u64) {
     if let Value::Object(map) = doc {
         let deliveries = map.get("deliveries").and_then(Value::as_u64).unwrap_or(0);
         map.insert("lease_owner".into(), owner.into());
+        map.insert("lease_id".into(), lease_id.into());
         map.insert("leased_at".into(), now_ms.into());
         map.insert("lease_until".into(), until_ms.into());
         map.insert("deliveries".into(), (deliveries + 1).into());
@@ -295,44 +350,17 @@ impl Lease {
 
     /// The message document written back, ready again, with `envelope`
     /// (the channel's copy, flagged redelivered), at its old place in the
-    /// queue.
+    /// queue (same id, so same rank and sequence).
     pub fn released_doc(&self, queue: &str, envelope: &Envelope) -> Value {
         let seq = seq_of_message_id(&self.id).unwrap_or("");
-        let mut doc = message_doc(queue, seq, envelope, envelope.priority(), self.published_at);
+        // The priority the id was made with (its rank is 255 - priority).
+        let priority = rank_of_message_id(&self.id).map_or(envelope.priority(), |r| u8::MAX - r);
+        let mut doc = message_doc(queue, seq, envelope, priority, self.published_at);
         doc["_id"] = self.id.clone().into();
         doc["_rev"] = self.rev.clone().into();
         doc["deliveries"] = self.deliveries.into();
         doc
     }
-}
-
-/// Mango selector: the messages of `queue` a consumer may claim at `now_ms`
-/// (never leased, released, or whose lease ran out).
-pub fn ready_selector(queue: &str, now_ms: u64) -> Value {
-    let mut selector = all_messages_selector(queue);
-    selector["lease_until"] = json!({"$lt": now_ms});
-    selector
-}
-
-/// Mango selector: every message of `queue`, leased or not. The `rank` and
-/// `seq` conditions are always true; they let CouchDB use the index.
-pub fn all_messages_selector(queue: &str) -> Value {
-    json!({
-        KIND: "message",
-        "queue": queue,
-        "rank": {"$gte": 0},
-        "seq": {"$gt": null},
-    })
-}
-
-/// The sort of [`MESSAGE_INDEX_FIELDS`], ascending.
-pub fn message_sort() -> Value {
-    Value::Array(
-        MESSAGE_INDEX_FIELDS
-            .iter()
-            .map(|f| json!({ *f: "asc" }))
-            .collect(),
-    )
 }
 
 /// A queue's declaration document.
@@ -465,8 +493,10 @@ mod tests {
     #[test]
     fn lease_and_release_round_trip() {
         let mut doc = message_doc("q", "0001-000001-aa", &envelope("x"), 3, 77);
-        lease(&mut doc, "me", 100, 200);
+        assert_eq!(doc["lease_id"], Value::Null);
+        lease(&mut doc, "me", 7, 100, 200);
         assert_eq!(doc["lease_owner"], "me");
+        assert_eq!(doc["lease_id"], 7);
         assert_eq!(doc["lease_until"], 200);
         assert_eq!(doc["leased_at"], 100);
         assert_eq!(doc["deliveries"], 1);
@@ -482,6 +512,7 @@ mod tests {
         assert_eq!(released["rank"], 252);
         assert_eq!(released["lease_until"], 0);
         assert_eq!(released["lease_owner"], Value::Null);
+        assert_eq!(released["lease_id"], Value::Null);
         assert_eq!(released["published_at"], 77);
         assert_eq!(released["deliveries"], 1);
         let payload = payload_bytes(&released).unwrap();
@@ -503,20 +534,68 @@ mod tests {
     #[test]
     fn message_ids_name_their_queue() {
         for queue in ["q", "a:b:c", "with space/and/slash", "ünï", "q\":\"x", ""] {
-            let id = message_id(queue, "0001-000000-ab");
-            assert_eq!(queue_of_message_id(&id).as_deref(), Some(queue));
-            assert_eq!(seq_of_message_id(&id), Some("0001-000000-ab"));
-            let (start, end) = message_range(queue);
-            assert!(start < id && id < end, "{id}");
-            for other in ["q2", "a:b", "q\"", "a:b:c:d"] {
-                if other != queue {
-                    let foreign = message_id(other, "0001-000000-ab");
-                    assert!(!(start < foreign && foreign < end), "{foreign} in {queue}");
+            for priority in [0, 9, 255] {
+                let id = message_id(queue, priority, "0001-000000-ab");
+                assert_eq!(queue_of_message_id(&id).as_deref(), Some(queue));
+                assert_eq!(seq_of_message_id(&id), Some("0001-000000-ab"));
+                assert_eq!(rank_of_message_id(&id), Some(rank(priority)));
+                let (start, end) = message_range(queue);
+                assert!(start < id && id < end, "{id}");
+                for other in ["q2", "a:b", "q\"", "a:b:c:d"] {
+                    if other != queue {
+                        let foreign = message_id(other, priority, "0001-000000-ab");
+                        assert!(!(start < foreign && foreign < end), "{foreign} in {queue}");
+                    }
                 }
             }
         }
         assert_eq!(queue_of_message_id("queue:q"), None);
         assert_eq!(queue_of_message_id("_design/kombu-messages"), None);
+        // An id from before the rank was in it.
+        let old = r#"message:"q":0001700000000000-000000-0a1b2c3d"#;
+        assert_eq!(queue_of_message_id(old).as_deref(), Some("q"));
+        assert_eq!(rank_of_message_id(old), None);
+        assert_eq!(
+            seq_of_message_id(old),
+            Some("0001700000000000-000000-0a1b2c3d")
+        );
+    }
+
+    #[test]
+    fn message_ids_sort_most_urgent_then_oldest() {
+        let seqs = SequenceGenerator::new();
+        let mut made = Vec::new();
+        for (i, priority) in [0u8, 9, 0, 255, 5, 9, 0].into_iter().enumerate() {
+            made.push((
+                priority,
+                i,
+                message_id("q", priority, &seqs.next(10 + i as u64)),
+            ));
+        }
+        let mut by_id = made.clone();
+        by_id.sort_by(|a, b| a.2.cmp(&b.2));
+        let mut expected = made;
+        expected.sort_by_key(|(priority, i, _)| (std::cmp::Reverse(*priority), *i));
+        assert_eq!(by_id, expected);
+    }
+
+    #[test]
+    fn requeue_keeps_the_id_and_the_priority_of_the_id() {
+        let doc = message_doc("q", "0001-000001-aa", &envelope("x"), 3, 77);
+        let lease = Lease::of(&doc, "2-x").unwrap();
+        // Whatever the envelope now says, the message keeps its place.
+        let released = lease.released_doc("q", &Envelope::default());
+        assert_eq!(released["_id"], doc["_id"]);
+        assert_eq!(released["priority"], 3);
+        assert_eq!(released["rank"], 252);
+    }
+
+    #[test]
+    fn readiness_is_the_lease_deadline() {
+        assert!(is_ready(&json!({"lease_until": 0}), 1));
+        assert!(is_ready(&json!({}), 1));
+        assert!(is_ready(&json!({"lease_until": 4}), 5));
+        assert!(!is_ready(&json!({"lease_until": 5}), 5));
     }
 
     #[test]
@@ -558,16 +637,5 @@ mod tests {
         assert_eq!(back.dead_letter_exchange.as_deref(), Some("dlx"));
         let ex = Exchange::topic("logs").durable(false);
         assert_eq!(exchange_from_doc(&exchange_doc(&ex)).unwrap(), ex);
-    }
-
-    #[test]
-    fn selectors_use_the_index_fields() {
-        let sel = ready_selector("q", 99);
-        for field in MESSAGE_INDEX_FIELDS {
-            assert!(sel.get(field).is_some(), "{field}");
-        }
-        assert_eq!(sel["lease_until"], json!({"$lt": 99}));
-        assert!(all_messages_selector("q").get("lease_until").is_none());
-        assert_eq!(message_sort()[0], json!({"kombu": "asc"}));
     }
 }

@@ -1,6 +1,8 @@
 //! CouchDB-specific behaviour, on the server of `KOMBU_TEST_COUCHDB_URL`:
-//! consumers on separate connections racing on one queue, a consumer
-//! killed with SIGKILL, declarations seen from another connection, logins.
+//! consumers on separate connections racing on one queue, consumers of one
+//! connection racing with quick acks, claims past leased messages, a late
+//! lease write, a consumer killed with SIGKILL, declarations seen from
+//! another connection, logins.
 
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
@@ -109,6 +111,175 @@ async fn racing_consumers_get_each_message_once() {
     assert_eq!(counts.len(), MESSAGES, "distinct messages received");
     assert_eq!(channel.queue_size(&q.name).await.unwrap(), 0);
     delete_queue(&producer, &q.name).await;
+}
+
+/// Eight consumers of one connection (one lease owner) race on one queue
+/// and ack at once: each of 120 messages is delivered exactly once, and
+/// the server is still up. This is the pattern that crashed pouchdb-server
+/// 4.2 before leases carried a `lease_id`: two claims of the same message
+/// in the same millisecond wrote the same document, and the late one,
+/// arriving after the winner's ack, repeated a revision of a deleted
+/// document (see `a_late_lease_write_after_an_ack_is_a_conflict`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_of_one_connection_race_with_quick_acks() {
+    const CONSUMERS: usize = 8;
+    const MESSAGES: usize = 120;
+    let Some(conn) = connect() else { return };
+    let q = Queue::new(unique("one-conn-race-q"));
+    let channel = conn.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    for i in 0..MESSAGES {
+        publish(&conn, &q.name, json!(i)).await;
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let count = |seen: &std::sync::Mutex<Vec<usize>>| seen.lock().unwrap().len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut tasks = Vec::new();
+    for _ in 0..CONSUMERS {
+        let (conn, q, seen) = (conn.clone(), q.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = consumer(&conn, &q, 2).await;
+            while count(&seen) < MESSAGES && tokio::time::Instant::now() < deadline {
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_millis(300), c.next()).await
+                {
+                    let m = m.expect("delivery");
+                    m.ack().await.expect("ack");
+                    seen.lock().unwrap().push(m.decode().unwrap());
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    let distinct: HashSet<usize> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), MESSAGES, "distinct messages received");
+    assert_eq!(seen.len(), MESSAGES, "a message was delivered twice");
+    // Still up: a new connection works.
+    let after = connect().unwrap();
+    after.channel().await.expect("the server is still up");
+    delete_queue(&conn, &q.name).await;
+}
+
+/// A lease write that lost the race and arrives after the winner acked:
+/// a conflict, which the claim takes as "someone else has it". The two
+/// lease writes come from the same read by the same owner in the same
+/// millisecond; they differ by their `lease_id`. (Without it they are the
+/// same document, and pouchdb-server 4.2, whose revisions are a hash of
+/// the content, crashes on the late one: it finds the new revision
+/// already stored, on a document deleted since, and leaves a hole in its
+/// bulkDocs results, `TypeError: Cannot read properties of undefined
+/// (reading 'id')`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_lease_write_after_an_ack_is_a_conflict() {
+    use kombu_couchdb::layout;
+    let Some(url) = test_url("couchdb") else {
+        return;
+    };
+    // The database the transport uses (made on connect).
+    let conn = connect().unwrap();
+    conn.channel().await.unwrap();
+    let db = url::Url::parse(&url.replacen("couchdb://", "http://", 1)).unwrap();
+    let http = reqwest::Client::new();
+    let doc_url = |id: &str| {
+        let mut u = db.clone();
+        u.path_segments_mut().unwrap().push(id);
+        u
+    };
+    let queue = unique("late-lease-q");
+    let message = layout::message_doc(&queue, "0001-000000-test", &Default::default(), 0, 1);
+    let id = message["_id"].as_str().unwrap().to_owned();
+    let put = |doc: serde_json::Value| {
+        let request = http
+            .put(doc_url(&id))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&doc).unwrap());
+        async move {
+            let reply = request.send().await.expect("the server answers");
+            let status = reply.status().as_u16();
+            let bytes = reply.bytes().await.unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            (status, body)
+        }
+    };
+    let (status, stored) = put(message.clone()).await;
+    assert_eq!(status, 201, "{stored}");
+    let mut read = message;
+    read["_rev"] = stored["rev"].clone();
+    let (mut winner, mut loser) = (read.clone(), read);
+    layout::lease(&mut winner, "owner", 1, 1000, 2000);
+    layout::lease(&mut loser, "owner", 2, 1000, 2000);
+    let (status, leased) = put(winner).await;
+    assert_eq!(status, 201, "{leased}");
+    let rev = leased["rev"].as_str().unwrap().to_owned();
+    let acked = http
+        .delete(doc_url(&id))
+        .query(&[("rev", rev)])
+        .send()
+        .await
+        .unwrap();
+    assert!(acked.status().is_success(), "{}", acked.status());
+    let (status, late) = put(loser).await;
+    assert_eq!(status, 409, "{late}");
+    // And the server is still up.
+    assert!(http
+        .get(db.clone())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+}
+
+/// Claims page past messages leased by others: with `claim_batch=1` and
+/// 12 of 20 messages held by a first connection, a second one gets the
+/// other 8, in order, while the 12 stay leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_skip_leased_messages_page_by_page() {
+    const MESSAGES: u64 = 20;
+    const HELD: u64 = 12;
+    let small_pages = || TransportOptions::new().set("claim_batch", 1);
+    let Some(holder) = connect_with(small_pages()) else {
+        return;
+    };
+    let q = Queue::new(unique("paging-q"));
+    let channel = holder.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    for n in 0..MESSAGES {
+        publish(&holder, &q.name, json!(n)).await;
+    }
+    let mut held = consumer(&holder, &q, HELD as u16).await;
+    let mut holding = Vec::new();
+    for _ in 0..HELD {
+        holding.push(recv(&mut held).await.expect("a message to hold"));
+    }
+    let taken: Vec<u64> = holding.iter().map(|m| m.decode().unwrap()).collect();
+    assert_eq!(taken, (0..HELD).collect::<Vec<_>>());
+    // The holder's prefetch is full: nothing more goes to it.
+    let wait = tokio::time::Instant::now() + Duration::from_secs(10);
+    while channel.queue_size(&q.name).await.unwrap() != MESSAGES - HELD {
+        assert!(tokio::time::Instant::now() < wait, "the holder took more");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let other = connect_with(small_pages()).unwrap();
+    let mut c = consumer(&other, &q, 1).await;
+    let mut got = Vec::new();
+    for _ in HELD..MESSAGES {
+        let m = recv(&mut c).await.expect("a message past the leased ones");
+        got.push(m.decode::<u64>().unwrap());
+        m.ack().await.unwrap();
+    }
+    assert_eq!(got, (HELD..MESSAGES).collect::<Vec<_>>());
+    assert_eq!(channel.queue_size(&q.name).await.unwrap(), 0);
+    for m in holding {
+        m.ack().await.unwrap();
+    }
+    drop(c);
+    drop(held);
+    delete_queue(&holder, &q.name).await;
 }
 
 /// Not a test of its own: with `KOMBU_COUCHDB_CHILD_QUEUE` set (by
