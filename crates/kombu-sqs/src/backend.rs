@@ -1,6 +1,6 @@
 //! [`SqsBackend`]: the [`VirtualBackend`] of `sqs://`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,17 @@ use crate::settings::SqsSettings;
 /// How long a queue's redrive policy is reused before it is read again
 /// (kombu: 5 minutes).
 const REDRIVE_CACHE: Duration = Duration::from_secs(300);
+
+/// The long poll of a queue that is not known to be quiet (the first poll
+/// of a consumer, the one after a receive that brought messages): closing
+/// a consumer waits for its poll to end, and a consumer usually closes
+/// right after it started or took what it wanted, so this one is short.
+/// Once a poll came back empty, polls wait the full `wait_time_seconds`.
+const SETTLE_POLL_SECONDS: i32 = 1;
+
+/// What closing a channel waits beyond its long poll: the round trips that
+/// put back what the poll took, with room for a slow endpoint.
+const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
 /// About the largest serialized body that fits in `max_message_size`: the
 /// envelope base64-encodes the body, and `sqs_base64_encoding` the
@@ -102,6 +113,9 @@ struct Caches {
     held: HashMap<String, (String, String)>,
     /// The receipt the channel knows -> the SQS message id.
     held_ids: HashMap<String, String>,
+    /// Queues whose last long poll came back empty: their next poll waits
+    /// the full `wait_time_seconds` (see [`SETTLE_POLL_SECONDS`]).
+    quiet: HashSet<String>,
 }
 
 /// The storage primitives of `sqs://` over the AWS SDK (see the crate docs
@@ -732,6 +746,29 @@ impl SqsBackend {
         Ok(fetched)
     }
 
+    /// How long the next long poll of `queue` waits, at most `long_poll`:
+    /// the full wait once the queue is known to be quiet, else a short one
+    /// (see [`SETTLE_POLL_SECONDS`]).
+    fn poll_seconds(&self, queue: &str, long_poll: i32) -> i32 {
+        if self.caches().quiet.contains(queue) {
+            long_poll
+        } else {
+            long_poll.min(SETTLE_POLL_SECONDS)
+        }
+    }
+
+    /// Remember whether a long poll of `queue` came back empty.
+    fn note_poll(&self, queue: &str, empty: bool) {
+        let mut caches = self.caches();
+        if empty {
+            if !caches.quiet.contains(queue) {
+                caches.quiet.insert(queue.to_owned());
+            }
+        } else {
+            caches.quiet.remove(queue);
+        }
+    }
+
     /// Forget a held message; returns its latest receipt.
     fn let_go(&self, receipt: &str) -> String {
         lease::release(receipt);
@@ -910,6 +947,7 @@ impl VirtualBackend for SqsBackend {
         caches.declarations.remove(queue);
         caches.queue_arns.remove(&q.url);
         caches.redrive.remove(&q.url);
+        caches.quiet.remove(queue);
         Ok(())
     }
 
@@ -982,7 +1020,13 @@ impl VirtualBackend for SqsBackend {
             self.settings.wait_time_seconds
         };
         let found = if queues.len() == 1 {
-            self.receive(&queues[0], max, long_poll).await?
+            let queue = &queues[0];
+            let wait = self.poll_seconds(queue, long_poll);
+            let found = self.receive(queue, max, wait).await?;
+            if wait > 0 {
+                self.note_poll(queue, found.is_empty());
+            }
+            found
         } else {
             // Poll several queues at once, sharing out `max` so the total
             // stays within the prefetch; a shorter wait so one quiet queue
@@ -1203,5 +1247,16 @@ impl VirtualBackend for SqsBackend {
 
     fn polling_interval(&self) -> Duration {
         self.settings.polling_interval.max(Duration::from_secs(1))
+    }
+
+    /// A long poll stays open on the server until it ends, and SQS gives a
+    /// message that arrives meanwhile to it even if the client has gone:
+    /// that message would then stay invisible for `visibility_timeout`.
+    /// So closing waits for the whole poll (`wait_time_seconds`, and the
+    /// `polling_interval` sleep after an empty one), and the consume loop
+    /// puts back what it took, before the process may exit.
+    fn close_wait(&self) -> Duration {
+        let poll = Duration::from_secs(self.settings.wait_time_seconds.max(0) as u64);
+        poll + self.settings.polling_interval + CLOSE_MARGIN
     }
 }
