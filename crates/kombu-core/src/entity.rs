@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::{Channel, QueueInfo};
 
 /// Extra arguments of a declaration or a binding (AMQP field table, as JSON).
 pub type Arguments = Map<String, Value>;
@@ -394,32 +393,6 @@ impl Queue {
             }
         }
         q
-    }
-}
-
-impl Exchange {
-    /// Declare this exchange on `channel` (the default exchange needs nothing).
-    pub async fn declare(&self, channel: &dyn Channel) -> Result<()> {
-        if self.is_default() {
-            return Ok(());
-        }
-        channel.exchange_declare(self).await
-    }
-}
-
-impl Queue {
-    /// Declare the queue's exchanges, the queue and its bindings on `channel`.
-    pub async fn declare(&self, channel: &dyn Channel) -> Result<QueueInfo> {
-        for exchange in &self.exchanges {
-            exchange.declare(channel).await?;
-        }
-        let info = channel.queue_declare(self).await?;
-        for binding in &self.bindings {
-            if !binding.exchange.is_empty() {
-                channel.queue_bind(&self.name, binding).await?;
-            }
-        }
-        Ok(info)
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod compression;
 pub mod connection;
 pub mod consumer;
+mod declare;
 pub mod entity;
 pub mod envelope;
 pub mod error;
