@@ -3,7 +3,9 @@
 //! writer wins), acked by deleting them with their revision, and waited for
 //! on the changes feed.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kombu_core::routing::QueueBinding;
@@ -37,6 +39,9 @@ pub struct CouchBackend {
     owner: String,
     /// The number of this backend's last claim (see [`layout::lease`]).
     leases: AtomicU64,
+    /// Messages this backend is writing a lease on right now: its other
+    /// consumers pass them by instead of losing the race with a `409`.
+    claiming: Mutex<HashSet<String>>,
     seqs: SequenceGenerator,
     feed: ChangesFeed,
     polling_interval: Duration,
@@ -56,6 +61,7 @@ impl CouchBackend {
             client,
             owner: format!("{}-{}", std::process::id(), &instance[..12]),
             leases: AtomicU64::new(0),
+            claiming: Mutex::default(),
             seqs: SequenceGenerator::new(),
             feed: ChangesFeed::default(),
             polling_interval: config.polling_interval,
@@ -177,6 +183,10 @@ impl CouchBackend {
             let until = now + self.visibility_timeout.as_millis() as u64;
             for mut doc in candidates {
                 let Some(id) = doc.get("_id").and_then(Value::as_str).map(str::to_owned) else {
+                    continue;
+                };
+                let Some(_claiming) = Claiming::start(&self.claiming, &id) else {
+                    // Another consumer of this connection is on it.
                     continue;
                 };
                 let lease_id = self.leases.fetch_add(1, Ordering::Relaxed) + 1;
@@ -336,6 +346,30 @@ impl CouchBackend {
             .into_iter()
             .filter_map(|row| row.doc)
             .collect())
+    }
+}
+
+/// A message id in [`CouchBackend::claiming`], taken out when dropped.
+struct Claiming<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl<'a> Claiming<'a> {
+    /// Note that `id` is being claimed; `None` if it already is.
+    fn start(set: &'a Mutex<HashSet<String>>, id: &str) -> Option<Claiming<'a>> {
+        let mut ids = set.lock().unwrap_or_else(|e| e.into_inner());
+        ids.insert(id.to_owned()).then(|| Claiming {
+            set,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        let mut ids = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        ids.remove(&self.id);
     }
 }
 
