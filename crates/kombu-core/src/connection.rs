@@ -19,7 +19,8 @@ use crate::retry::RetryPolicy;
 use crate::serialization::SerializerRegistry;
 use crate::topology::Topology;
 use crate::transport::{Capabilities, Channel, Transport, TransportFactory};
-use crate::url::BrokerUrl;
+use crate::transport_info::TransportInfo;
+use crate::url::{BrokerUrl, UrlDefaults};
 
 /// The URL used when none is given: AMQP on localhost, as in kombu.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672//";
@@ -36,8 +37,9 @@ const RETIRE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// is dropped.
 ///
 /// Values in the URL win over the keyword [`ConnectionOptions`]; missing
-/// parts default to `localhost`, `guest`/`guest`, virtual host `/` and the
-/// transport's port. Several URLs separated by `;` form a failover list,
+/// parts default to `localhost` and the transport's port, login and
+/// virtual host (AMQP: `guest`/`guest` and `/`; most transports have no
+/// default login, so a URL without one logs in without one). Several URLs separated by `;` form a failover list,
 /// tried in the order of the `failover_strategy` option.
 ///
 /// Staying up: with the `heartbeat` option set, the connection is checked
@@ -48,10 +50,14 @@ const RETIRE_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// [`Connection::ensure_connection`] and [`Connection::ensure`] retry with
 /// a [`RetryPolicy`]; consumers reconnect by themselves.
 ///
+/// Connections resolve their scheme through the global [`Registry`]
+/// (the `kombu` crate's `install_default_transports()` fills it) or a
+/// registry of your own ([`Connection::with_registry`]):
+///
 /// ```
 /// # use std::sync::Arc;
 /// use kombu_core::{Connection, Registry};
-/// let registry = Arc::new(Registry::new()); // the `kombu` crate fills this for you
+/// let registry = Arc::new(Registry::new());
 /// let err = Connection::with_registry("nope://", registry).err().unwrap();
 /// assert_eq!(err.kind(), kombu_core::ErrorKind::UnknownScheme);
 /// ```
@@ -91,20 +97,38 @@ struct Shared {
     topology: Topology,
     serializers: Arc<SerializerRegistry>,
     compressors: Arc<CompressionRegistry>,
+    registry: Arc<Registry>,
 }
 
 impl Connection {
-    /// A connection for `url` (or, when `url` is empty, the transport named
-    /// by no option: AMQP) using `registry`.
-    pub fn with_registry(url: &str, registry: Arc<Registry>) -> Result<Self> {
-        Self::with_options(url, ConnectionOptions::default(), registry)
+    /// A lazy connection for `url` (or, when `url` is empty, the transport
+    /// named by no option: AMQP), resolved through the global
+    /// [`Registry`].
+    ///
+    /// ```
+    /// let err = kombu_core::Connection::new("nope://").err().unwrap();
+    /// assert_eq!(err.kind(), kombu_core::ErrorKind::UnknownScheme);
+    /// ```
+    pub fn new(url: &str) -> Result<Self> {
+        Self::with_options(url, ConnectionOptions::default())
     }
 
-    /// A connection for `url` with keyword options, using `registry`.
+    /// A lazy connection for `url` with keyword options (URL values win),
+    /// resolved through the global [`Registry`].
     ///
     /// An empty `url` means `<options.transport or amqp>://` with every
-    /// part taken from the options or the defaults.
-    pub fn with_options(
+    /// part taken from the options or the transport's defaults.
+    pub fn with_options(url: &str, options: ConnectionOptions) -> Result<Self> {
+        Self::with_registry_options(url, options, Registry::global())
+    }
+
+    /// A connection for `url` resolved through `registry`.
+    pub fn with_registry(url: &str, registry: Arc<Registry>) -> Result<Self> {
+        Self::with_registry_options(url, ConnectionOptions::default(), registry)
+    }
+
+    /// A connection for `url` with keyword options, resolved through `registry`.
+    pub fn with_registry_options(
         url: &str,
         options: ConnectionOptions,
         registry: Arc<Registry>,
@@ -127,8 +151,7 @@ impl Connection {
             .into_iter()
             .map(|url| {
                 let factory = registry.resolve(url.scheme())?;
-                let port = factory.default_port_for(url.scheme(), options.ssl.is_enabled());
-                let url = url.with_defaults(&options, port);
+                let url = complete_url(&url, &options, factory.info());
                 Ok(Target { url, factory })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -146,8 +169,21 @@ impl Connection {
                 topology: Topology::default(),
                 serializers: Arc::new(SerializerRegistry::default()),
                 compressors: Arc::new(CompressionRegistry::default()),
+                registry,
             }),
         })
+    }
+
+    /// A new connection (not a clone: a connection of its own) to the same
+    /// URLs with the same options and registry, as a pool makes them.
+    pub fn new_like(&self) -> Result<Connection> {
+        let urls = self
+            .urls()
+            .iter()
+            .map(|u| u.as_uri(true))
+            .collect::<Vec<_>>()
+            .join(";");
+        Self::with_registry_options(&urls, self.options().clone(), self.shared.registry.clone())
     }
 
     /// Connect now (a no-op when connected). Tries each URL of a failover
@@ -501,9 +537,47 @@ impl Connection {
         self.active_target().factory.name()
     }
 
-    /// What the transport can do (known without connecting).
-    pub fn capabilities(&self) -> Capabilities {
-        self.active_target().factory.capabilities()
+    /// The transport's static description (known without connecting).
+    pub fn transport_info(&self) -> &'static TransportInfo {
+        self.active_target().factory.info()
+    }
+
+    /// What the connected transport can do, connecting first if needed: the
+    /// transport's static capabilities less what its options turn off
+    /// (`sqs://...?supports_fanout=false` routes no fanout).
+    ///
+    /// ```
+    /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// if conn.capabilities().await?.priority { /* publish with priorities */ }
+    /// # Ok(()) }
+    /// ```
+    pub async fn capabilities(&self) -> Result<Capabilities> {
+        Ok(self.transport().await?.capabilities())
+    }
+
+    /// The transport's own API (a virtual transport's backend: Redis's
+    /// `RedisBackend`, CouchDB's `CouchDbBackend`, ...), connecting first if
+    /// needed. An error of kind [`Unsupported`](ErrorKind::Unsupported) when
+    /// the transport has no extension of type `T`.
+    ///
+    /// ```
+    /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// struct NotAnExtension;
+    /// assert!(conn.extension::<NotAnExtension>().await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn extension<T: Send + Sync + 'static>(&self) -> Result<Arc<T>> {
+        let transport = self.transport().await?;
+        transport
+            .extension()
+            .and_then(|any| any.downcast::<T>().ok())
+            .ok_or_else(|| {
+                Error::unsupported(format!(
+                    "the {} transport has no extension of type {}",
+                    self.transport_name(),
+                    std::any::type_name::<T>()
+                ))
+            })
     }
 
     /// The serializers used by producers and consumers of this connection.
@@ -520,6 +594,24 @@ impl Connection {
         let index = self.shared.active.load(Ordering::Relaxed);
         &self.shared.targets[index % self.shared.targets.len()]
     }
+}
+
+/// The URL with what it leaves out filled in: the keyword options first,
+/// then the transport's defaults (only AMQP invents a login).
+fn complete_url(url: &BrokerUrl, options: &ConnectionOptions, info: &TransportInfo) -> BrokerUrl {
+    let tls = options.ssl.is_enabled() || info.is_tls_scheme(url.scheme());
+    fn keyword(value: &Option<String>) -> Option<&str> {
+        value.as_deref().filter(|v| !v.is_empty())
+    }
+    let login = info.default_login;
+    let defaults = UrlDefaults {
+        hostname: keyword(&options.hostname).or(Some("localhost")),
+        port: options.port.or(info.port_for(tls)),
+        userid: keyword(&options.userid).or(login.map(|(user, _)| user)),
+        password: keyword(&options.password).or(login.map(|(_, password)| password)),
+        virtual_host: keyword(&options.virtual_host).or(info.default_virtual_host),
+    };
+    url.completed(&defaults)
 }
 
 fn host_port(url: &BrokerUrl) -> String {

@@ -17,10 +17,25 @@ pub mod routing;
 pub mod serialization;
 pub mod simple;
 mod topology;
-pub mod transport;
+mod transport;
+mod transport_info;
 pub mod url;
-pub mod virtual_channel;
+mod virtual_channel;
 pub mod worker;
+
+/// The implementer's API: what a transport crate uses (the traits it
+/// implements, the virtual channel and its backend trait, routing helpers).
+/// Users of kombu-rs need none of it.
+pub mod spi {
+    pub use crate::routing::{route, QueueBinding};
+    pub use crate::transport::{Transport, TransportFactory};
+    pub use crate::virtual_channel::{
+        ConnectBackend, Fetched, FetchedBody, Receipt, VirtualBackend, VirtualChannel,
+        VirtualFactory, VirtualOptions, VirtualTransport, DEFAULT_OPERATION_TIMEOUT,
+        VIRTUAL_OPTIONS,
+    };
+    pub use async_trait::async_trait;
+}
 
 pub use compression::{CompressionRegistry, Compressor};
 pub use connection::{Connection, DEFAULT_URL};
@@ -38,11 +53,7 @@ pub use registry::Registry;
 pub use retry::RetryPolicy;
 pub use serialization::{Accept, Payload, Serializer, SerializerRegistry};
 pub use simple::SimpleQueue;
-pub use transport::{
-    Capabilities, Channel, DeliveryStream, QueueInfo, Transport, TransportFactory, TransportKind,
-};
+pub use transport::{Capabilities, Channel, DeliveryStream, QueueInfo, TransportKind};
+pub use transport_info::TransportInfo;
 pub use url::BrokerUrl;
 pub use worker::{Worker, WorkerStats};
-
-/// Re-exported for transport implementations.
-pub use async_trait::async_trait;

@@ -17,14 +17,13 @@
 //! again on its next use.
 //!
 //! ```
-//! use std::sync::Arc;
-//! use kombu_core::{ConnectionOptions, ConnectionPool, ErrorKind, Registry};
+//! use kombu_core::{ConnectionOptions, ConnectionPool, ErrorKind};
 //!
 //! # fn main() -> kombu_core::Result<()> {
-//! // The `kombu` crate's registry knows every compiled-in transport; an
-//! // empty one knows none, so this URL is refused when the pool is made.
-//! let registry = Arc::new(Registry::new());
-//! let err = ConnectionPool::new("nope://", ConnectionOptions::new(), registry, 10).unwrap_err();
+//! // The global registry knows the installed transports (the `kombu`
+//! // crate's `install_default_transports()`); this URL is refused when the
+//! // pool is made.
+//! let err = ConnectionPool::new("nope://", ConnectionOptions::new(), 10).unwrap_err();
 //! assert_eq!(err.kind(), ErrorKind::UnknownScheme);
 //! # Ok(()) }
 //! ```
@@ -195,13 +194,12 @@ impl managed::Manager for ConnectionManager {
 /// pool share it.
 ///
 /// ```
-/// use std::sync::Arc;
 /// use std::time::Duration;
-/// use kombu_core::{ConnectionOptions, ConnectionPool, Registry};
+/// use kombu_core::{ConnectionOptions, ConnectionPool};
 ///
-/// # async fn demo(registry: Arc<Registry>) -> kombu_core::Result<()> {
-/// // `registry` knows the scheme (the `kombu` crate makes one for you).
-/// let pool = ConnectionPool::new("redis://localhost:6379/0", ConnectionOptions::new(), registry, 10)?;
+/// # async fn demo() -> kombu_core::Result<()> {
+/// // The scheme is resolved through the global registry.
+/// let pool = ConnectionPool::new("redis://localhost:6379/0", ConnectionOptions::new(), 10)?;
 /// let conn = pool.acquire_timeout(Duration::from_secs(5)).await?;
 /// let channel = conn.channel().await?; // connects on first use
 /// # drop(channel);
@@ -217,38 +215,32 @@ pub struct ConnectionPool {
 
 impl ConnectionPool {
     /// A pool of up to `limit` connections to `url` with `options`, as
-    /// [`Connection::with_options`] makes them. The URL is checked now
-    /// (scheme known, options valid); nothing connects until used.
+    /// [`Connection::with_options`] makes them (the global registry). The
+    /// URL is checked now (scheme known, options valid); nothing connects
+    /// until used.
     ///
     /// A `limit` of 0 is taken as 1.
-    pub fn new(
+    pub fn new(url: &str, options: ConnectionOptions, limit: usize) -> Result<Self> {
+        Self::with_registry(url, options, Registry::global(), limit)
+    }
+
+    /// A pool like [`ConnectionPool::new`] whose connections resolve their
+    /// scheme through `registry`.
+    pub fn with_registry(
         url: &str,
         options: ConnectionOptions,
         registry: Arc<Registry>,
         limit: usize,
     ) -> Result<Self> {
-        Connection::with_options(url, options.clone(), registry.clone())?;
-        let url = url.to_owned();
-        Self::from_fn(limit, move || {
-            Connection::with_options(&url, options.clone(), registry.clone())
-        })
+        let template = Connection::with_registry_options(url, options, registry)?;
+        Self::from_template(&template, limit)
     }
 
     /// A pool of connections like `template`: the same URLs (failover list
-    /// included) and options, each a connection of its own. `registry`
-    /// resolves the schemes as it did for the template.
-    pub fn from_template(
-        template: &Connection,
-        registry: Arc<Registry>,
-        limit: usize,
-    ) -> Result<Self> {
-        let urls = template
-            .urls()
-            .iter()
-            .map(|u| u.as_uri(true))
-            .collect::<Vec<_>>()
-            .join(";");
-        Self::new(&urls, template.options().clone(), registry, limit)
+    /// included), options and registry, each a connection of its own.
+    pub fn from_template(template: &Connection, limit: usize) -> Result<Self> {
+        let template = template.new_like()?;
+        Self::from_fn(limit, move || template.new_like())
     }
 
     /// A pool whose connections `make` creates (it is called when the pool
@@ -430,11 +422,10 @@ impl managed::Manager for ProducerManager {
 /// is replaced by a new one on the same (reconnecting) connection.
 ///
 /// ```
-/// use std::sync::Arc;
-/// use kombu_core::{ConnectionOptions, ConnectionPool, Exchange, Producer, ProducerPool, PublishOptions, Registry};
+/// use kombu_core::{ConnectionOptions, ConnectionPool, Exchange, Producer, ProducerPool, PublishOptions};
 ///
-/// # async fn demo(registry: Arc<Registry>) -> kombu_core::Result<()> {
-/// let connections = ConnectionPool::new("amqp://localhost//", ConnectionOptions::new(), registry, 4)?;
+/// # async fn demo() -> kombu_core::Result<()> {
+/// let connections = ConnectionPool::new("amqp://localhost//", ConnectionOptions::new(), 4)?;
 /// let producers = ProducerPool::with_producer(connections, 4, |conn| {
 ///     Producer::new(conn).exchange(Exchange::topic("logs"))
 /// })?;

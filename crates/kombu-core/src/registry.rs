@@ -4,7 +4,7 @@
 //! `register` call per enabled cargo feature; anyone may build their own
 //! and add a custom transport.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::TransportFactory;
@@ -64,6 +64,16 @@ impl Registry {
     /// before the `+`.
     pub fn resolve(&self, scheme: &str) -> Result<Arc<dyn TransportFactory>> {
         let scheme = scheme.to_ascii_lowercase();
+        if self.factories.is_empty() && self.disabled.is_empty() {
+            return Err(Error::new(
+                ErrorKind::UnknownScheme,
+                format!(
+                    "no transport for scheme {scheme:?}: no transports are installed \
+                     (call kombu::install_default_transports() first, or \
+                     Registry::install for your own)"
+                ),
+            ));
+        }
         if let Some(found) = self.find(&scheme) {
             return Ok(found);
         }
@@ -132,4 +142,58 @@ impl Registry {
         out.sort_by_key(|f| f.name());
         out
     }
+
+    /// Add what `other` holds after what this one holds: its transports
+    /// serve only schemes no transport here serves.
+    pub fn extend_fallback(&mut self, other: Registry) -> &mut Self {
+        self.factories.extend(other.factories);
+        self.disabled.extend(other.disabled);
+        self
+    }
+
+    /// True when no transport is registered.
+    pub fn is_empty(&self) -> bool {
+        self.factories.is_empty()
+    }
+
+    /// The process-wide registry that [`Connection::new`](crate::Connection::new),
+    /// [`ConnectionPool::new`](crate::ConnectionPool::new) and the CLI use: a
+    /// snapshot (later installs do not change it). Empty until transports
+    /// are installed: the `kombu` crate's `install_default_transports()`
+    /// installs every compiled-in transport.
+    ///
+    /// ```
+    /// use kombu_core::Registry;
+    /// let before = Registry::global();
+    /// Registry::update_global(|r| { r.register_disabled(&["nope"], "nope"); });
+    /// assert!(Registry::global().resolve("nope").is_err());
+    /// # let _ = before;
+    /// ```
+    pub fn global() -> Arc<Registry> {
+        global_cell()
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Change the global registry (connections made before keep theirs).
+    pub fn update_global(change: impl FnOnce(&mut Registry)) {
+        let mut slot = global_cell().write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Registry::clone(&slot);
+        change(&mut next);
+        *slot = Arc::new(next);
+    }
+
+    /// Add `factory` to the global registry (it wins over earlier ones for
+    /// its schemes).
+    pub fn install(factory: Arc<dyn TransportFactory>) {
+        Self::update_global(|r| {
+            r.register(factory);
+        });
+    }
+}
+
+fn global_cell() -> &'static RwLock<Arc<Registry>> {
+    static GLOBAL: OnceLock<RwLock<Arc<Registry>>> = OnceLock::new();
+    GLOBAL.get_or_init(|| RwLock::new(Arc::new(Registry::new())))
 }

@@ -5,6 +5,7 @@
 //! [`VirtualBackend`](crate::virtual_channel::VirtualBackend) and get a
 //! channel from [`VirtualChannel`](crate::virtual_channel::VirtualChannel).
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::entity::{Binding, Exchange, ExchangeType, Queue};
 use crate::error::{Error, Result};
 use crate::message::{Delivery, RawMessage};
 use crate::options::ConnectionOptions;
+use crate::transport_info::TransportInfo;
 use crate::url::BrokerUrl;
 
 /// Native transports speak a broker protocol with exchanges of its own;
@@ -259,43 +261,48 @@ pub trait Channel: Send + Sync {
 /// One connection to a broker.
 #[async_trait]
 pub trait Transport: Send + Sync {
-    /// What this transport can do.
+    /// What this connection can do: the transport's static capabilities,
+    /// less what its options or its server turn off (SQS with
+    /// `supports_fanout=false` routes no fanout).
     fn capabilities(&self) -> Capabilities;
     /// Open a channel.
     async fn create_channel(&self) -> Result<Arc<dyn Channel>>;
     /// True while the connection is up.
     fn is_connected(&self) -> bool;
-    /// Check the connection is alive (a heartbeat or a ping).
+    /// Check the connection is alive (a heartbeat or a ping). On a closed
+    /// transport: [`ErrorKind::Closed`](crate::ErrorKind::Closed); on a lost
+    /// one: a connection error.
     async fn heartbeat_check(&self) -> Result<()> {
         Ok(())
+    }
+    /// The transport's own API, for
+    /// [`Connection::extension`](crate::Connection::extension): a virtual
+    /// transport gives its backend (Redis's `restore_visible`, ...).
+    fn extension(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        None
     }
     /// Close the connection and every channel.
     async fn close(&self) -> Result<()>;
 }
 
-/// Makes transports for some URL schemes: the unit of registration.
+/// Makes transports for some URL schemes: the unit of registration. Its
+/// [`TransportInfo`] says everything known without connecting.
 #[async_trait]
 pub trait TransportFactory: Send + Sync {
+    /// The transport's static description.
+    fn info(&self) -> &'static TransportInfo;
     /// The transport's name for people (`memory`, `redis`, ...).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.info().name
+    }
     /// The URL schemes it serves; the first is its main one.
-    fn schemes(&self) -> &'static [&'static str];
-    /// The port used when a URL gives none.
-    fn default_port(&self) -> Option<u16> {
-        None
+    fn schemes(&self) -> &'static [&'static str] {
+        self.info().schemes
     }
-    /// The port used when a URL with `scheme` gives none, with TLS on or
-    /// off (`ssl` option or `?ssl=1`): kombu's `default_ssl_port`, for
-    /// transports whose TLS port differs (AMQP: 5672 and 5671 for `amqps`).
-    /// By default [`TransportFactory::default_port`].
-    fn default_port_for(&self, scheme: &str, ssl: bool) -> Option<u16> {
-        let _ = (scheme, ssl);
-        self.default_port()
-    }
-    /// What its transports can do.
-    fn capabilities(&self) -> Capabilities;
-    /// Connect. `url` has had defaults filled in; `options` are the keyword
-    /// options with the URL's query applied.
+    /// Connect. `url` has had the transport's defaults filled in (and only
+    /// those: a part the user did not write and the transport has no default
+    /// for stays absent); `options` are the keyword options with the URL's
+    /// query applied.
     async fn connect(
         &self,
         url: &BrokerUrl,

@@ -21,13 +21,37 @@ use std::str::FromStr;
 use url::{form_urlencoded, Host};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::options::{is_sensitive_key, ConnectionOptions};
 
 /// What a password (or a sensitive query value) becomes in `Display` and
 /// `Debug`, as in kombu's `maybe_sanitize_url`.
 const MASK: &str = "**";
 /// What a password becomes when a rejected input is echoed in an error.
 const ERROR_MASK: &str = "****";
+
+/// True for option and query keys whose values must not be shown: those that
+/// contain `password`, `secret`, `token` or `key`, in any case.
+pub(crate) fn is_sensitive_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token", "key"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// What fills the parts a URL leaves out ([`BrokerUrl::completed`]): the
+/// keyword options first, then the transport's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UrlDefaults<'a> {
+    /// Host when the URL names none.
+    pub hostname: Option<&'a str>,
+    /// Port when the URL gives none.
+    pub port: Option<u16>,
+    /// User when the URL gives none.
+    pub userid: Option<&'a str>,
+    /// Password when the URL gives none.
+    pub password: Option<&'a str>,
+    /// Virtual host when the URL gives none.
+    pub virtual_host: Option<&'a str>,
+}
 
 /// A parsed broker URL, in kombu's format
 /// `transport://userid:password@hostname:port/virtual_host?key=value`.
@@ -267,42 +291,37 @@ impl BrokerUrl {
             .map(|(_, v)| v.as_str())
     }
 
-    /// A copy with every missing part filled in: first from the keyword
-    /// `options` (the URL's own values win), then from kombu's defaults:
-    /// hostname `localhost`, userid and password `guest`, virtual host `/`,
-    /// and `default_port` (the transport's).
+    /// A copy with the parts the URL leaves out taken from `defaults`; a
+    /// part that neither gives stays absent (no login is invented: each
+    /// transport says in its [`TransportInfo`](crate::TransportInfo) what
+    /// it fills, AMQP `guest`/`guest`, most nothing).
     ///
     /// ```
-    /// use kombu_core::{BrokerUrl, ConnectionOptions};
+    /// use kombu_core::url::{BrokerUrl, UrlDefaults};
     ///
-    /// let options = ConnectionOptions::new().hostname("rabbit").port(1234);
-    /// let url = BrokerUrl::parse("amqp://")?.with_defaults(&options, Some(5672));
-    /// assert_eq!(url.as_uri(true), "amqp://guest:guest@rabbit:1234//");
+    /// let defaults = UrlDefaults { hostname: Some("rabbit"), port: Some(1234), ..UrlDefaults::default() };
+    /// let url = BrokerUrl::parse("redis://")?.completed(&defaults);
+    /// assert_eq!(url.as_uri(true), "redis://rabbit:1234");
     ///
-    /// let url = BrokerUrl::parse("amqp://other/")?.with_defaults(&options, Some(5672));
-    /// assert_eq!(url.hostname(), Some("other"));
+    /// let url = BrokerUrl::parse("redis://:secret@other/")?.completed(&defaults);
+    /// assert_eq!((url.hostname(), url.userid(), url.password()), (Some("other"), None, Some("secret")));
     /// # Ok::<(), kombu_core::Error>(())
     /// ```
-    pub fn with_defaults(
-        &self,
-        options: &ConnectionOptions,
-        default_port: Option<u16>,
-    ) -> BrokerUrl {
-        fn fill(part: &mut Option<String>, keyword: &Option<String>, default: &str) {
+    pub fn completed(&self, defaults: &UrlDefaults<'_>) -> BrokerUrl {
+        fn fill(part: &mut Option<String>, default: Option<&str>) {
             if part.is_none() {
-                let keyword = keyword.as_deref().filter(|k| !k.is_empty());
-                *part = Some(keyword.unwrap_or(default).to_string());
+                *part = default.filter(|d| !d.is_empty()).map(str::to_owned);
             }
         }
         let mut url = self.clone();
-        fill(&mut url.hostname, &options.hostname, "localhost");
-        fill(&mut url.userid, &options.userid, "guest");
-        fill(&mut url.password, &options.password, "guest");
-        url.port = url.port.or(options.port).or(default_port);
+        fill(&mut url.hostname, defaults.hostname);
+        fill(&mut url.userid, defaults.userid);
+        fill(&mut url.password, defaults.password);
+        url.port = url.port.or(defaults.port);
         if url.virtual_host().is_none() {
-            let mut vhost = None;
-            fill(&mut vhost, &options.virtual_host, "/");
-            url.path = format!("/{}", vhost.unwrap_or_default());
+            if let Some(vhost) = defaults.virtual_host.filter(|v| !v.is_empty()) {
+                url.path = format!("/{vhost}");
+            }
         }
         url
     }
@@ -892,28 +911,40 @@ mod tests {
     }
 
     #[test]
-    fn with_defaults_fills_only_missing_parts() {
-        let none = ConnectionOptions::new();
-        let url = parse("amqp://").with_defaults(&none, Some(5672));
+    fn completed_fills_only_missing_parts() {
+        let none = UrlDefaults::default();
+        let url = parse("redis://").completed(&none);
+        assert_eq!(url.as_uri(true), "redis://");
+
+        let amqp = UrlDefaults {
+            hostname: Some("localhost"),
+            port: Some(5672),
+            userid: Some("guest"),
+            password: Some("guest"),
+            virtual_host: Some("/"),
+        };
+        let url = parse("amqp://").completed(&amqp);
         assert_eq!(url.as_uri(true), "amqp://guest:guest@localhost:5672//");
 
-        let keywords = ConnectionOptions::new()
-            .hostname("kw-host")
-            .userid("kw-user")
-            .password("kw-pass")
-            .virtual_host("kw-vhost")
-            .port(1111);
-        let url = parse("amqp://").with_defaults(&keywords, Some(5672));
+        let keywords = UrlDefaults {
+            hostname: Some("kw-host"),
+            port: Some(1111),
+            userid: Some("kw-user"),
+            password: Some("kw-pass"),
+            virtual_host: Some("kw-vhost"),
+        };
+        let url = parse("amqp://").completed(&keywords);
         assert_eq!(
             url.as_uri(true),
             "amqp://kw-user:kw-pass@kw-host:1111/kw-vhost"
         );
 
-        let url = parse("amqp://u:p@h:2//v").with_defaults(&keywords, Some(5672));
+        let url = parse("amqp://u:p@h:2//v").completed(&keywords);
         assert_eq!(url.as_uri(true), "amqp://u:p@h:2//v");
 
-        let url = parse("sqs://").with_defaults(&none, None);
-        assert_eq!(url.port(), None);
+        // An ACL user without a password keeps its name and gets no password.
+        let url = parse("redis://alice@h").completed(&none);
+        assert_eq!((url.userid(), url.password()), (Some("alice"), None));
     }
 
     #[test]

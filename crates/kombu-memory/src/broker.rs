@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
-use kombu_core::routing::QueueBinding;
-use kombu_core::virtual_channel::Fetched;
+use kombu_core::spi::{Fetched, QueueBinding};
 use kombu_core::{Envelope, Exchange, Queue};
 use tokio::sync::Notify;
 

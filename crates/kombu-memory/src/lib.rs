@@ -5,22 +5,32 @@ mod broker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kombu_core::virtual_channel::{
-    Fetched, Receipt, VirtualBackend, VirtualOptions, VirtualTransport,
+use kombu_core::spi::{
+    async_trait, ConnectBackend, Fetched, QueueBinding, Receipt, VirtualBackend, VirtualFactory,
+    VIRTUAL_OPTIONS,
 };
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, ConnectionOptions, Envelope, Exchange, Queue, Registry,
-    Result, Transport, TransportFactory, TransportKind,
+    BrokerUrl, Capabilities, ConnectionOptions, Envelope, Exchange, Queue, Registry, Result,
+    TransportInfo, TransportKind,
 };
 
 use broker::MemoryBroker;
-use kombu_core::routing::QueueBinding;
 
 /// The URL schemes this transport serves.
 pub const SCHEMES: &[&str] = &["memory"];
 
-/// Transport options `memory://` understands.
-pub const KNOWN_OPTIONS: &[&str] = &["polling_interval", "unroutable_queue"];
+/// Transport options `memory://` understands (with the core's
+/// `unroutable_queue` and `operation_timeout`).
+pub const KNOWN_OPTIONS: &[&str] = &["polling_interval"];
+
+/// What `memory://` is.
+///
+/// ```
+/// assert_eq!(kombu_memory::INFO.schemes, &["memory"]);
+/// assert!(!kombu_memory::INFO.static_capabilities().shared_declarations);
+/// ```
+pub const INFO: TransportInfo =
+    TransportInfo::new("memory", SCHEMES, TransportKind::Virtual).capabilities(capabilities);
 
 /// Add the memory transport to `registry`.
 ///
@@ -30,18 +40,13 @@ pub const KNOWN_OPTIONS: &[&str] = &["polling_interval", "unroutable_queue"];
 /// assert!(registry.resolve("memory").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(MemoryTransportFactory));
+    registry.register(Arc::new(VirtualFactory(MemoryConnector)));
 }
 
-/// Makes `memory://` transports. Every connection to the same
+/// Opens `memory://` backends. Every connection to the same
 /// `memory://<name>` in one process shares the same queues.
-///
-/// ```
-/// use kombu_core::TransportFactory;
-/// assert_eq!(kombu_memory::MemoryTransportFactory.schemes(), &["memory"]);
-/// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MemoryTransportFactory;
+pub struct MemoryConnector;
 
 fn capabilities() -> Capabilities {
     Capabilities::new(TransportKind::Virtual)
@@ -51,26 +56,20 @@ fn capabilities() -> Capabilities {
 }
 
 #[async_trait]
-impl TransportFactory for MemoryTransportFactory {
-    fn name(&self) -> &'static str {
-        "memory"
+impl ConnectBackend for MemoryConnector {
+    type Backend = MemoryBackend;
+
+    fn info(&self) -> &'static TransportInfo {
+        &INFO
     }
 
-    fn schemes(&self) -> &'static [&'static str] {
-        SCHEMES
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        capabilities()
-    }
-
-    async fn connect(
+    async fn connect_backend(
         &self,
         url: &BrokerUrl,
         options: &ConnectionOptions,
-    ) -> Result<Arc<dyn Transport>> {
+    ) -> Result<MemoryBackend> {
         let transport_options = &options.transport_options;
-        transport_options.check_known(KNOWN_OPTIONS, "memory")?;
+        transport_options.check_known(&[KNOWN_OPTIONS, VIRTUAL_OPTIONS].concat(), "memory")?;
         let polling_interval = transport_options
             .get_duration_secs("polling_interval")?
             .unwrap_or(Duration::from_millis(100));
@@ -79,12 +78,10 @@ impl TransportFactory for MemoryTransportFactory {
             url.hostname().unwrap_or_default(),
             url.virtual_host().unwrap_or_default()
         );
-        let backend = MemoryBackend {
+        Ok(MemoryBackend {
             broker: MemoryBroker::named(&name),
             polling_interval,
-        };
-        let virtual_options = VirtualOptions::from_transport_options(transport_options)?;
-        Ok(Arc::new(VirtualTransport::new(backend, virtual_options)))
+        })
     }
 }
 

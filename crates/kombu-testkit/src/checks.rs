@@ -157,6 +157,7 @@ pub async fn direct_exchange(conn: &Connection) -> Result<()> {
 pub async fn topic_exchange(conn: &Connection) -> Result<()> {
     if !conn
         .capabilities()
+        .await?
         .supports(kombu_core::ExchangeType::Topic)
     {
         return skip("topic_exchange", "no topic exchanges");
@@ -203,6 +204,7 @@ pub async fn topic_exchange(conn: &Connection) -> Result<()> {
 pub async fn fanout_exchange(conn: &Connection) -> Result<()> {
     if !conn
         .capabilities()
+        .await?
         .supports(kombu_core::ExchangeType::Fanout)
     {
         return skip("fanout_exchange", "no fanout exchanges");
@@ -234,6 +236,7 @@ pub async fn fanout_exchange(conn: &Connection) -> Result<()> {
 pub async fn headers_exchange(conn: &Connection) -> Result<()> {
     if !conn
         .capabilities()
+        .await?
         .supports(kombu_core::ExchangeType::Headers)
     {
         return skip("headers_exchange", "no headers exchanges");
@@ -601,7 +604,7 @@ pub async fn headers_and_properties_round_trip(conn: &Connection) -> Result<()> 
 
 /// With priorities, a higher priority is delivered first.
 pub async fn priorities_higher_first(conn: &Connection) -> Result<()> {
-    if !conn.capabilities().priority {
+    if !conn.capabilities().await?.priority {
         return skip("priorities_higher_first", "no priorities");
     }
     let mut clean = Cleanup::new();
@@ -630,7 +633,7 @@ pub async fn priorities_higher_first(conn: &Connection) -> Result<()> {
 
 /// A message past its expiration is not delivered.
 pub async fn message_ttl_expires(conn: &Connection) -> Result<()> {
-    if !conn.capabilities().ttl {
+    if !conn.capabilities().await?.ttl {
         return skip("message_ttl_expires", "no TTL");
     }
     let mut clean = Cleanup::new();
@@ -659,7 +662,7 @@ pub async fn message_ttl_expires(conn: &Connection) -> Result<()> {
 
 /// A queue's message TTL expires old messages.
 pub async fn queue_ttl_expires(conn: &Connection) -> Result<()> {
-    if !conn.capabilities().ttl {
+    if !conn.capabilities().await?.ttl {
         return skip("queue_ttl_expires", "no TTL");
     }
     let mut clean = Cleanup::new();
@@ -685,7 +688,7 @@ pub async fn queue_ttl_expires(conn: &Connection) -> Result<()> {
 
 /// A rejected message goes to the dead-letter exchange with `x-death`.
 pub async fn dead_letter_on_reject(conn: &Connection) -> Result<()> {
-    if !conn.capabilities().dead_letter {
+    if !conn.capabilities().await?.dead_letter {
         return skip("dead_letter_on_reject", "no dead-lettering");
     }
     let mut clean = Cleanup::new();
@@ -713,7 +716,7 @@ pub async fn dead_letter_on_reject(conn: &Connection) -> Result<()> {
 
 /// A queue with max_length keeps the newest messages.
 pub async fn max_length_drops_oldest(conn: &Connection) -> Result<()> {
-    if !conn.capabilities().max_length {
+    if !conn.capabilities().await?.max_length {
         return skip("max_length_drops_oldest", "no max length");
     }
     let mut clean = Cleanup::new();
@@ -746,7 +749,7 @@ pub async fn large_body_1mib(conn: &Connection) -> Result<()> {
     let body: Vec<u8> = (0..1024 * 1024)
         .map(|i: u32| (i.wrapping_mul(31) % 251) as u8)
         .collect();
-    if let Some(limit) = conn.capabilities().max_body_size {
+    if let Some(limit) = conn.capabilities().await?.max_body_size {
         if limit < body.len() as u64 {
             let result = Producer::new(conn)
                 .publish(body.clone(), PublishOptions::new().routing_key(&q.name))
@@ -879,7 +882,7 @@ pub async fn many_producers_many_consumers(conn: &Connection) -> Result<()> {
 
 /// A consumer dropped without acking: its message is delivered again.
 pub async fn dropped_consumer_redelivers(conn: &Connection) -> Result<()> {
-    if !conn.capabilities().redelivers_unacked {
+    if !conn.capabilities().await?.redelivers_unacked {
         return skip(
             "dropped_consumer_redelivers",
             "unacked messages are not redelivered",

@@ -27,8 +27,10 @@
 //! ```
 
 pub mod checks;
+pub mod liveness;
 mod support;
 
+pub use liveness::{with_query, FrozenProxy};
 pub use support::{
     connection_for, consumer_builder, python_peer, recv, recv_n, recv_within, require_env,
     run_check, run_python, skip, step, test_reconnect_policy, test_url, unique, ChildLines,

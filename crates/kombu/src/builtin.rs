@@ -1,69 +1,108 @@
-//! The default registry: one `register` call per enabled transport feature.
+//! The compiled-in transports, installed into the core's global registry
+//! (sqlx's `install_default_drivers` idea): one `register` call per enabled
+//! transport feature, and the schemes of the others, so an error can name
+//! the feature to enable.
 
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, Once};
 
-use kombu_core::{Registry, TransportFactory};
+use kombu_core::spi::TransportFactory;
+use kombu_core::Registry;
 
-static DEFAULT: LazyLock<RwLock<Arc<Registry>>> =
-    LazyLock::new(|| RwLock::new(Arc::new(builtin())));
+/// Every transport feature of this crate and the URL schemes its transport
+/// serves (a test keeps this equal to the transport crates' own lists).
+pub const TRANSPORT_FEATURES: &[(&str, &[&str])] = &[
+    ("memory", &["memory"]),
+    ("amqp", &["amqp", "amqps", "pyamqp", "amqplib", "pika"]),
+    ("redis", &["redis", "rediss", "redis+socket"]),
+    ("sqs", &["sqs"]),
+    ("mongodb", &["mongodb", "mongodb+srv"]),
+    ("beanstalk", &["beanstalk"]),
+    ("couchdb", &["couchdb"]),
+];
 
-/// The transports compiled in, and the schemes of those that are not (so an
-/// error can name the feature to enable).
+/// Is the transport of cargo feature `feature` compiled in?
+fn enabled(feature: &str) -> bool {
+    match feature {
+        "memory" => cfg!(feature = "memory"),
+        "amqp" => cfg!(feature = "amqp"),
+        "redis" => cfg!(feature = "redis"),
+        "sqs" => cfg!(feature = "sqs"),
+        "mongodb" => cfg!(feature = "mongodb"),
+        "beanstalk" => cfg!(feature = "beanstalk"),
+        "couchdb" => cfg!(feature = "couchdb"),
+        _ => false,
+    }
+}
+
+/// The compiled-in transports, and the schemes of those that are not.
 fn builtin() -> Registry {
     let mut registry = Registry::new();
     #[cfg(feature = "memory")]
     kombu_memory::register(&mut registry);
-    #[cfg(not(feature = "memory"))]
-    registry.register_disabled(&["memory"], "memory");
     #[cfg(feature = "amqp")]
     kombu_amqp::register(&mut registry);
-    #[cfg(not(feature = "amqp"))]
-    registry.register_disabled(&["amqp", "amqps", "pyamqp", "amqplib", "pika"], "amqp");
     #[cfg(feature = "redis")]
     kombu_redis::register(&mut registry);
-    #[cfg(not(feature = "redis"))]
-    registry.register_disabled(&["redis", "rediss", "redis+socket"], "redis");
     #[cfg(feature = "sqs")]
     kombu_sqs::register(&mut registry);
-    #[cfg(not(feature = "sqs"))]
-    registry.register_disabled(&["sqs"], "sqs");
     #[cfg(feature = "mongodb")]
     kombu_mongo::register(&mut registry);
-    #[cfg(not(feature = "mongodb"))]
-    registry.register_disabled(&["mongodb", "mongodb+srv"], "mongodb");
     #[cfg(feature = "beanstalk")]
     kombu_beanstalk::register(&mut registry);
-    #[cfg(not(feature = "beanstalk"))]
-    registry.register_disabled(&["beanstalk"], "beanstalk");
     #[cfg(feature = "couchdb")]
     kombu_couchdb::register(&mut registry);
-    #[cfg(not(feature = "couchdb"))]
-    registry.register_disabled(&["couchdb"], "couchdb");
+    for (feature, schemes) in TRANSPORT_FEATURES {
+        if !enabled(feature) {
+            registry.register_disabled(schemes, feature);
+        }
+    }
     registry
 }
 
-/// The registry [`crate::Connection::new`] uses.
+/// Install every compiled-in transport into the global registry that
+/// [`Connection::new`](crate::Connection::new),
+/// [`ConnectionPool::new`](crate::ConnectionPool::new) and the CLI use.
+/// Call it once at start (later calls do nothing); transports installed
+/// before it keep their schemes.
+///
+/// ```
+/// kombu::install_default_transports();
+/// let conn = kombu::Connection::new("memory://")?;
+/// assert_eq!(conn.transport_name(), "memory");
+/// # Ok::<(), kombu::Error>(())
+/// ```
+pub fn install_default_transports() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        Registry::update_global(|global| {
+            global.extend_fallback(builtin());
+        })
+    });
+}
+
+/// The global registry, with the compiled-in transports installed.
 ///
 /// ```
 /// assert!(kombu::default_registry().schemes().contains(&"memory"));
 /// ```
 pub fn default_registry() -> Arc<Registry> {
-    DEFAULT.read().unwrap_or_else(|e| e.into_inner()).clone()
+    install_default_transports();
+    Registry::global()
 }
 
-/// Add a transport to the default registry, for every later
-/// [`crate::Connection::new`] in the process. A scheme registered here wins
-/// over a built-in one.
+/// Add a transport to the global registry (after installing the
+/// compiled-in ones), for every later [`Connection::new`](crate::Connection::new)
+/// in the process. A scheme registered here wins over a built-in one.
 ///
 /// ```
 /// # use std::sync::Arc;
-/// # use kombu::{async_trait, BrokerUrl, Capabilities, ConnectionOptions, Result, Transport, TransportFactory, TransportKind};
+/// # use kombu::spi::{async_trait, Transport, TransportFactory};
+/// # use kombu::{BrokerUrl, ConnectionOptions, Result, TransportInfo, TransportKind};
 /// struct Mine;
+/// const MINE: TransportInfo = TransportInfo::new("mine", &["mine"], TransportKind::Virtual);
 /// #[async_trait]
 /// impl TransportFactory for Mine {
-///     fn name(&self) -> &'static str { "mine" }
-///     fn schemes(&self) -> &'static [&'static str] { &["mine"] }
-///     fn capabilities(&self) -> Capabilities { Capabilities::new(TransportKind::Virtual) }
+///     fn info(&self) -> &'static TransportInfo { &MINE }
 ///     async fn connect(&self, _: &BrokerUrl, _: &ConnectionOptions) -> Result<Arc<dyn Transport>> {
 ///         Err(kombu::Error::unsupported("demo"))
 ///     }
@@ -73,8 +112,6 @@ pub fn default_registry() -> Arc<Registry> {
 /// # Ok::<(), kombu::Error>(())
 /// ```
 pub fn register(factory: Arc<dyn TransportFactory>) {
-    let mut slot = DEFAULT.write().unwrap_or_else(|e| e.into_inner());
-    let mut next = (**slot).clone();
-    next.register(factory);
-    *slot = Arc::new(next);
+    install_default_transports();
+    Registry::install(factory);
 }

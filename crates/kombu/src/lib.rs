@@ -4,9 +4,9 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> kombu::Result<()> {
-//! use kombu::{Connection, Exchange, Queue, Producer, PublishOptions};
-//! use futures::StreamExt;
+//! use kombu::prelude::*;
 //!
+//! kombu::install_default_transports(); // once, at start: every compiled-in transport
 //! let conn = Connection::new("memory://doc-example")?; // lazy: no I/O yet
 //! let exchange = Exchange::direct("greetings");
 //! let queue = Queue::new("hello").bind(&exchange, "hello");
@@ -23,67 +23,44 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Transports are cargo features: `memory` (default), and the others as
-//! they land (see the README's table). [`register`] adds your own.
+//! Transports are cargo features: `memory` (default), `amqp`, `redis`,
+//! `sqs`, `mongodb`, `beanstalk`, `couchdb` (`full`: all). There is one
+//! [`Connection`] type: [`install_default_transports`] puts the compiled-in
+//! transports into the core's global registry that [`Connection::new`] and
+//! [`ConnectionPool::new`] resolve schemes through; [`register`] adds your
+//! own; [`spi`] is what a transport crate implements.
 
 mod builtin;
 mod table;
 
-use std::ops::Deref;
-
-pub use builtin::{default_registry, register};
+pub use builtin::{default_registry, install_default_transports, register, TRANSPORT_FEATURES};
+/// The user API: [`Connection`] (the one connection type: a pooled
+/// connection dereferences to it), entities, producers, consumers,
+/// options, errors.
 pub use kombu_core::*;
 pub use table::transport_table;
 
-/// A connection to a broker chosen by URL scheme through the default
-/// registry (every transport compiled in, plus those added with
-/// [`register`]). It dereferences to [`kombu_core::Connection`], which has
-/// every method.
+/// The implementer's API (what a transport crate uses); see
+/// docs/writing-a-transport.md.
+pub mod spi {
+    pub use kombu_core::spi::*;
+}
+
+/// What most users need, in one import (`StreamExt` for consumers).
 ///
 /// ```
-/// let conn = kombu::Connection::new("memory://")?;
-/// assert!(!conn.connected()); // lazy
-/// assert_eq!(conn.transport_name(), "memory");
-/// # Ok::<(), kombu::Error>(())
+/// use kombu::prelude::*;
+/// # async fn demo(conn: &Connection) -> Result<()> {
+/// let mut consumer = Consumer::builder(conn).queue(Queue::new("q")).build().await?;
+/// if let Some(message) = consumer.next().await { message?.ack().await?; }
+/// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
-pub struct Connection(kombu_core::Connection);
-
-impl Connection {
-    /// A lazy connection for `url`. An empty `url` means kombu's default,
-    /// `amqp://guest:guest@localhost:5672//`.
-    pub fn new(url: &str) -> Result<Self> {
-        Self::with_options(url, ConnectionOptions::default())
-    }
-
-    /// A lazy connection for `url` with keyword options (URL values win).
-    ///
-    /// ```
-    /// use kombu::{Connection, ConnectionOptions};
-    /// let opts = ConnectionOptions::new().transport("memory");
-    /// let conn = Connection::with_options("", opts)?;
-    /// assert_eq!(conn.transport_name(), "memory");
-    /// # Ok::<(), kombu::Error>(())
-    /// ```
-    pub fn with_options(url: &str, options: ConnectionOptions) -> Result<Self> {
-        kombu_core::Connection::with_options(url, options, default_registry()).map(Connection)
-    }
-
-    /// A lazy connection for `url` resolved through your own `registry`.
-    pub fn with_registry(url: &str, registry: std::sync::Arc<Registry>) -> Result<Self> {
-        kombu_core::Connection::with_registry(url, registry).map(Connection)
-    }
-
-    /// Release the connection: back to its pool when it came from one, else
-    /// closed (kombu's `release`).
-    pub async fn release(self) -> Result<()> {
-        self.0.release().await
-    }
-
-    /// The core connection (what producers and consumers take).
-    pub fn into_inner(self) -> kombu_core::Connection {
-        self.0
-    }
+pub mod prelude {
+    pub use crate::{
+        install_default_transports, Connection, ConnectionOptions, ConnectionPool, Consumer, Error,
+        ErrorKind, Exchange, Message, Producer, PublishOptions, Queue, Result,
+    };
+    pub use futures::StreamExt;
 }
 
 /// The user guide's examples, compiled and run as doctests.
@@ -107,23 +84,4 @@ mod user_guide {
     struct StayingUp;
     #[doc = include_str!("../../../docs/pools.md")]
     struct Pools;
-}
-
-impl Deref for Connection {
-    type Target = kombu_core::Connection;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl From<Connection> for kombu_core::Connection {
-    fn from(conn: Connection) -> Self {
-        conn.0
-    }
-}
-
-impl AsRef<kombu_core::Connection> for Connection {
-    fn as_ref(&self) -> &kombu_core::Connection {
-        &self.0
-    }
 }

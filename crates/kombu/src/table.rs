@@ -35,7 +35,7 @@ pub fn transport_table(registry: &Registry) -> String {
          |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for factory in registry.factories() {
-        let caps = factory.capabilities();
+        let caps = factory.info().static_capabilities();
         let schemes: Vec<String> = factory
             .schemes()
             .iter()

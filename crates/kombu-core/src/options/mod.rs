@@ -17,4 +17,3 @@ pub use connection::ConnectionOptions;
 pub use failover::{CustomFailover, FailoverOrderFn, FailoverStrategy};
 pub use ssl::SslOptions;
 pub use transport::TransportOptions;
-pub(crate) use value::is_sensitive_key;

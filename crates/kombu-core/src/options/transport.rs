@@ -6,10 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::value::{
-    as_bool, as_duration, as_f64, as_u64, invalid_value, is_sensitive_key, BOOL, SECONDS,
-};
+use super::value::{as_bool, as_duration, as_f64, as_u64, invalid_value, BOOL, SECONDS};
 use crate::error::{Error, Result};
+use crate::url::is_sensitive_key;
 
 /// Options for one transport, by name (kombu's `transport_options`): an
 /// ordered map of JSON values. Keys a transport does not know are refused by

@@ -9,15 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::Error;
-
-/// True for option and query keys whose values must not be shown: those that
-/// contain `password`, `secret`, `token` or `key`, in any case.
-pub(crate) fn is_sensitive_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "secret", "token", "key"]
-        .iter()
-        .any(|word| key.contains(word))
-}
+use crate::url::is_sensitive_key;
 
 /// How a value is shown in an error: masked for a sensitive key.
 fn shown(key: &str, value: &Value) -> String {

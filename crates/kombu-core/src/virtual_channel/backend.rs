@@ -179,6 +179,22 @@ pub trait VirtualBackend: Send + Sync + 'static {
         self.polling_interval() + Duration::from_secs(5)
     }
 
+    /// Check the store answers (a PING, a cheap request): what a heartbeat
+    /// runs. An error that is a connection error marks the connection lost.
+    /// By default nothing is sent and the check passes.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// How long one backend call may take before the virtual channel gives
+    /// up on it with a [`Timeout`](crate::ErrorKind::Timeout) and marks the
+    /// connection lost (a fetch may take its `wait` on top). `None`: the
+    /// `operation_timeout` transport option or 30 s. A backend whose client
+    /// has a timeout of its own (a socket timeout) returns it here.
+    fn operation_timeout(&self) -> Option<Duration> {
+        None
+    }
+
     /// Release connections; called once when the transport closes.
     async fn close(&self) -> Result<()> {
         Ok(())

@@ -11,6 +11,8 @@
 mod backend;
 mod consume;
 mod convert;
+mod factory;
+mod guarded;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +24,9 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 
 pub use backend::{Fetched, FetchedBody, Receipt, VirtualBackend};
+pub use factory::{ConnectBackend, VirtualFactory};
+pub use guarded::DEFAULT_OPERATION_TIMEOUT;
+use guarded::{Guarded, Liveness};
 
 use crate::entity::{Binding, Exchange, ExchangeType, Queue};
 use crate::envelope::Envelope;
@@ -38,16 +43,36 @@ use convert::{
 /// Options of the virtual channel, shared by every virtual transport.
 ///
 /// ```
-/// use kombu_core::virtual_channel::VirtualOptions;
+/// use kombu_core::spi::VirtualOptions;
 /// let opts = VirtualOptions::default().unroutable_queue("lost");
 /// assert_eq!(opts.unroutable_queue.as_deref(), Some("lost"));
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct VirtualOptions {
     /// Queue that receives messages no binding matched (default: drop them).
     pub unroutable_queue: Option<String>,
+    /// How long one backend call may take (the `operation_timeout`
+    /// transport option, in seconds); `None`: the backend's own
+    /// [`operation_timeout`](VirtualBackend::operation_timeout) or
+    /// [`DEFAULT_OPERATION_TIMEOUT`].
+    pub operation_timeout: Option<Duration>,
+    /// The transport's name, for errors and logs.
+    pub transport_name: &'static str,
 }
+
+impl Default for VirtualOptions {
+    fn default() -> Self {
+        VirtualOptions {
+            unroutable_queue: None,
+            operation_timeout: None,
+            transport_name: "virtual",
+        }
+    }
+}
+
+/// Transport options every virtual transport understands (on top of its own).
+pub const VIRTUAL_OPTIONS: &[&str] = &["unroutable_queue", "operation_timeout"];
 
 impl VirtualOptions {
     /// Keep unroutable messages in `queue` instead of dropping them.
@@ -56,38 +81,71 @@ impl VirtualOptions {
         self
     }
 
+    /// Bound every backend call by `timeout`.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
+        self
+    }
+
+    /// Name the transport in errors and logs.
+    pub fn transport_name(mut self, name: &'static str) -> Self {
+        self.transport_name = name;
+        self
+    }
+
     /// Read the channel's options from transport options
-    /// (`unroutable_queue`).
+    /// (`unroutable_queue`, `operation_timeout`).
     pub fn from_transport_options(options: &crate::options::TransportOptions) -> Result<Self> {
         Ok(VirtualOptions {
             unroutable_queue: options.get_str("unroutable_queue")?.map(str::to_owned),
+            operation_timeout: options.get_duration_secs("operation_timeout")?,
+            ..VirtualOptions::default()
         })
     }
 }
 
 /// A [`Transport`] over a [`VirtualBackend`]: every channel is a
-/// [`VirtualChannel`] sharing the backend.
+/// [`VirtualChannel`] sharing the backend. It owns the connection's
+/// liveness: a heartbeat runs [`VirtualBackend::ping`], every backend call
+/// is bounded by the operation timeout, and a connection error from either
+/// marks the connection lost ([`Transport::is_connected`] turns false, new
+/// channels fail with [`ErrorKind::ConnectionLost`]), so the
+/// [`Connection`](crate::Connection) replaces it.
 ///
 /// ```
-/// # use kombu_core::virtual_channel::{VirtualBackend, VirtualOptions, VirtualTransport};
+/// # use kombu_core::spi::{VirtualBackend, VirtualOptions, VirtualTransport};
 /// # fn make<B: VirtualBackend>(backend: B) {
 /// let transport = VirtualTransport::new(backend, VirtualOptions::default());
 /// # let _ = transport; }
 /// ```
 pub struct VirtualTransport<B: VirtualBackend> {
     backend: Arc<B>,
+    guarded: Arc<Guarded<B>>,
+    liveness: Arc<Liveness>,
     options: VirtualOptions,
-    connected: AtomicBool,
     unroutable: Arc<AtomicU64>,
 }
 
 impl<B: VirtualBackend> VirtualTransport<B> {
     /// A transport over `backend`.
     pub fn new(backend: B, options: VirtualOptions) -> Self {
+        let backend = Arc::new(backend);
+        let liveness = Arc::new(Liveness::default());
+        let timeout = options
+            .operation_timeout
+            .or_else(|| backend.operation_timeout())
+            .unwrap_or(DEFAULT_OPERATION_TIMEOUT);
+        let guarded = Arc::new(Guarded::new(
+            backend.clone(),
+            liveness.clone(),
+            options.transport_name,
+            timeout,
+        ));
         VirtualTransport {
-            backend: Arc::new(backend),
+            backend,
+            guarded,
+            liveness,
             options,
-            connected: AtomicBool::new(true),
             unroutable: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -110,11 +168,9 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
     }
 
     async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
-        if !self.is_connected() {
-            return Err(Error::new(ErrorKind::Closed, "the connection is closed"));
-        }
+        self.liveness.check(self.options.transport_name)?;
         let channel = VirtualChannel::with_counter(
-            self.backend.clone(),
+            self.guarded.clone(),
             self.options.clone(),
             self.unroutable.clone(),
         );
@@ -122,12 +178,20 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
     }
 
     fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.liveness.is_alive()
+    }
+
+    async fn heartbeat_check(&self) -> Result<()> {
+        self.guarded.ping().await
+    }
+
+    fn extension(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        Some(self.backend.clone())
     }
 
     async fn close(&self) -> Result<()> {
-        if self.connected.swap(false, Ordering::AcqRel) {
-            self.backend.close().await?;
+        if self.liveness.close() {
+            self.guarded.close().await?;
         }
         Ok(())
     }
