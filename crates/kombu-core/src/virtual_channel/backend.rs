@@ -186,6 +186,13 @@ pub trait VirtualBackend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// False once the connection is known to be lost or closed. The core's
+    /// guard around every backend answers this; a backend need not
+    /// override it (true by default).
+    fn is_alive(&self) -> bool {
+        true
+    }
+
     /// How long one backend call may take before the virtual channel gives
     /// up on it with a [`Timeout`](crate::ErrorKind::Timeout) and marks the
     /// connection lost (a fetch may take its `wait` on top). `None`: the

@@ -260,6 +260,9 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
     fn operation_timeout(&self) -> Option<Duration> {
         Some(self.timeout)
     }
+    fn is_alive(&self) -> bool {
+        self.liveness.is_alive() && self.inner.is_alive()
+    }
     async fn close(&self) -> Result<()> {
         // Closing goes through even when the connection is lost.
         match tokio::time::timeout(self.timeout, self.inner.close()).await {

@@ -899,7 +899,7 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
     }
 
     fn is_open(&self) -> bool {
-        !self.state.closed.load(Ordering::Acquire)
+        !self.state.closed.load(Ordering::Acquire) && self.state.backend.is_alive()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Connection and producer pools on `memory://`.
+//! Connection and producer pools (kombu-core's pool logic) on `memory://`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,8 @@ fn registry() -> Arc<Registry> {
 
 fn pool(limit: usize) -> (ConnectionPool, String) {
     let url = format!("memory://{}", kombu_testkit::unique("pools"));
-    let pool = ConnectionPool::new(&url, ConnectionOptions::new(), registry(), limit).unwrap();
+    let pool =
+        ConnectionPool::with_registry(&url, ConnectionOptions::new(), registry(), limit).unwrap();
     (pool, url)
 }
 
@@ -223,13 +224,13 @@ async fn force_close_all_closes_in_use_and_idle_connections() {
 #[tokio::test]
 async fn from_template_copies_urls_and_options() {
     let url = format!("memory://{}", kombu_testkit::unique("template"));
-    let template = Connection::with_options(
+    let template = Connection::with_registry_options(
         &url,
         ConnectionOptions::new().transport_option("polling_interval", 0.05),
         registry(),
     )
     .unwrap();
-    let pool = ConnectionPool::from_template(&template, registry(), 2).unwrap();
+    let pool = ConnectionPool::from_template(&template, 2).unwrap();
     let conn = pool.acquire().await.unwrap();
     assert_eq!(conn.as_uri(), template.as_uri());
     assert_eq!(conn.options(), template.options());
