@@ -4,24 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kombu::{
-    async_trait, BrokerUrl, Capabilities, Connection, ConnectionOptions, Result, Transport,
-    TransportFactory, TransportKind,
-};
+use kombu::spi::{async_trait, Transport, TransportFactory};
+use kombu::{BrokerUrl, Connection, ConnectionOptions, Result, TransportInfo, TransportKind};
+
+const ECHO: TransportInfo = TransportInfo::new("echo", &["echo"], TransportKind::Virtual);
 
 /// A tiny custom transport: the memory backend under another scheme.
 struct Echo;
 
 #[async_trait]
 impl TransportFactory for Echo {
-    fn name(&self) -> &'static str {
-        "echo"
-    }
-    fn schemes(&self) -> &'static [&'static str] {
-        &["echo"]
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(TransportKind::Virtual)
+    fn info(&self) -> &'static TransportInfo {
+        &ECHO
     }
     async fn connect(
         &self,
@@ -38,6 +32,7 @@ fn kombu_memory_factory() -> Arc<dyn TransportFactory> {
 
 #[tokio::test]
 async fn a_registered_custom_transport_works_end_to_end() {
+    kombu::install_default_transports();
     kombu::register(Arc::new(Echo));
     let conn = Connection::new("echo://custom").unwrap();
     assert_eq!(conn.transport_name(), "echo");

@@ -7,6 +7,7 @@ use kombu::{Connection, ConnectionOptions, ErrorKind};
 
 #[test]
 fn unknown_scheme_lists_the_compiled_in_ones() {
+    kombu::install_default_transports();
     let err = Connection::new("nosuch://host").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnknownScheme);
     let text = err.to_string();
@@ -16,6 +17,7 @@ fn unknown_scheme_lists_the_compiled_in_ones() {
 
 #[test]
 fn default_url_is_amqp_and_names_the_feature() {
+    kombu::install_default_transports();
     if kombu::default_registry().resolve("amqp").is_ok() {
         return; // the amqp feature is on: the default URL resolves
     }
@@ -30,6 +32,7 @@ fn default_url_is_amqp_and_names_the_feature() {
 
 #[test]
 fn no_url_means_amqp_on_localhost_when_compiled_in() {
+    kombu::install_default_transports();
     if kombu::default_registry().resolve("amqp").is_err() {
         return; // covered by default_url_is_amqp_and_names_the_feature
     }
@@ -41,6 +44,7 @@ fn no_url_means_amqp_on_localhost_when_compiled_in() {
 
 #[test]
 fn malformed_url_names_the_part_and_hides_the_password() {
+    kombu::install_default_transports();
     let err = Connection::new("memory://user:hunter2secret@host:99999/").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidUrl);
     let text = format!("{err} {err:?}");
@@ -50,6 +54,7 @@ fn malformed_url_names_the_part_and_hides_the_password() {
 
 #[test]
 fn connection_is_lazy_and_masks_the_password() {
+    kombu::install_default_transports();
     let conn = Connection::new("memory://alice:s3cr3tpass@somewhere:1234/vh").unwrap();
     assert!(!conn.connected());
     let shown = format!("{} {:?}", conn.as_uri(), conn);
@@ -62,6 +67,7 @@ fn connection_is_lazy_and_masks_the_password() {
 
 #[test]
 fn keyword_options_fill_what_the_url_leaves_out() {
+    kombu::install_default_transports();
     let opts = ConnectionOptions::new()
         .hostname("kwhost")
         .userid("kwuser")
@@ -84,23 +90,93 @@ fn keyword_options_fill_what_the_url_leaves_out() {
 }
 
 #[test]
-fn defaults_are_localhost_guest_and_slash() {
+fn absent_parts_stay_absent_except_the_transports_own_defaults() {
+    kombu::install_default_transports();
     let conn = Connection::new("memory://").unwrap();
     let url = conn.url();
     assert_eq!(url.hostname(), Some("localhost"));
-    assert_eq!(url.userid(), Some("guest"));
-    assert_eq!(url.password(), Some("guest"));
-    assert_eq!(url.virtual_host(), Some("/"));
+    assert_eq!(url.userid(), None, "no invented login");
+    assert_eq!(url.password(), None);
+    assert_eq!(url.virtual_host(), None);
+}
+
+#[cfg(feature = "full")]
+#[test]
+fn each_transport_fills_its_own_defaults() {
+    kombu::install_default_transports();
+    let amqp = Connection::new("amqp://").unwrap();
+    assert_eq!(
+        amqp.as_uri_with_password(),
+        "amqp://guest:guest@localhost:5672//"
+    );
+    let amqps = Connection::new("amqps://h").unwrap();
+    assert_eq!(amqps.url().port(), Some(5671));
+    let redis = Connection::new("redis://").unwrap();
+    assert_eq!(redis.as_uri_with_password(), "redis://localhost:6379");
+    let acl = Connection::new("redis://guest:pw@h/0").unwrap();
+    assert_eq!(
+        (acl.url().userid(), acl.url().password()),
+        (Some("guest"), Some("pw")),
+        "an explicit login is kept as written"
+    );
+    let mongo = Connection::new("mongodb://h").unwrap();
+    assert_eq!(
+        (mongo.url().userid(), mongo.url().port()),
+        (None, Some(27017))
+    );
+}
+
+#[cfg(feature = "full")]
+#[test]
+fn the_disabled_feature_list_matches_the_transport_crates() {
+    let infos = [
+        &kombu_memory::INFO,
+        &kombu_amqp::INFO,
+        &kombu_redis::INFO,
+        &kombu_sqs::INFO,
+        &kombu_mongo::INFO,
+        &kombu_beanstalk::INFO,
+        &kombu_couchdb::INFO,
+    ];
+    assert_eq!(infos.len(), kombu::TRANSPORT_FEATURES.len());
+    for info in infos {
+        let listed = kombu::TRANSPORT_FEATURES
+            .iter()
+            .find(|(feature, _)| *feature == info.feature)
+            .unwrap_or_else(|| panic!("feature {} is not in TRANSPORT_FEATURES", info.feature));
+        assert_eq!(
+            listed.1, info.schemes,
+            "schemes of feature {}",
+            info.feature
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pooled_connection_and_a_connection_are_one_type() {
+    kombu::install_default_transports();
+    fn name(conn: &kombu::Connection) -> &'static str {
+        conn.transport_name()
+    }
+    let conn = Connection::new("memory://one-type").unwrap();
+    let pool =
+        kombu::ConnectionPool::new("memory://one-type", ConnectionOptions::new(), 2).unwrap();
+    let pooled = pool.acquire().await.unwrap();
+    assert_eq!(name(&pooled), name(&conn));
+    let core: &kombu_core::Connection = &conn;
+    assert_eq!(name(core), "memory");
 }
 
 #[test]
 fn transport_option_picks_the_transport_when_no_url() {
+    kombu::install_default_transports();
     let conn = Connection::with_options("", ConnectionOptions::new().transport("memory")).unwrap();
     assert_eq!(conn.transport_name(), "memory");
 }
 
 #[test]
 fn query_options_become_typed_options_or_transport_options() {
+    kombu::install_default_transports();
     let conn =
         Connection::new("memory://localhost/?connect_timeout=2.5&polling_interval=0.05").unwrap();
     assert_eq!(
@@ -118,6 +194,7 @@ fn query_options_become_typed_options_or_transport_options() {
 
 #[tokio::test]
 async fn unknown_transport_option_is_an_error_naming_it() {
+    kombu::install_default_transports();
     let conn = Connection::new("memory://x/?visibilty_timeout=5").unwrap();
     let err = conn.connect().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidOption);
@@ -126,6 +203,7 @@ async fn unknown_transport_option_is_an_error_naming_it() {
 
 #[tokio::test]
 async fn failover_list_keeps_order_and_connects() {
+    kombu::install_default_transports();
     let conn = Connection::new("memory://first;memory://second").unwrap();
     let hosts: Vec<_> = conn
         .urls()
@@ -143,6 +221,7 @@ async fn failover_list_keeps_order_and_connects() {
 #[cfg(feature = "full")]
 #[test]
 fn readme_transport_table_matches_the_capabilities() {
+    kombu::install_default_transports();
     let readme = include_str!("../../../README.md");
     let start = readme
         .find("<!-- transport-table:start -->")

@@ -80,6 +80,7 @@ fn body(message: &Message) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_resumes_after_the_broker_closes_the_connection() {
+    kombu::install_default_transports();
     let Some(url) = test_url("amqp") else { return };
     let name = unique("recovery-consumer");
     let conn = named_connection(&url, &name);
@@ -149,6 +150,7 @@ async fn consumer_resumes_after_the_broker_closes_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declarations_come_back_after_a_reconnect() {
+    kombu::install_default_transports();
     let Some(url) = test_url("amqp") else { return };
     let name = unique("recovery-topology");
     let conn = named_connection(&url, &name);
@@ -200,6 +202,7 @@ async fn declarations_come_back_after_a_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_retries_an_operation_across_a_lost_connection() {
+    kombu::install_default_transports();
     let Some(url) = test_url("amqp") else { return };
     let name = unique("recovery-ensure");
     let conn = named_connection(&url, &name);
@@ -233,6 +236,7 @@ async fn ensure_retries_an_operation_across_a_lost_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_moves_on_to_the_next_url() {
+    kombu::install_default_transports();
     let Some(url) = test_url("amqp") else { return };
     // Nothing listens on port 1 of localhost.
     let list = format!("amqp://guest:guest@127.0.0.1:1//;{url}");

@@ -27,6 +27,7 @@ async fn publish_numbers(conn: &Connection, queue: &Queue, numbers: std::ops::Ra
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_ack_and_failures_are_dead_lettered() {
+    kombu::install_default_transports();
     let conn = Connection::new(&format!("memory://{}", unique("worker"))).unwrap();
     let dead = Exchange::direct("dead");
     let dead_letters = Queue::new("dead-letters").bind(&dead, "failed");
@@ -81,6 +82,7 @@ async fn handlers_ack_and_failures_are_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_running_handlers_and_returns_the_rest() {
+    kombu::install_default_transports();
     let conn = Connection::new(&format!("memory://{}", unique("worker-stop"))).unwrap();
     let queue = Queue::new("slow");
     publish_numbers(&conn, &queue, 0..10).await;
@@ -116,6 +118,7 @@ async fn shutdown_waits_for_running_handlers_and_returns_the_rest() {
 
 #[tokio::test]
 async fn a_worker_needs_a_queue() {
+    kombu::install_default_transports();
     let conn = Connection::new("memory://").unwrap();
     let err = Worker::new(&conn)
         .run(|_m: Arc<Message>| async { Ok(()) }, async {})
