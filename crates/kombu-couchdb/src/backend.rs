@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kombu_core::routing::QueueBinding;
-use kombu_core::virtual_channel::{Fetched, FetchedBody, Receipt, VirtualBackend};
-use kombu_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
+use kombu_core::spi::{async_trait, Fetched, FetchedBody, QueueBinding, Receipt, VirtualBackend};
+use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -652,5 +651,19 @@ impl VirtualBackend for CouchBackend {
 
     fn polling_interval(&self) -> Duration {
         self.polling_interval
+    }
+
+    async fn ping(&self) -> Result<()> {
+        // Any failed heartbeat counts as a lost connection.
+        CouchBackend::ping(self).await.map_err(|err| {
+            if err.is_connection_error() {
+                err
+            } else {
+                Error::new(
+                    ErrorKind::ConnectionLost,
+                    format!("couchdb heartbeat failed: {err}"),
+                )
+            }
+        })
     }
 }

@@ -96,27 +96,13 @@ impl CouchClient {
         db.path_segments_mut()
             .map_err(|_| Error::new(ErrorKind::InvalidUrl, "couchdb: the server URL has no path"))?
             .push(&config.database);
-        let mut client = CouchClient {
+        let client = CouchClient {
             http,
             db,
             database: config.database.clone(),
             login: config.credentials.clone(),
         };
-        if client.login.as_ref().is_some_and(|c| c.maybe_defaults) {
-            // kombu-rs filled in guest/guest, which CouchDB does not know:
-            // go without a login unless the server asks for one.
-            let login = client.login.take();
-            match client.ensure_database().await {
-                Ok(()) => {}
-                Err(err) if err.kind() == ErrorKind::Auth => {
-                    client.login = login;
-                    client.ensure_database().await?;
-                }
-                Err(err) => return Err(err),
-            }
-        } else {
-            client.ensure_database().await?;
-        }
+        client.ensure_database().await?;
         Ok(client)
     }
 

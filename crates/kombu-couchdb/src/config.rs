@@ -18,7 +18,6 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "visibility_timeout",
     "request_timeout",
     "claim_batch",
-    "unroutable_queue",
 ];
 
 /// A login for HTTP basic auth.
@@ -28,9 +27,6 @@ pub struct Credentials {
     pub username: String,
     /// The password (never shown).
     pub password: String,
-    /// These may be kombu-rs's `guest`/`guest` defaults rather than the
-    /// user's: try without a login first.
-    pub maybe_defaults: bool,
 }
 
 impl fmt::Debug for Credentials {
@@ -38,7 +34,6 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"**")
-            .field("maybe_defaults", &self.maybe_defaults)
             .finish()
     }
 }
@@ -75,7 +70,7 @@ impl CouchConfig {
     /// use kombu_couchdb::CouchConfig;
     ///
     /// let options = ConnectionOptions::new();
-    /// let url = BrokerUrl::parse("couchdb://db.example:5984/jobs")?.with_defaults(&options, Some(5984));
+    /// let url = BrokerUrl::parse("couchdb://db.example:5984/jobs")?;
     /// let config = CouchConfig::new(&url, &options)?;
     /// assert_eq!(config.server.as_str(), "http://db.example:5984/");
     /// assert_eq!(config.database, "jobs");
@@ -83,7 +78,10 @@ impl CouchConfig {
     /// ```
     pub fn new(url: &BrokerUrl, options: &ConnectionOptions) -> Result<Self> {
         let topts = &options.transport_options;
-        topts.check_known(KNOWN_OPTIONS, "couchdb")?;
+        topts.check_known(
+            &[KNOWN_OPTIONS, kombu_core::spi::VIRTUAL_OPTIONS].concat(),
+            "couchdb",
+        )?;
         let scheme = if options.ssl.is_enabled() {
             "https"
         } else {
@@ -120,7 +118,7 @@ impl CouchConfig {
         Ok(CouchConfig {
             server,
             database,
-            credentials: credentials(url, options),
+            credentials: credentials(url),
             polling_interval: topts
                 .get_duration_secs("polling_interval")?
                 .unwrap_or(Duration::from_secs(1))
@@ -170,19 +168,12 @@ pub fn database_name(virtual_host: Option<&str>) -> Result<String> {
     }
 }
 
-/// The login to send. `BrokerUrl::with_defaults` fills absent credentials
-/// with `guest`/`guest`; CouchDB has no such default, so those are tried
-/// only when the server refuses an anonymous request.
-fn credentials(url: &BrokerUrl, options: &ConnectionOptions) -> Option<Credentials> {
+/// The login to send: the URL's (the keyword `userid`/`password` options
+/// are folded in by the core), as written; none when it has none.
+fn credentials(url: &BrokerUrl) -> Option<Credentials> {
     let username = url.userid().filter(|u| !u.is_empty())?.to_owned();
     let password = url.password().unwrap_or("").to_owned();
-    let keyword_password = options.password.as_deref().filter(|p| !p.is_empty());
-    let maybe_defaults = username == "guest" && password == "guest" && keyword_password.is_none();
-    Some(Credentials {
-        username,
-        password,
-        maybe_defaults,
-    })
+    Some(Credentials { username, password })
 }
 
 #[cfg(test)]
@@ -193,7 +184,11 @@ mod tests {
     fn config(url: &str, mut options: ConnectionOptions) -> Result<CouchConfig> {
         let url = BrokerUrl::parse(url)?;
         options.apply_query(&url)?;
-        let url = url.with_defaults(&options, Some(DEFAULT_PORT));
+        let url = url.completed(&kombu_core::url::UrlDefaults {
+            hostname: Some("localhost"),
+            port: Some(DEFAULT_PORT),
+            ..Default::default()
+        });
         CouchConfig::new(&url, &options)
     }
 
@@ -204,7 +199,7 @@ mod tests {
         assert_eq!(c.database, DEFAULT_DATABASE);
         assert_eq!(c.visibility_timeout, Duration::from_secs(1800));
         assert_eq!(c.polling_interval, Duration::from_secs(1));
-        assert!(c.credentials.as_ref().unwrap().maybe_defaults);
+        assert!(c.credentials.is_none(), "no login unless one is given");
     }
 
     #[test]
@@ -217,7 +212,6 @@ mod tests {
         let creds = c.credentials.clone().unwrap();
         assert_eq!(creds.username, "admin");
         assert_eq!(creds.password, "s3cret");
-        assert!(!creds.maybe_defaults);
         assert_eq!(c.server.as_str(), "http://couch:6984/");
         assert_eq!(c.database, "orders");
         assert!(!format!("{c:?}").contains("s3cret"));

@@ -33,7 +33,7 @@ fn registry() -> Arc<Registry> {
 fn connect_with(options: TransportOptions) -> Option<Connection> {
     let url = test_url("couchdb")?;
     let options = ConnectionOptions::new().transport_options(options);
-    Some(Connection::with_options(&url, options, registry()).expect("couchdb URL"))
+    Some(Connection::with_registry_options(&url, options, registry()).expect("couchdb URL"))
 }
 
 fn connect() -> Option<Connection> {
