@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kombu_core::routing::QueueBinding;
-use kombu_core::virtual_channel::{Fetched, Receipt, VirtualBackend};
-use kombu_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
+use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, VirtualBackend};
+use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -54,8 +53,6 @@ pub struct BeanstalkBackend {
     /// The heartbeat's own connection: never blocked in a reserve, never
     /// queued behind other commands.
     heartbeat: tokio::sync::Mutex<crate::pool::Slot>,
-    /// A heartbeat failed: the server is dead or hung.
-    dead: AtomicBool,
 }
 
 impl std::fmt::Debug for BeanstalkBackend {
@@ -128,32 +125,15 @@ impl BeanstalkBackend {
             held: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             heartbeat: tokio::sync::Mutex::new(None),
-            dead: AtomicBool::new(false),
         })
     }
 
     /// Check the server answers: `list-tube-used` on a connection of the
     /// check's own (never one blocked in a reserve), within the
     /// `socket_timeout` (and `connect_timeout` to reconnect it). A failure
-    /// marks the backend dead ([`is_alive`](Self::is_alive) turns false)
-    /// and is a connection error (`ConnectionLost`, `ConnectionRefused` or
-    /// `Timeout`).
-    pub async fn heartbeat_check(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::ConnectionLost,
-                "the beanstalk transport is closed",
-            ));
-        }
-        let result = self.ping().await;
-        if let Err(err) = &result {
-            tracing::warn!(error = %err, "beanstalk heartbeat failed");
-            self.dead.store(true, Ordering::Release);
-        }
-        result
-    }
-
-    async fn ping(&self) -> Result<()> {
+    /// is a connection error (`ConnectionLost`, `ConnectionRefused` or
+    /// `Timeout`): the heartbeat of the core's virtual transport.
+    async fn ping_server(&self) -> Result<()> {
         let server = self.pool.server();
         // A check still running (stuck on a hung server) counts against
         // this one's bound too.
@@ -186,12 +166,6 @@ impl BeanstalkBackend {
                 ),
             )),
         }
-    }
-
-    /// False once a [`heartbeat_check`](Self::heartbeat_check) failed or
-    /// the backend was closed.
-    pub fn is_alive(&self) -> bool {
-        !self.dead.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire)
     }
 
     fn ensure_open(&self) -> Result<()> {
@@ -375,6 +349,10 @@ pub fn job_id_of(headers: &kombu_core::Headers) -> Option<u64> {
 impl VirtualBackend for BeanstalkBackend {
     fn capabilities(&self) -> Capabilities {
         capabilities()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.ping_server().await
     }
 
     async fn new_queue(&self, queue: &Queue) -> Result<()> {

@@ -13,7 +13,6 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "requeue_delay",
     "max_reserve_connections",
     "pool_size",
-    "unroutable_queue",
     "socket_timeout",
 ];
 
@@ -90,7 +89,10 @@ fn whole_seconds(options: &TransportOptions, key: &str) -> Result<Option<u32>> {
 
 impl Settings {
     pub(crate) fn from_options(options: &TransportOptions) -> Result<Settings> {
-        options.check_known(KNOWN_OPTIONS, "beanstalk")?;
+        options.check_known(
+            &[KNOWN_OPTIONS, kombu_core::spi::VIRTUAL_OPTIONS].concat(),
+            "beanstalk",
+        )?;
         let ttr = whole_seconds(options, "ttr")?.unwrap_or(120);
         if ttr == 0 {
             return Err(bad("ttr", "must be at least 1 second"));

@@ -58,7 +58,7 @@ impl Server {
             .connect_timeout(Duration::from_secs(2))
             .transport_option("socket_timeout", 1);
         let url = format!("beanstalk://127.0.0.1:{}", self.port);
-        Connection::with_options(&url, options, Arc::new(registry)).expect("beanstalk URL")
+        Connection::with_registry_options(&url, options, Arc::new(registry)).expect("beanstalk URL")
     }
 }
 

@@ -14,7 +14,10 @@ fn connect_with(options: ConnectionOptions) -> Option<Connection> {
     let url = kombu_testkit::test_url("beanstalk")?;
     let mut registry = Registry::new();
     kombu_beanstalk::register(&mut registry);
-    Some(Connection::with_options(&url, options, Arc::new(registry)).expect("beanstalk URL"))
+    Some(
+        Connection::with_registry_options(&url, options, Arc::new(registry))
+            .expect("beanstalk URL"),
+    )
 }
 
 fn connect() -> Option<Connection> {
@@ -43,7 +46,10 @@ async fn reject_buries_and_kick_brings_back() {
     assert!(!m.redelivered());
     let id = kombu_beanstalk::job_id(&m).expect("job id header");
     m.reject().await.unwrap();
-    let backend = kombu_beanstalk::backend(&conn).await.unwrap();
+    let backend = conn
+        .extension::<kombu_beanstalk::BeanstalkBackend>()
+        .await
+        .unwrap();
     assert_eq!(backend.buried(&q.name).await.unwrap(), 1);
     assert_eq!(c.channel().queue_size(&q.name).await.unwrap(), 0);
     let (buried_id, envelope) = backend.peek_buried(&q.name).await.unwrap().unwrap();
@@ -79,7 +85,10 @@ async fn touch_extends_the_lease() {
         .await
         .unwrap();
     let m = recv(&mut ca).await.unwrap();
-    let backend = kombu_beanstalk::backend(&a).await.unwrap();
+    let backend = a
+        .extension::<kombu_beanstalk::BeanstalkBackend>()
+        .await
+        .unwrap();
     let mut cb = consumer(&b, &q).await;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -124,7 +133,10 @@ async fn delay_header_uses_the_put_delay() {
         )
         .await
         .unwrap();
-    let backend = kombu_beanstalk::backend(&conn).await.unwrap();
+    let backend = conn
+        .extension::<kombu_beanstalk::BeanstalkBackend>()
+        .await
+        .unwrap();
     assert_eq!(backend.delayed(&q.name).await.unwrap(), 1);
     assert_eq!(channel.queue_size(&q.name).await.unwrap(), 0);
     let mut c = consumer(&conn, &q).await;
@@ -211,7 +223,7 @@ async fn unknown_option_is_refused() {
 /// (the reserve-as-lock protocol loses no update).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_binds_all_land_in_the_table() {
-    use kombu_core::virtual_channel::VirtualBackend;
+    use kombu_core::spi::VirtualBackend;
     let Some(first) = connect() else { return };
     let exchange = kombu_core::Exchange::direct(unique("concurrent-ex"));
     let mut tasks = Vec::new();
@@ -236,7 +248,10 @@ async fn concurrent_binds_all_land_in_the_table() {
     for t in tasks {
         expected.extend(t.await.unwrap());
     }
-    let backend = kombu_beanstalk::backend(&first).await.unwrap();
+    let backend = first
+        .extension::<kombu_beanstalk::BeanstalkBackend>()
+        .await
+        .unwrap();
     let mut bound: Vec<String> = backend
         .bindings(&exchange.name)
         .await

@@ -20,7 +20,10 @@ pub fn connect_with(options: ConnectionOptions) -> Option<Connection> {
     let url = kombu_testkit::test_url("beanstalk")?;
     let mut registry = Registry::new();
     kombu_beanstalk::register(&mut registry);
-    Some(Connection::with_options(&url, options, Arc::new(registry)).expect("beanstalk URL"))
+    Some(
+        Connection::with_registry_options(&url, options, Arc::new(registry))
+            .expect("beanstalk URL"),
+    )
 }
 
 /// The mode this process runs as child in, if any.
