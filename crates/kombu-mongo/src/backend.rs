@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use kombu_core::routing::QueueBinding;
-use kombu_core::virtual_channel::{Fetched, FetchedBody, Receipt, VirtualBackend};
-use kombu_core::{
-    async_trait, Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result,
-};
+use kombu_core::spi::{async_trait, Fetched, FetchedBody, Receipt, VirtualBackend};
+use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
@@ -342,6 +340,25 @@ impl Drop for MongoBackend {
 impl VirtualBackend for MongoBackend {
     fn capabilities(&self) -> Capabilities {
         crate::capabilities()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        // Any failed heartbeat counts as a lost connection.
+        MongoBackend::ping(self).await.map_err(|err| {
+            if err.is_connection_error() {
+                err
+            } else {
+                kombu_core::Error::new(
+                    kombu_core::ErrorKind::ConnectionLost,
+                    format!("mongodb heartbeat failed: {err}"),
+                )
+            }
+        })
+    }
+
+    /// The driver has no socket timeout: `socket_timeout` bounds each call.
+    fn operation_timeout(&self) -> Option<Duration> {
+        Some(self.socket_timeout())
     }
 
     async fn new_queue(&self, queue: &Queue) -> Result<()> {

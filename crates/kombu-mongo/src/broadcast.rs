@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use kombu_core::virtual_channel::Fetched;
+use kombu_core::spi::Fetched;
 use kombu_core::{Envelope, Result};
 use mongodb::bson::{doc, Document};
 use mongodb::options::CursorType;

@@ -73,9 +73,6 @@ pub struct Login {
     pub username: String,
     /// Password (may be empty).
     pub password: Option<String>,
-    /// `guest`/`guest` that kombu-rs filled in, not the user: connect
-    /// without them first.
-    pub maybe_defaults: bool,
 }
 
 impl fmt::Debug for Login {
@@ -83,7 +80,6 @@ impl fmt::Debug for Login {
         f.debug_struct("Login")
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "**"))
-            .field("maybe_defaults", &self.maybe_defaults)
             .finish()
     }
 }
@@ -201,7 +197,7 @@ impl MongoConfig {
         Ok(MongoConfig {
             scheme,
             host,
-            login: login(url, options),
+            login: login(url),
             driver_query,
             url_database,
             database,
@@ -322,20 +318,12 @@ fn check_database_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The login the user asked for. `BrokerUrl::with_defaults` fills absent
-/// credentials with `guest`/`guest`; MongoDB has no such user, so those
-/// are tried only when the server wants a login.
-fn login(url: &BrokerUrl, options: &ConnectionOptions) -> Option<Login> {
+/// The login the user asked for (the URL's, with the keyword options
+/// folded in by the core), as written; none when absent.
+fn login(url: &BrokerUrl) -> Option<Login> {
     let username = url.userid().filter(|u| !u.is_empty())?.to_owned();
     let password = url.password().map(str::to_owned);
-    let keyword_password = options.password.as_deref().filter(|p| !p.is_empty());
-    let maybe_defaults =
-        username == "guest" && password.as_deref() == Some("guest") && keyword_password.is_none();
-    Some(Login {
-        username,
-        password,
-        maybe_defaults,
-    })
+    Some(Login { username, password })
 }
 
 #[cfg(test)]
@@ -346,7 +334,11 @@ mod tests {
         let url = BrokerUrl::parse(url)?;
         let mut options = ConnectionOptions::new().transport_options(to);
         options.apply_query(&url)?;
-        let url = url.with_defaults(&options, Some(27017));
+        let url = url.completed(&kombu_core::url::UrlDefaults {
+            hostname: Some("localhost"),
+            port: Some(27017),
+            ..Default::default()
+        });
         MongoConfig::new(&url, &options)
     }
 
@@ -391,13 +383,14 @@ mod tests {
         );
         assert_eq!(c.redacted_uri(), "mongodb://us@er:**@h:27017/db");
         assert!(!format!("{c:?}").contains("p@ss"));
-        assert!(!c.login.unwrap().maybe_defaults);
+        assert_eq!(c.login.unwrap().username, "us@er");
     }
 
     #[test]
-    fn guest_defaults_are_only_maybe() {
+    fn no_login_unless_given() {
         let c = config("mongodb://h/db", TransportOptions::new()).unwrap();
-        assert!(c.login.unwrap().maybe_defaults);
+        assert!(c.login.is_none());
+        assert_eq!(c.driver_uri(true), "mongodb://h:27017/db");
     }
 
     #[test]

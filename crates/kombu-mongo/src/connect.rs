@@ -2,7 +2,7 @@
 //! collections and indexes.
 
 use futures::TryStreamExt;
-use kombu_core::{Error, ErrorKind, Result, SslOptions};
+use kombu_core::{Error, Result, SslOptions};
 use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
 use mongodb::{Client, Database, IndexModel};
@@ -17,16 +17,7 @@ const NAMESPACE_EXISTS: i32 = 48;
 
 /// A client that answered, and its database.
 pub(crate) async fn open(config: &MongoConfig) -> Result<(Client, Database)> {
-    let login = config.login.as_ref();
-    if login.is_some_and(|l| l.maybe_defaults) {
-        // kombu-rs's guest/guest defaults: MongoDB has no such user, so try
-        // without a login and send it only if the server wants one.
-        match try_open(config, false).await {
-            Err(err) if err.kind() == ErrorKind::Auth => {}
-            other => return other,
-        }
-    }
-    try_open(config, login.is_some()).await
+    try_open(config, config.login.is_some()).await
 }
 
 async fn try_open(config: &MongoConfig, with_login: bool) -> Result<(Client, Database)> {

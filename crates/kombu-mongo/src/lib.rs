@@ -7,19 +7,17 @@ mod connect;
 mod documents;
 mod error;
 mod lease;
-mod transport;
 
 use std::sync::Arc;
 
-use kombu_core::virtual_channel::VirtualOptions;
+use kombu_core::spi::{async_trait, ConnectBackend, VirtualFactory};
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, ConnectionOptions, ExchangeType, Registry, Result,
-    Transport, TransportFactory, TransportKind,
+    BrokerUrl, Capabilities, ConnectionOptions, ExchangeType, Registry, Result, TransportInfo,
+    TransportKind,
 };
 
 pub use backend::MongoBackend;
 pub use config::{CORE_QUERY_KEYS, DEFAULT_DATABASE};
-pub use transport::MongoTransport;
 
 /// The URL schemes this transport serves.
 pub const SCHEMES: &[&str] = &["mongodb", "mongodb+srv"];
@@ -47,6 +45,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "lease_renew_interval",
     "polling_interval",
     "unroutable_queue",
+    "operation_timeout",
     "socket_timeout",
 ];
 
@@ -59,27 +58,26 @@ pub const KNOWN_OPTIONS: &[&str] = &[
 /// assert!(registry.resolve("mongodb+srv").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(MongoTransportFactory));
+    registry.register(Arc::new(VirtualFactory(MongoConnector)));
 }
 
-/// Makes `mongodb://` transports.
+/// What `mongodb://` is.
 ///
-/// ```no_run
-/// # async fn demo() -> kombu_core::Result<()> {
-/// use std::sync::Arc;
-/// use kombu_core::{Connection, Registry};
-///
-/// let mut registry = Registry::new();
-/// kombu_mongo::register(&mut registry);
-/// let conn = Connection::with_registry(
-///     "mongodb://127.0.0.1:27017/jobs?retryWrites=false",
-///     Arc::new(registry),
-/// )?;
-/// conn.connect().await?;
-/// # Ok(()) }
 /// ```
+/// assert_eq!(kombu_mongo::INFO.port_for(false), Some(27017));
+/// assert!(kombu_mongo::INFO.default_login.is_none());
+/// ```
+pub const INFO: TransportInfo = TransportInfo::new("mongodb", SCHEMES, TransportKind::Virtual)
+    .port(DEFAULT_PORT)
+    .capabilities(capabilities);
+
+/// Opens `mongodb://` backends. Every operation is bounded by the
+/// `socket_timeout` transport option (default 10 s; the Rust driver has no
+/// socket timeout of its own): the backend reports it as its operation
+/// timeout, which the core's virtual transport applies. The heartbeat runs
+/// `ping`. The backend: `conn.extension::<MongoBackend>()`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MongoTransportFactory;
+pub struct MongoConnector;
 
 /// What the MongoDB transport can do.
 ///
@@ -102,34 +100,22 @@ pub fn capabilities() -> Capabilities {
 }
 
 #[async_trait]
-impl TransportFactory for MongoTransportFactory {
-    fn name(&self) -> &'static str {
-        "mongodb"
+impl ConnectBackend for MongoConnector {
+    type Backend = MongoBackend;
+
+    fn info(&self) -> &'static TransportInfo {
+        &INFO
     }
 
-    fn schemes(&self) -> &'static [&'static str] {
-        SCHEMES
-    }
-
-    fn default_port(&self) -> Option<u16> {
-        Some(DEFAULT_PORT)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        capabilities()
-    }
-
-    async fn connect(
+    async fn connect_backend(
         &self,
         url: &BrokerUrl,
         options: &ConnectionOptions,
-    ) -> Result<Arc<dyn Transport>> {
+    ) -> Result<MongoBackend> {
         let config = Arc::new(config::MongoConfig::new(url, options)?);
         let (client, database) = connect::open(&config).await?;
         let collections = backend::Collections::new(&database, &config);
         connect::prepare(&database, &config, &collections).await?;
-        let backend = MongoBackend::new(config, client, collections);
-        let virtual_options = VirtualOptions::from_transport_options(&options.transport_options)?;
-        Ok(Arc::new(MongoTransport::new(backend, virtual_options)))
+        Ok(MongoBackend::new(config, client, collections))
     }
 }

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use kombu_core::spi::{async_trait, Transport, TransportFactory, VirtualFactory};
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, Channel, Connection, ConnectionOptions, Registry, Result,
-    Transport, TransportFactory,
+    BrokerUrl, Capabilities, Channel, Connection, ConnectionOptions, Registry, Result,
+    TransportInfo,
 };
 
 /// True while a check's transport is open.
@@ -61,24 +62,15 @@ impl Drop for Turn {
 
 #[async_trait]
 impl TransportFactory for TakingTurns {
-    fn name(&self) -> &'static str {
-        "mongodb"
-    }
-    fn schemes(&self) -> &'static [&'static str] {
-        kombu_mongo::SCHEMES
-    }
-    fn default_port(&self) -> Option<u16> {
-        Some(kombu_mongo::DEFAULT_PORT)
-    }
-    fn capabilities(&self) -> Capabilities {
-        kombu_mongo::capabilities()
+    fn info(&self) -> &'static TransportInfo {
+        &kombu_mongo::INFO
     }
     async fn connect(
         &self,
         url: &BrokerUrl,
         options: &ConnectionOptions,
     ) -> Result<Arc<dyn Transport>> {
-        match kombu_mongo::MongoTransportFactory
+        match VirtualFactory(kombu_mongo::MongoConnector)
             .connect(url, options)
             .await
         {
@@ -104,6 +96,9 @@ impl Transport for Turn {
     }
     fn is_connected(&self) -> bool {
         self.inner.is_connected()
+    }
+    async fn heartbeat_check(&self) -> Result<()> {
+        self.inner.heartbeat_check().await
     }
     async fn close(&self) -> Result<()> {
         let result = self.inner.close().await;

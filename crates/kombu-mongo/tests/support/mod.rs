@@ -40,7 +40,7 @@ pub fn fresh_database(prefix: &str) -> String {
 pub fn connection(url: &str, options: TransportOptions) -> Connection {
     let mut registry = Registry::new();
     kombu_mongo::register(&mut registry);
-    Connection::with_options(
+    Connection::with_registry_options(
         url,
         ConnectionOptions::new().transport_options(options),
         Arc::new(registry),
