@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use kombu_core::spi::async_trait;
 use kombu_core::{
-    async_trait, Binding, Channel, Delivery, DeliveryStream, Error, ErrorKind, Exchange,
-    ExchangeType, Queue, QueueInfo, RawMessage, Result,
+    Binding, Channel, Delivery, DeliveryStream, Error, ErrorKind, Exchange, ExchangeType, Queue,
+    QueueInfo, RawMessage, Result,
 };
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
@@ -356,9 +357,21 @@ impl Channel for AmqpChannel {
         if !self.confirms_enabled() {
             self.tracked.mark();
         } else {
-            let confirmation = confirm
-                .await
-                .map_err(self.link.op("waiting for the publish confirm"))?;
+            // A broker that stops answering never confirms: the wait ends
+            // when a heartbeat finds the connection lost.
+            let link_down = async {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Err(err) = self.check_link("waiting for the publish confirm") {
+                        return err;
+                    }
+                }
+            };
+            let confirmation = tokio::select! {
+                confirmation = confirm => confirmation
+                    .map_err(self.link.op("waiting for the publish confirm"))?,
+                err = link_down => return Err(err),
+            };
             Self::check_confirmation(confirmation, exchange, routing_key)?;
         }
         Ok(())

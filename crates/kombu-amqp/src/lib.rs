@@ -11,9 +11,9 @@ mod transport;
 
 use std::sync::Arc;
 
+use kombu_core::spi::{async_trait, Transport, TransportFactory};
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, ConnectionOptions, Registry, Result, Transport,
-    TransportFactory, TransportKind,
+    BrokerUrl, Capabilities, ConnectionOptions, Registry, Result, TransportInfo, TransportKind,
 };
 
 pub use channel::AmqpChannel;
@@ -60,42 +60,38 @@ pub fn capabilities() -> Capabilities {
         .with_redelivers_unacked(true)
 }
 
+/// What `amqp://` is: the one transport with a default login (kombu's
+/// `guest`/`guest` on virtual host `/`), port 5672, or 5671 with TLS
+/// (`amqps://` or the `ssl` option).
+///
+/// ```
+/// let info = &kombu_amqp::INFO;
+/// assert_eq!(info.port_for(false), Some(5672));
+/// assert_eq!(info.port_for(true), Some(5671));
+/// assert!(info.is_tls_scheme("amqps"));
+/// assert_eq!(info.default_login, Some(("guest", "guest")));
+/// ```
+pub const INFO: TransportInfo = TransportInfo::new("amqp", SCHEMES, TransportKind::Native)
+    .port(DEFAULT_PORT)
+    .tls_port(DEFAULT_SSL_PORT)
+    .tls_schemes(&["amqps"])
+    .default_login("guest", "guest")
+    .default_virtual_host("/")
+    .capabilities(capabilities);
+
 /// Makes AMQP transports: one lapin connection each.
 ///
 /// ```
-/// use kombu_core::TransportFactory;
-/// let factory = kombu_amqp::AmqpTransportFactory;
-/// assert_eq!(factory.default_port(), Some(5672));
-/// assert_eq!(factory.default_port_for("amqps", false), Some(5671));
-/// assert_eq!(factory.default_port_for("amqp", true), Some(5671));
+/// use kombu_core::spi::TransportFactory;
+/// assert_eq!(kombu_amqp::AmqpTransportFactory.name(), "amqp");
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AmqpTransportFactory;
 
 #[async_trait]
 impl TransportFactory for AmqpTransportFactory {
-    fn name(&self) -> &'static str {
-        "amqp"
-    }
-
-    fn schemes(&self) -> &'static [&'static str] {
-        SCHEMES
-    }
-
-    fn default_port(&self) -> Option<u16> {
-        Some(DEFAULT_PORT)
-    }
-
-    fn default_port_for(&self, scheme: &str, ssl: bool) -> Option<u16> {
-        Some(if ssl || scheme.eq_ignore_ascii_case("amqps") {
-            DEFAULT_SSL_PORT
-        } else {
-            DEFAULT_PORT
-        })
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        capabilities()
+    fn info(&self) -> &'static TransportInfo {
+        &INFO
     }
 
     async fn connect(

@@ -5,10 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, Channel, ConnectionOptions, Error, ErrorKind, Result,
-    Transport,
-};
+use kombu_core::spi::{async_trait, Transport};
+use kombu_core::{BrokerUrl, Capabilities, Channel, ConnectionOptions, Error, ErrorKind, Result};
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ExchangeKind};
@@ -35,9 +33,13 @@ pub(crate) struct Link {
 impl Link {
     /// Up, lost or closed by us.
     pub(crate) fn state(&self) -> LinkState {
-        if self.closed.load(Ordering::Acquire) {
+        // Found lost first: closing a lost link (a connection retiring it)
+        // does not make what failed on it a deliberate close.
+        if self.lost.load(Ordering::Acquire) {
+            LinkState::Lost
+        } else if self.closed.load(Ordering::Acquire) {
             LinkState::Closed
-        } else if self.lost.load(Ordering::Acquire) || !self.connection.status().connected() {
+        } else if !self.connection.status().connected() {
             LinkState::Lost
         } else {
             LinkState::Up

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kombu_amqp::{AmqpChannel, AmqpTransport};
-use kombu_core::{BrokerUrl, Channel, ConnectionOptions, Delivery, Queue, RawMessage, Transport};
+use kombu_core::spi::Transport;
+use kombu_core::{BrokerUrl, Channel, ConnectionOptions, Delivery, Queue, RawMessage};
 use kombu_testkit::unique;
 
 /// Every test here is bounded by this.

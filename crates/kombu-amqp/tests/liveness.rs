@@ -9,16 +9,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kombu_amqp::AmqpTransport;
-use kombu_core::{BrokerUrl, Channel, ConnectionOptions, Queue, RawMessage, Transport};
+use kombu_core::spi::Transport;
+use kombu_core::{BrokerUrl, Channel, ConnectionOptions, Queue, RawMessage};
 use kombu_testkit::unique;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(40);
 
@@ -158,54 +155,18 @@ async fn a_connection_closed_by_the_broker_is_lost_everywhere() {
     .expect("bounded");
 }
 
-/// A TCP proxy to `upstream` that can stop forwarding (a broker that
-/// stops answering, as under SIGSTOP).
-async fn freezable_proxy(upstream: String, frozen: Arc<AtomicBool>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(&upstream).await else {
-                return;
-            };
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            tokio::spawn(pump(cr, sw, frozen.clone()));
-            tokio::spawn(pump(sr, cw, frozen.clone()));
-        }
-    });
-    port
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        while frozen.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while frozen.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_broker_that_stops_answering_fails_the_heartbeat_check() {
     let Some(url) = common::url() else { return };
     tokio::time::timeout(LIMIT, async {
-        let frozen = Arc::new(AtomicBool::new(false));
-        let port = freezable_proxy(common::host_port(&url), frozen.clone()).await;
+        let upstream = BrokerUrl::parse(&url).unwrap();
+        let proxy = kombu_testkit::FrozenProxy::start(
+            upstream.hostname().unwrap_or("localhost"),
+            upstream.port().unwrap_or(5672),
+        )
+        .await
+        .unwrap();
+        let port = proxy.port();
         let creds = common::credentials(&url);
         let proxied = format!("amqp://{creds}@127.0.0.1:{port}//?heartbeat=2");
         let transport = open(&proxied).await;
@@ -213,7 +174,7 @@ async fn a_broker_that_stops_answering_fails_the_heartbeat_check() {
         transport.heartbeat_check().await.unwrap();
         let channel = transport.open_channel().await.unwrap();
 
-        frozen.store(true, Ordering::Release);
+        proxy.freeze(true);
         let started = Instant::now();
         let err = transport.heartbeat_check().await.unwrap_err();
         let took = started.elapsed();
@@ -240,4 +201,15 @@ async fn a_broker_that_stops_answering_fails_the_heartbeat_check() {
     })
     .await
     .expect("bounded");
+}
+
+// The shared liveness suite (kombu-testkit), through the core's Connection:
+// a frozen broker fails the heartbeat within the 2 s heartbeat interval,
+// and a confirmed publish once a heartbeat finds the connection lost.
+mod shared {
+    kombu_testkit::liveness_tests!(
+        "amqp",
+        kombu_amqp::register,
+        query = "heartbeat=2&confirm_publish=true"
+    );
 }

@@ -20,7 +20,7 @@ pub fn registry() -> Arc<Registry> {
 
 /// A connection to `url` with `options`.
 pub fn connection(url: &str, options: ConnectionOptions) -> Connection {
-    Connection::with_options(url, options, registry()).expect("valid URL")
+    Connection::with_registry_options(url, options, registry()).expect("valid URL")
 }
 
 /// The test URL parsed, with another virtual host / password / port.
