@@ -48,6 +48,7 @@ async fn run(cli: Cli) -> Outcome {
 
 fn main() -> ExitCode {
     quiet_panics();
+    kombu::install_default_transports();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

@@ -134,6 +134,7 @@ mod tests {
     use kombu::{DeliveryInfo, RawMessage};
 
     fn decoder() -> Decoder {
+        kombu::install_default_transports();
         let conn = Connection::new("memory://render-tests").unwrap();
         Decoder::new(&conn, Accept::all())
     }
@@ -166,6 +167,7 @@ mod tests {
 
     #[test]
     fn refused_content_prints_raw_with_the_reason() {
+        kombu::install_default_transports();
         let conn = Connection::new("memory://render-tests").unwrap();
         let only_json = Decoder::new(&conn, accept_of(&["json".to_owned()]));
         let yaml = RawMessage::new("a: 1\n").content_type("application/x-yaml", "utf-8");

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use kombu::{ExchangeType, TransportFactory};
+use kombu::spi::TransportFactory;
+use kombu::ExchangeType;
 use serde_json::{json, Value};
 
 use crate::cli::TransportsArgs;
@@ -10,12 +11,14 @@ use crate::failure::Outcome;
 
 /// One transport as JSON: name, schemes and every capability.
 pub fn describe(factory: &Arc<dyn TransportFactory>) -> Value {
-    let caps = factory.capabilities();
+    let caps = factory.info().static_capabilities();
     let exchange_types: Vec<&str> = caps.exchange_types.iter().map(|t| t.as_str()).collect();
     json!({
         "name": factory.name(),
         "schemes": factory.schemes(),
-        "default_port": factory.default_port(),
+        "default_port": factory.info().default_port,
+        "tls_port": factory.info().tls_port,
+        "feature": factory.info().feature,
         "kind": caps.kind.to_string().to_ascii_lowercase(),
         "exchange_types": exchange_types,
         "fanout": caps.supports(ExchangeType::Fanout),
@@ -50,7 +53,7 @@ fn rows(factories: &[Arc<dyn TransportFactory>]) -> Vec<Vec<String>> {
     .map(str::to_owned)
     .to_vec()];
     for factory in factories {
-        let caps = factory.capabilities();
+        let caps = factory.info().static_capabilities();
         let types: Vec<&str> = caps.exchange_types.iter().map(|t| t.as_str()).collect();
         let fanout = match (
             caps.supports(ExchangeType::Fanout),

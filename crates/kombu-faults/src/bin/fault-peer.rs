@@ -316,6 +316,7 @@ async fn consume(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
+    kombu::install_default_transports();
     let args = match parse() {
         Ok(args) => args,
         Err(e) => {
