@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kombu_core::routing::{kombu_topic_regex, route, QueueBinding};
-use kombu_core::virtual_channel::{Fetched, FetchedBody, Receipt, VirtualBackend};
+use kombu_core::spi::async_trait;
+use kombu_core::spi::{Fetched, FetchedBody, Receipt, VirtualBackend};
 use kombu_core::{
-    async_trait, Arguments, Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType,
-    Queue, Result,
+    Arguments, Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result,
 };
 use redis::aio::ConnectionManager;
 use serde_json::Value;
@@ -689,6 +689,19 @@ fn binding_pattern(kind: ExchangeType, routing_key: &str) -> String {
 impl VirtualBackend for RedisBackend {
     fn capabilities(&self) -> Capabilities {
         crate::capabilities()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        RedisBackend::ping(self).await
+    }
+
+    fn is_alive(&self) -> bool {
+        !self.is_dead()
+    }
+
+    /// Commands answer within the response timeout (`socket_timeout`).
+    fn operation_timeout(&self) -> Option<Duration> {
+        Some(self.shared.config.response_timeout())
     }
 
     async fn new_queue(&self, queue: &Queue) -> Result<()> {

@@ -33,6 +33,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "polling_interval",
     "db",
     "unroutable_queue",
+    "operation_timeout",
 ];
 
 /// Where the server is.
@@ -93,9 +94,6 @@ pub struct Credentials {
     pub username: Option<String>,
     /// The password.
     pub password: String,
-    /// The credentials may be kombu-rs's `guest`/`guest` defaults rather
-    /// than the user's: try without them first.
-    pub maybe_defaults: bool,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -103,7 +101,6 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"**")
-            .field("maybe_defaults", &self.maybe_defaults)
             .finish()
     }
 }
@@ -315,7 +312,7 @@ impl RedisConfig {
             }
             Some(other) => return Err(invalid(format!("db: {other} is not a database number"))),
         };
-        let credentials = credentials(url, options);
+        let credentials = credentials(url);
         let keyprefix_fanout = match to.get("fanout_prefix") {
             None => "/{db}.".to_owned(),
             Some(Value::String(s)) if !is_boolish(s) => s.clone(),
@@ -390,25 +387,14 @@ fn is_boolish(s: &str) -> bool {
     )
 }
 
-/// The login the user asked for. `BrokerUrl::with_defaults` fills absent
-/// credentials with `guest`/`guest`; Redis has no such default, so a user
-/// `guest` means "no ACL user" and `guest`/`guest` means "maybe none".
-fn credentials(url: &BrokerUrl, options: &ConnectionOptions) -> Option<Credentials> {
+/// The login the user asked for, as written (the keyword `userid` and
+/// `password` options are folded into the URL by the core): a password
+/// alone is `AUTH <password>`, a user and a password an ACL login; none
+/// without a password.
+fn credentials(url: &BrokerUrl) -> Option<Credentials> {
     let password = url.password()?.to_owned();
-    let userid = url.userid().filter(|u| !u.is_empty());
-    let keyword_user = options.userid.as_deref().filter(|u| !u.is_empty());
-    let keyword_password = options.password.as_deref().filter(|p| !p.is_empty());
-    let username = match userid {
-        Some("guest") if keyword_user != Some("guest") => None,
-        other => other.map(str::to_owned),
-    };
-    let maybe_defaults =
-        userid == Some("guest") && password == "guest" && keyword_password.is_none();
-    Some(Credentials {
-        username,
-        password,
-        maybe_defaults,
-    })
+    let username = url.userid().filter(|u| !u.is_empty()).map(str::to_owned);
+    Some(Credentials { username, password })
 }
 
 #[cfg(test)]
@@ -418,7 +404,11 @@ mod tests {
 
     fn config(url: &str, to: TransportOptions) -> Result<RedisConfig> {
         let options = ConnectionOptions::new().transport_options(to);
-        let url = BrokerUrl::parse(url)?.with_defaults(&options, Some(6379));
+        let url = BrokerUrl::parse(url)?.completed(&kombu_core::url::UrlDefaults {
+            hostname: Some("localhost"),
+            port: Some(6379),
+            ..Default::default()
+        });
         RedisConfig::new(&url, &options)
     }
 
@@ -455,9 +445,7 @@ mod tests {
                 port: 6379
             }
         );
-        let creds = c.credentials.unwrap();
-        assert!(creds.maybe_defaults);
-        assert_eq!(creds.username, None);
+        assert!(c.credentials.is_none(), "no login unless one is given");
     }
 
     #[test]
@@ -466,7 +454,6 @@ mod tests {
         let creds = c.credentials.unwrap();
         assert_eq!(creds.username, None);
         assert_eq!(creds.password, "s3cret");
-        assert!(!creds.maybe_defaults);
         assert!(!format!("{creds:?}").contains("s3cret"));
         let c = config("redis://alice:pw@h", Default::default()).unwrap();
         assert_eq!(c.credentials.unwrap().username.as_deref(), Some("alice"));

@@ -116,23 +116,10 @@ async fn manager(client: &redis::Client, config: &RedisConfig) -> Result<Connect
     })
 }
 
-/// The command connection and the client (for PUB/SUB) with the login that
-/// worked. With kombu-rs's `guest`/`guest` defaults, try without a login
-/// first and send the defaults only if the server asks for one.
+/// The command connection and the client (for PUB/SUB), with the login
+/// the URL gives (sent as written, on the first attempt).
 pub(crate) async fn open(config: &RedisConfig) -> Result<(ConnectionManager, redis::Client)> {
     let creds = config.credentials.as_ref();
-    if let Some(c) = creds.filter(|c| c.maybe_defaults) {
-        let anonymous = client(config, None)?;
-        match manager(&anonymous, config).await {
-            Ok(conn) => return Ok((conn, anonymous)),
-            Err(err) if err.kind() == ErrorKind::Auth => {
-                let with_login = client(config, Some(c))?;
-                let conn = manager(&with_login, config).await?;
-                return Ok((conn, with_login));
-            }
-            Err(err) => return Err(err),
-        }
-    }
     let client = client(config, creds)?;
     let conn = manager(&client, config).await.map_err(|err| {
         if err.source_as::<redis::RedisError>().is_some_and(needs_auth) {

@@ -11,10 +11,10 @@ mod scripts;
 
 use std::sync::Arc;
 
-use kombu_core::virtual_channel::{VirtualOptions, VirtualTransport};
+use kombu_core::spi::{async_trait, ConnectBackend, VirtualFactory};
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, Channel, ConnectionOptions, Error, ErrorKind,
-    ExchangeType, Registry, Result, Transport, TransportFactory, TransportKind,
+    BrokerUrl, Capabilities, ConnectionOptions, ExchangeType, Registry, Result, TransportInfo,
+    TransportKind,
 };
 
 pub use backend::RedisBackend;
@@ -27,6 +27,19 @@ pub const SCHEMES: &[&str] = &["redis", "rediss", "redis+socket"];
 /// Redis's port.
 pub const DEFAULT_PORT: u16 = 6379;
 
+/// What `redis://` is: port 6379 (also for `rediss://`), no default login
+/// (a URL without one sends none; `redis://user:pw@...` is an ACL login).
+///
+/// ```
+/// assert_eq!(kombu_redis::INFO.port_for(true), Some(6379));
+/// assert!(kombu_redis::INFO.is_tls_scheme("rediss"));
+/// assert!(kombu_redis::INFO.default_login.is_none());
+/// ```
+pub const INFO: TransportInfo = TransportInfo::new("redis", SCHEMES, TransportKind::Virtual)
+    .port(DEFAULT_PORT)
+    .tls_schemes(&["rediss"])
+    .capabilities(capabilities);
+
 /// Add the Redis transport to `registry`.
 ///
 /// ```
@@ -36,7 +49,7 @@ pub const DEFAULT_PORT: u16 = 6379;
 /// assert!(registry.resolve("redis+socket").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(RedisTransportFactory));
+    registry.register(Arc::new(VirtualFactory(RedisConnector)));
 }
 
 /// What the Redis transport can do (the same in both fanout modes).
@@ -64,95 +77,28 @@ pub fn capabilities() -> Capabilities {
         .with_redelivers_unacked(true)
 }
 
-/// Makes `redis://`, `rediss://` and `redis+socket://` transports.
-///
-/// ```
-/// use kombu_core::TransportFactory;
-/// let factory = kombu_redis::RedisTransportFactory;
-/// assert_eq!(factory.schemes(), kombu_redis::SCHEMES);
-/// assert_eq!(factory.default_port(), Some(6379));
-/// ```
+/// Opens `redis://`, `rediss://` and `redis+socket://` backends. Commands
+/// answer within the response timeout (`socket_timeout`), the heartbeat is
+/// a PING; the backend (for `restore_visible`) is
+/// `conn.extension::<RedisBackend>()`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RedisTransportFactory;
+pub struct RedisConnector;
 
 #[async_trait]
-impl TransportFactory for RedisTransportFactory {
-    fn name(&self) -> &'static str {
-        "redis"
+impl ConnectBackend for RedisConnector {
+    type Backend = RedisBackend;
+
+    fn info(&self) -> &'static TransportInfo {
+        &INFO
     }
 
-    fn schemes(&self) -> &'static [&'static str] {
-        SCHEMES
-    }
-
-    fn default_port(&self) -> Option<u16> {
-        Some(DEFAULT_PORT)
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        capabilities()
-    }
-
-    async fn connect(
+    async fn connect_backend(
         &self,
         url: &BrokerUrl,
         options: &ConnectionOptions,
-    ) -> Result<Arc<dyn Transport>> {
+    ) -> Result<RedisBackend> {
         let config = RedisConfig::new(url, options)?;
-        let virtual_options = VirtualOptions::from_transport_options(&options.transport_options)?;
         let (conn, client) = connect::open(&config).await?;
-        let backend = RedisBackend::new(config, conn, client);
-        Ok(Arc::new(RedisTransport {
-            inner: VirtualTransport::new(backend, virtual_options),
-        }))
-    }
-}
-
-/// A `redis://` connection: the virtual transport over [`RedisBackend`],
-/// with a real health check. [`Transport::heartbeat_check`] sends a PING
-/// and waits for the answer (at most the response timeout, `socket_timeout`
-/// or [`config::DEFAULT_RESPONSE_TIMEOUT`]); when it or any command fails
-/// with a connection error, [`Transport::is_connected`] turns false for
-/// good, so the connection is replaced rather than reused.
-pub struct RedisTransport {
-    inner: VirtualTransport<RedisBackend>,
-}
-
-impl RedisTransport {
-    /// The backend (for `restore_visible` and the connection state).
-    pub fn backend(&self) -> &Arc<RedisBackend> {
-        self.inner.backend()
-    }
-}
-
-#[async_trait]
-impl Transport for RedisTransport {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
-        if self.inner.backend().is_dead() {
-            return Err(Error::new(
-                ErrorKind::ConnectionLost,
-                "redis: the connection was lost (open a new one)",
-            ));
-        }
-        self.inner.create_channel().await
-    }
-
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected() && !self.inner.backend().is_dead()
-    }
-
-    async fn heartbeat_check(&self) -> Result<()> {
-        if !self.inner.is_connected() {
-            return Err(Error::new(ErrorKind::Closed, "the connection is closed"));
-        }
-        self.inner.backend().ping().await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
+        Ok(RedisBackend::new(config, conn, client))
     }
 }

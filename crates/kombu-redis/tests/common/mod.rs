@@ -30,7 +30,7 @@ pub fn connect(url: &str, prefix: &str, extra: &[(&str, Value)]) -> Connection {
     }
     let mut registry = Registry::new();
     kombu_redis::register(&mut registry);
-    Connection::with_options(
+    Connection::with_registry_options(
         url,
         ConnectionOptions::new().transport_options(options),
         Arc::new(registry),
