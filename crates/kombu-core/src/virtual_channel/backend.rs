@@ -195,9 +195,10 @@ pub trait VirtualBackend: Send + Sync + 'static {
 
     /// How long one backend call may take before the virtual channel gives
     /// up on it with a [`Timeout`](crate::ErrorKind::Timeout) and marks the
-    /// connection lost (a fetch may take its `wait` on top). `None`: the
-    /// `operation_timeout` transport option or 30 s. A backend whose client
-    /// has a timeout of its own (a socket timeout) returns it here.
+    /// connection lost (a fetch may take its `wait` on top). The
+    /// `operation_timeout` transport option wins; then this; `None` (the
+    /// default) means 30 s. A backend whose client has a timeout of its own
+    /// (a socket or response timeout) returns it here.
     fn operation_timeout(&self) -> Option<Duration> {
         None
     }
