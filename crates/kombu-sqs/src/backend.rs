@@ -4,13 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
-use kombu_core::routing::QueueBinding;
-use kombu_core::virtual_channel::{Fetched, Receipt, VirtualBackend};
+use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, VirtualBackend};
 use kombu_core::{
     Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result, TransportKind,
 };
@@ -280,7 +278,15 @@ impl CloneKind for Error {
 
 impl SqsBackend {
     /// Check SQS answers: `ListQueues` for one queue (with the queue name
-    /// prefix), within `socket_timeout`, without retries.
+    /// prefix), within `socket_timeout`, without retries. What the
+    /// heartbeat runs ([`VirtualBackend::ping`]).
+    ///
+    /// ```no_run
+    /// # async fn run(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// let backend = conn.extension::<kombu_sqs::SqsBackend>().await?;
+    /// backend.ping().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn ping(&self) -> Result<()> {
         let limit = self.settings.socket_timeout;
         let mut request = self.clients.sqs.list_queues().max_results(1);
@@ -1247,6 +1253,32 @@ impl VirtualBackend for SqsBackend {
 
     fn polling_interval(&self) -> Duration {
         self.settings.polling_interval.max(Duration::from_secs(1))
+    }
+
+    /// The heartbeat: [`SqsBackend::ping`]. Any failure counts as a lost
+    /// connection (an answer such as expired credentials too: the next
+    /// connection makes new clients and resolves credentials again).
+    async fn ping(&self) -> Result<()> {
+        SqsBackend::ping(self).await.map_err(|err| {
+            if err.is_connection_error() {
+                err
+            } else {
+                Error::new(
+                    ErrorKind::ConnectionLost,
+                    format!("sqs heartbeat failed: {err}"),
+                )
+            }
+        })
+    }
+
+    /// One call may take an attempt's `socket_timeout` on top of the
+    /// longest thing it waits for: a long poll (`wait_time_seconds`) and
+    /// the `polling_interval` sleep after an empty one. (The SDK bounds
+    /// each attempt by `socket_timeout` itself, so a dead or silent endpoint
+    /// usually fails a call sooner, after its retries.)
+    fn operation_timeout(&self) -> Option<Duration> {
+        let poll = Duration::from_secs(self.settings.wait_time_seconds.max(0) as u64);
+        Some(self.settings.socket_timeout + poll + self.settings.polling_interval)
     }
 
     /// A long poll stays open on the server until it ends, and SQS gives a

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use kombu_core::routing::QueueBinding;
+use kombu_core::spi::QueueBinding;
 use kombu_core::{Error, ErrorKind, ExchangeType, Queue, Result};
 use serde_json::{json, Value};
 

@@ -11,13 +11,11 @@ mod lease;
 mod names;
 mod settings;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use kombu_core::virtual_channel::{VirtualOptions, VirtualTransport};
+use kombu_core::spi::{async_trait, ConnectBackend, VirtualFactory};
 use kombu_core::{
-    async_trait, BrokerUrl, Capabilities, Channel, ConnectionOptions, Error, ErrorKind, Registry,
-    Result, Transport, TransportFactory,
+    BrokerUrl, Capabilities, ConnectionOptions, Registry, Result, TransportInfo, TransportKind,
 };
 
 pub use backend::SqsBackend;
@@ -32,6 +30,29 @@ pub use settings::{DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SOCKET_TIMEOUT, KNOWN_OPTIO
 /// schemes are case-insensitive).
 pub const SCHEMES: &[&str] = &["sqs"];
 
+/// What `sqs://` is: no default port (a URL without a host means AWS
+/// itself), no default login (a URL without keys means the AWS default
+/// credential chain). Its static capabilities are those of the defaults
+/// (fanout over SNS on); a connection reports what its options allow.
+///
+/// ```
+/// use kombu_core::ExchangeType;
+/// assert_eq!(kombu_sqs::INFO.schemes, &["sqs"]);
+/// assert!(kombu_sqs::INFO.default_port.is_none() && kombu_sqs::INFO.default_login.is_none());
+/// let caps = kombu_sqs::INFO.static_capabilities();
+/// assert!(!caps.priority && caps.supports(ExchangeType::Fanout));
+/// ```
+pub const INFO: TransportInfo = TransportInfo::new("sqs", SCHEMES, TransportKind::Virtual)
+    .feature("sqs")
+    .capabilities(static_capabilities);
+
+fn static_capabilities() -> Capabilities {
+    backend::capabilities(
+        true,
+        backend::max_body_size(settings::DEFAULT_MAX_MESSAGE_SIZE, true),
+    )
+}
+
 /// Add the SQS transport to `registry`.
 ///
 /// ```
@@ -40,137 +61,34 @@ pub const SCHEMES: &[&str] = &["sqs"];
 /// assert!(registry.resolve("sqs").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(SqsTransportFactory));
+    registry.register(Arc::new(VirtualFactory(SqsConnector)));
 }
 
-/// Makes `sqs://` transports.
-///
-/// ```
-/// use kombu_core::TransportFactory;
-/// assert_eq!(kombu_sqs::SqsTransportFactory.schemes(), &["sqs"]);
-/// assert!(!kombu_sqs::SqsTransportFactory.capabilities().priority);
-/// ```
+/// Opens `sqs://` backends: resolves the region and credentials (the URL's
+/// keys as given, else the AWS default chain) and makes the SDK clients; no
+/// request is sent until the first declaration or publish. Each attempt at
+/// a request is bounded by `socket_timeout` (a long poll: plus its wait);
+/// the heartbeat is `ListQueues` for one queue. The backend:
+/// `conn.extension::<SqsBackend>()`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SqsTransportFactory;
+pub struct SqsConnector;
 
 #[async_trait]
-impl TransportFactory for SqsTransportFactory {
-    fn name(&self) -> &'static str {
-        "sqs"
+impl ConnectBackend for SqsConnector {
+    type Backend = SqsBackend;
+
+    fn info(&self) -> &'static TransportInfo {
+        &INFO
     }
 
-    fn schemes(&self) -> &'static [&'static str] {
-        SCHEMES
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        backend::capabilities(
-            true,
-            backend::max_body_size(settings::DEFAULT_MAX_MESSAGE_SIZE, true),
-        )
-    }
-
-    async fn connect(
+    async fn connect_backend(
         &self,
         url: &BrokerUrl,
         options: &ConnectionOptions,
-    ) -> Result<Arc<dyn Transport>> {
-        Ok(Arc::new(connect(url, options).await?))
+    ) -> Result<SqsBackend> {
+        let mut settings = settings::SqsSettings::new(url, &options.transport_options)?;
+        settings.connect_timeout = options.connect_timeout;
+        let clients = clients::AwsClients::new(&settings).await;
+        Ok(SqsBackend::new(settings, clients))
     }
-}
-
-/// The transport `sqs://` connections get: the virtual channel over an
-/// [`SqsBackend`], with a heartbeat.
-///
-/// SQS is HTTP: every request is its own health check, and each attempt
-/// at one is bounded by the `socket_timeout` transport option (default
-/// 10 s; a long poll gets its `wait_time_seconds` on top; the SDK makes up
-/// to three attempts). [`Transport::heartbeat_check`] sends `ListQueues`
-/// for one queue within `socket_timeout`; when it fails,
-/// [`Transport::is_connected`] turns false and the
-/// [`Connection`](kombu_core::Connection) connects afresh (new clients,
-/// credentials resolved again) on its next use.
-pub struct SqsTransport {
-    inner: VirtualTransport<SqsBackend>,
-    dead: AtomicBool,
-}
-
-impl SqsTransport {
-    /// The backend.
-    pub fn backend(&self) -> &Arc<SqsBackend> {
-        self.inner.backend()
-    }
-
-    /// Messages dropped (or diverted) because no binding matched them.
-    pub fn unroutable_count(&self) -> u64 {
-        self.inner.unroutable_count()
-    }
-}
-
-#[async_trait]
-impl Transport for SqsTransport {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
-        self.inner.create_channel().await
-    }
-
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected() && !self.dead.load(Ordering::Acquire)
-    }
-
-    async fn heartbeat_check(&self) -> Result<()> {
-        if !self.inner.is_connected() {
-            return Err(Error::new(
-                ErrorKind::ConnectionLost,
-                "the sqs transport is closed",
-            ));
-        }
-        let result = self.backend().ping().await.map_err(|err| {
-            if err.is_connection_error() {
-                err
-            } else {
-                Error::new(
-                    ErrorKind::ConnectionLost,
-                    format!("sqs heartbeat failed: {err}"),
-                )
-            }
-        });
-        if let Err(err) = &result {
-            tracing::warn!(error = %err, "sqs heartbeat failed");
-            self.dead.store(true, Ordering::Release);
-        }
-        result
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-}
-
-/// Connect without the registry, keeping the concrete type (for
-/// [`SqsTransport::backend`]). No request is sent until the first
-/// declaration or publish.
-///
-/// ```no_run
-/// # async fn run() -> kombu_core::Result<()> {
-/// use kombu_core::{BrokerUrl, ConnectionOptions, Transport};
-/// let url = BrokerUrl::parse("sqs://test:test@127.0.0.1:4566")?;
-/// let transport = kombu_sqs::connect(&url, &ConnectionOptions::new()).await?;
-/// let channel = transport.create_channel().await?;
-/// # let _ = channel; Ok(()) }
-/// ```
-pub async fn connect(url: &BrokerUrl, options: &ConnectionOptions) -> Result<SqsTransport> {
-    let transport_options = &options.transport_options;
-    let mut settings = settings::SqsSettings::new(url, transport_options)?;
-    settings.connect_timeout = options.connect_timeout;
-    let clients = clients::AwsClients::new(&settings).await;
-    let backend = SqsBackend::new(settings, clients);
-    let virtual_options = VirtualOptions::from_transport_options(transport_options)?;
-    Ok(SqsTransport {
-        inner: VirtualTransport::new(backend, virtual_options),
-        dead: AtomicBool::new(false),
-    })
 }

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kombu_core::spi::VIRTUAL_OPTIONS;
 use kombu_core::{BrokerUrl, Error, Result, TransportOptions};
 use serde_json::Value;
 
 /// Transport options `sqs://` understands (kombu 5.7's names, plus
-/// `binding_cache_seconds`, `max_message_size` and the virtual channel's
-/// `unroutable_queue`).
+/// `binding_cache_seconds`, `max_message_size` and `socket_timeout`); the
+/// core's `unroutable_queue` and `operation_timeout` are accepted too.
 pub const KNOWN_OPTIONS: &[&str] = &[
     "region",
     "endpoint_url",
@@ -25,7 +26,6 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "sqs-creation-attributes",
     "binding_cache_seconds",
     "max_message_size",
-    "unroutable_queue",
     "socket_timeout",
 ];
 
@@ -172,25 +172,27 @@ fn predefined(options: &TransportOptions) -> Result<BTreeMap<String, PredefinedQ
 }
 
 impl SqsSettings {
-    /// Read the URL (already completed with kombu-rs's defaults) and the
-    /// transport options.
+    /// Read the URL (completed by the core: a URL without a host names
+    /// `localhost`, nothing else is filled in) and the transport options.
     pub(crate) fn new(url: &BrokerUrl, options: &TransportOptions) -> Result<Self> {
-        options.check_known(KNOWN_OPTIONS, "sqs")?;
+        options.check_known(&[KNOWN_OPTIONS, VIRTUAL_OPTIONS].concat(), "sqs")?;
         let is_secure = options.get_bool("is_secure")?.unwrap_or(false);
-        // kombu-rs fills a URL without a host or user with localhost and
-        // guest:guest; for SQS those mean "AWS itself" and "the default
-        // credential chain", as `sqs://` does in kombu.
-        let keys = match (url.userid(), url.password()) {
-            (Some(user), Some(secret))
-                if !(user.is_empty() || user == "guest" && secret == "guest") =>
-            {
-                Some(StaticKeys {
-                    access_key_id: user.to_owned(),
-                    secret_access_key: secret.to_owned(),
-                    session_token: None,
-                })
+        // The URL's keys are used as written; without any, the AWS default
+        // credential chain (as `sqs://` does in kombu).
+        let given = |part: Option<&str>| part.filter(|p| !p.is_empty()).map(str::to_owned);
+        let keys = match (given(url.userid()), given(url.password())) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(StaticKeys {
+                access_key_id,
+                secret_access_key,
+                session_token: None,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::invalid_option(
+                    "sqs: give both the access key id and the secret key in the URL \
+                     (sqs://KEY:SECRET@...), or neither for the AWS default credential chain",
+                ))
             }
-            _ => None,
         };
         let url_endpoint = match (url.hostname(), url.port()) {
             (None, _) | (Some("localhost"), None) => None,
@@ -211,6 +213,20 @@ impl SqsSettings {
             .get_str("endpoint_url")?
             .map(str::to_owned)
             .or(url_endpoint);
+        // The core bounds a fetch by `operation_timeout` (plus the polling
+        // interval): a long poll must end within it.
+        let mut wait_time_seconds = seconds_i32(options, "wait_time_seconds", 10, 20)?;
+        if let Some(bound) = options.get_duration_secs("operation_timeout")? {
+            let fits = (bound.as_secs_f64() - 1.0).floor().max(0.0) as i32;
+            if wait_time_seconds > fits {
+                tracing::warn!(
+                    wait_time_seconds,
+                    operation_timeout = bound.as_secs_f64(),
+                    "sqs: the long poll is shortened to {fits} s to end within operation_timeout"
+                );
+                wait_time_seconds = fits;
+            }
+        }
         let max_message_size = options
             .get_u64("max_message_size")?
             .map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as usize);
@@ -219,7 +235,7 @@ impl SqsSettings {
             endpoint_url,
             region: options.get_str("region")?.map(str::to_owned),
             visibility_timeout: seconds_i32(options, "visibility_timeout", 1800, 43_200)?,
-            wait_time_seconds: seconds_i32(options, "wait_time_seconds", 10, 20)?,
+            wait_time_seconds,
             polling_interval: options
                 .get_duration_secs("polling_interval")?
                 .unwrap_or(Duration::ZERO),
@@ -254,11 +270,50 @@ impl SqsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kombu_core::ConnectionOptions;
+    use kombu_core::url::UrlDefaults;
 
+    /// The URL as the core completes it for `sqs://` (no port, no login).
     fn settings(url: &str, options: TransportOptions) -> Result<SqsSettings> {
-        let url = BrokerUrl::parse(url)?.with_defaults(&ConnectionOptions::new(), None);
+        let defaults = UrlDefaults {
+            hostname: Some("localhost"),
+            ..UrlDefaults::default()
+        };
+        let url = BrokerUrl::parse(url)?.completed(&defaults);
         SqsSettings::new(&url, &options)
+    }
+
+    #[test]
+    fn credentials_are_used_as_written() {
+        // guest:guest is a pair of keys like any other.
+        let s = settings("sqs://guest:guest@", TransportOptions::new()).unwrap();
+        let keys = s.keys.unwrap();
+        assert_eq!(
+            (keys.access_key_id.as_str(), keys.secret_access_key.as_str()),
+            ("guest", "guest")
+        );
+        assert!(s.endpoint_url.is_none());
+        // Half a pair is a mistake, not the default chain.
+        assert!(settings("sqs://AKID@", TransportOptions::new()).is_err());
+        assert!(settings("sqs://:secret@", TransportOptions::new()).is_err());
+    }
+
+    #[test]
+    fn the_long_poll_ends_within_operation_timeout() {
+        let s = settings(
+            "sqs://",
+            TransportOptions::new().set("operation_timeout", 2),
+        )
+        .unwrap();
+        assert_eq!(s.wait_time_seconds, 1);
+        let s = settings(
+            "sqs://",
+            TransportOptions::new()
+                .set("operation_timeout", 60)
+                .set("wait_time_seconds", 20)
+                .set("unroutable_queue", "lost"),
+        )
+        .unwrap();
+        assert_eq!(s.wait_time_seconds, 20);
     }
 
     #[test]

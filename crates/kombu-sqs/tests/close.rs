@@ -32,7 +32,7 @@ fn connection(url: &str) -> Connection {
     // kombu's defaults: a 10 s long poll; the default 1800 s visibility
     // timeout is what a stranded message would wait.
     let options = ConnectionOptions::new().transport_options(TransportOptions::new());
-    Connection::with_options(url, options, Arc::new(registry)).expect("a usable URL")
+    Connection::with_registry_options(url, options, Arc::new(registry)).expect("a usable URL")
 }
 
 async fn consumer(conn: &Connection, queue: &Queue) -> Consumer {

@@ -23,7 +23,7 @@ fn connection(url: &str) -> Connection {
             .set("region", "us-east-1")
             .set("wait_time_seconds", 1),
     );
-    Connection::with_options(url, options, Arc::new(registry)).expect("a usable URL")
+    Connection::with_registry_options(url, options, Arc::new(registry)).expect("a usable URL")
 }
 
 fn python_publish(queue: &str) -> String {

@@ -15,7 +15,9 @@ fn connection(options: TransportOptions) -> Option<Connection> {
     let mut registry = Registry::new();
     kombu_sqs::register(&mut registry);
     let options = ConnectionOptions::new().transport_options(options);
-    Some(Connection::with_options(&url, options, Arc::new(registry)).expect("a usable URL"))
+    Some(
+        Connection::with_registry_options(&url, options, Arc::new(registry)).expect("a usable URL"),
+    )
 }
 
 async fn consumer(conn: &Connection, queue: &Queue) -> Consumer {
@@ -245,7 +247,7 @@ async fn fanout_switched_off_is_unsupported() {
     let Some(conn) = connection(TransportOptions::new().set("supports_fanout", false)) else {
         return;
     };
-    let caps = conn.transport().await.unwrap().capabilities();
+    let caps = conn.capabilities().await.unwrap();
     assert!(!caps.supports(kombu_core::ExchangeType::Fanout));
     assert!(caps.supports(kombu_core::ExchangeType::Topic));
     let channel = conn.channel().await.unwrap();
@@ -255,6 +257,40 @@ async fn fanout_switched_off_is_unsupported() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
     conn.close().await.unwrap();
+}
+
+/// What the connection reports follows `supports_fanout`, and so does the
+/// conformance suite: with fanout off `fanout_exchange` skips (it prints
+/// SKIP and returns Ok; had it run, declaring the fanout exchange would
+/// have failed with `Unsupported`), with the default it runs and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_suite_follows_supports_fanout() {
+    let Some(off) = connection(TransportOptions::new().set("supports_fanout", false)) else {
+        return;
+    };
+    let caps = off.capabilities().await.unwrap();
+    assert!(!caps.supports(kombu_core::ExchangeType::Fanout), "{caps:?}");
+    // The registry's static description still shows fanout (the README's
+    // table): only the connected transport knows the option.
+    assert!(kombu_sqs::INFO
+        .static_capabilities()
+        .supports(kombu_core::ExchangeType::Fanout));
+    kombu_testkit::checks::fanout_exchange(&off)
+        .await
+        .expect("fanout_exchange is skipped with supports_fanout=false");
+    off.close().await.unwrap();
+
+    let on = connection(TransportOptions::new()).expect("the same URL");
+    let caps = on.capabilities().await.unwrap();
+    assert!(caps.supports(kombu_core::ExchangeType::Fanout), "{caps:?}");
+    let ran = tokio::time::timeout(
+        Duration::from_secs(90),
+        kombu_testkit::checks::fanout_exchange(&on),
+    )
+    .await
+    .expect("fanout_exchange ends");
+    ran.expect("fanout_exchange runs and passes over SNS");
+    on.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,4 +449,43 @@ async fn passive_declare_of_a_missing_queue_is_not_found() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     conn.close().await.unwrap();
+}
+
+/// A dead endpoint (nothing listens) fails calls and the heartbeat with
+/// connection kinds, so the connection is replaced; the backend is reached
+/// through the connection. Needs no SQS server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_gives_connection_errors() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut registry = Registry::new();
+    kombu_sqs::register(&mut registry);
+    let url = format!("sqs://k:s@127.0.0.1:{port}?socket_timeout=1&region=us-east-1");
+    let conn = Connection::with_registry(&url, Arc::new(registry)).unwrap();
+    let backend = conn.extension::<kombu_sqs::SqsBackend>().await.unwrap();
+    let bound = Duration::from_secs(20);
+    let err = tokio::time::timeout(bound, backend.ping())
+        .await
+        .expect("ping ends")
+        .unwrap_err();
+    assert!(err.is_connection_error(), "{err}");
+    let transport = conn.transport().await.unwrap();
+    let err = tokio::time::timeout(bound, transport.heartbeat_check())
+        .await
+        .expect("heartbeat ends")
+        .unwrap_err();
+    assert!(err.is_connection_error(), "{err}");
+    assert!(
+        !transport.is_connected(),
+        "a failed heartbeat marks it lost"
+    );
+    let channel = conn.channel().await.unwrap();
+    let err = tokio::time::timeout(bound, channel.queue_declare(&Queue::new(unique("dead"))))
+        .await
+        .expect("declare ends")
+        .unwrap_err();
+    assert!(err.is_connection_error(), "{err}");
+    let _ = conn.close().await;
 }
