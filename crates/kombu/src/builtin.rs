@@ -20,19 +20,23 @@ pub const TRANSPORT_FEATURES: &[(&str, &[&str])] = &[
     ("couchdb", &["couchdb"]),
 ];
 
-/// Is the transport of cargo feature `feature` compiled in?
-fn enabled(feature: &str) -> bool {
-    match feature {
-        "memory" => cfg!(feature = "memory"),
-        "amqp" => cfg!(feature = "amqp"),
-        "redis" => cfg!(feature = "redis"),
-        "sqs" => cfg!(feature = "sqs"),
-        "mongodb" => cfg!(feature = "mongodb"),
-        "beanstalk" => cfg!(feature = "beanstalk"),
-        "couchdb" => cfg!(feature = "couchdb"),
-        _ => false,
-    }
-}
+/// The transport features compiled in.
+const ENABLED: &[&str] = &[
+    #[cfg(feature = "memory")]
+    "memory",
+    #[cfg(feature = "amqp")]
+    "amqp",
+    #[cfg(feature = "redis")]
+    "redis",
+    #[cfg(feature = "sqs")]
+    "sqs",
+    #[cfg(feature = "mongodb")]
+    "mongodb",
+    #[cfg(feature = "beanstalk")]
+    "beanstalk",
+    #[cfg(feature = "couchdb")]
+    "couchdb",
+];
 
 /// The compiled-in transports, and the schemes of those that are not.
 fn builtin() -> Registry {
@@ -52,7 +56,7 @@ fn builtin() -> Registry {
     #[cfg(feature = "couchdb")]
     kombu_couchdb::register(&mut registry);
     for (feature, schemes) in TRANSPORT_FEATURES {
-        if !enabled(feature) {
+        if !ENABLED.contains(feature) {
             registry.register_disabled(schemes, feature);
         }
     }
