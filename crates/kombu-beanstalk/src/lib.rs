@@ -8,9 +8,7 @@ mod reserver;
 mod settings;
 mod table;
 
-use std::sync::Arc;
-
-use kombu_core::spi::{async_trait, ConnectBackend, VirtualFactory};
+use kombu_core::spi::VirtualFactory;
 use kombu_core::{BrokerUrl, ConnectionOptions, Registry, Result, TransportInfo, TransportKind};
 
 pub use backend::{
@@ -42,7 +40,7 @@ pub const INFO: TransportInfo = TransportInfo::new("beanstalk", SCHEMES, Transpo
 /// assert!(registry.resolve("beanstalk").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(VirtualFactory(BeanstalkConnector)));
+    registry.register(VirtualFactory::shared(&INFO, open));
 }
 
 /// Opens `beanstalk://host:port` backends (port 11300 by default). Every
@@ -57,29 +55,14 @@ pub fn register(registry: &mut Registry) {
 /// let kicked = backend.kick("tasks", 100).await?; // buried jobs back to ready
 /// # let _ = kicked; Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BeanstalkConnector;
-
-#[async_trait]
-impl ConnectBackend for BeanstalkConnector {
-    type Backend = BeanstalkBackend;
-
-    fn info(&self) -> &'static TransportInfo {
-        &INFO
-    }
-
-    async fn connect_backend(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<BeanstalkBackend> {
-        let settings = settings::Settings::from_options(&options.transport_options)?;
-        let server = pool::Server {
-            host: url.hostname().unwrap_or("localhost").to_owned(),
-            port: url.port().unwrap_or(DEFAULT_PORT),
-            connect_timeout: options.connect_timeout,
-            io_timeout: settings.socket_timeout,
-        };
-        BeanstalkBackend::connect(server, settings).await
-    }
+pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<BeanstalkBackend> {
+    let (url, options) = (&url, &options);
+    let settings = settings::Settings::from_options(&options.transport_options)?;
+    let server = pool::Server {
+        host: url.hostname().unwrap_or("localhost").to_owned(),
+        port: url.port().unwrap_or(DEFAULT_PORT),
+        connect_timeout: options.connect_timeout,
+        io_timeout: settings.socket_timeout,
+    };
+    BeanstalkBackend::connect(server, settings).await
 }

@@ -30,9 +30,8 @@ pub mod spi {
     pub use crate::routing::{route, QueueBinding};
     pub use crate::transport::{Transport, TransportFactory};
     pub use crate::virtual_channel::{
-        ConnectBackend, Fetched, FetchedBody, Receipt, VirtualBackend, VirtualChannel,
-        VirtualFactory, VirtualOptions, VirtualTransport, DEFAULT_OPERATION_TIMEOUT,
-        VIRTUAL_OPTIONS,
+        Fetched, FetchedBody, Receipt, VirtualBackend, VirtualChannel, VirtualFactory,
+        VirtualOptions, VirtualTransport, DEFAULT_OPERATION_TIMEOUT, VIRTUAL_OPTIONS,
     };
     pub use async_trait::async_trait;
 }

@@ -240,9 +240,7 @@ async fn the_global_registry_serves_connections_and_pools() {
         "{err}"
     );
     let faults = Arc::new(Faults::default());
-    Registry::install(Arc::new(kombu_core::spi::VirtualFactory(support::Faulty(
-        faults.clone(),
-    ))));
+    Registry::install(support::factory(&faults));
     let url = format!("faulty://{}/", kombu_testkit::unique("global"));
     let conn = Connection::new(&url).unwrap();
     conn.connect().await.unwrap();

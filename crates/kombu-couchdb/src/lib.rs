@@ -6,9 +6,7 @@ mod client;
 mod config;
 pub mod layout;
 
-use std::sync::Arc;
-
-use kombu_core::spi::{async_trait, ConnectBackend, VirtualFactory};
+use kombu_core::spi::VirtualFactory;
 use kombu_core::{BrokerUrl, ConnectionOptions, Registry, Result, TransportInfo, TransportKind};
 
 pub use backend::CouchBackend;
@@ -38,7 +36,7 @@ pub const INFO: TransportInfo = TransportInfo::new("couchdb", SCHEMES, Transport
 /// assert!(registry.resolve("couchdb").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(VirtualFactory(CouchConnector)));
+    registry.register(VirtualFactory::shared(&INFO, open));
 }
 
 /// Opens `couchdb://` backends: one HTTP client per connection, the
@@ -46,28 +44,13 @@ pub fn register(registry: &mut Registry) {
 /// is bounded by the `request_timeout` transport option (default 30 s; a
 /// changes-feed wait by its own wait plus that); the heartbeat is `GET /`.
 /// The backend is reachable as `conn.extension::<CouchBackend>()`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CouchConnector;
-
-#[async_trait]
-impl ConnectBackend for CouchConnector {
-    type Backend = CouchBackend;
-
-    fn info(&self) -> &'static TransportInfo {
-        &INFO
-    }
-
-    async fn connect_backend(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<CouchBackend> {
-        let config = CouchConfig::new(url, options)?;
-        let client = client::CouchClient::open(&config).await?;
-        let backend = CouchBackend::new(client, &config);
-        // Consumers wait on the changes feed from here, which saves their
-        // first fetch a request.
-        backend.read_feed_position().await?;
-        Ok(backend)
-    }
+pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<CouchBackend> {
+    let (url, options) = (&url, &options);
+    let config = CouchConfig::new(url, options)?;
+    let client = client::CouchClient::open(&config).await?;
+    let backend = CouchBackend::new(client, &config);
+    // Consumers wait on the changes feed from here, which saves their
+    // first fetch a request.
+    backend.read_feed_position().await?;
+    Ok(backend)
 }

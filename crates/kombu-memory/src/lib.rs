@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kombu_core::spi::{
-    async_trait, ConnectBackend, Fetched, QueueBinding, Receipt, VirtualBackend, VirtualFactory,
-    VIRTUAL_OPTIONS,
+    async_trait, Fetched, QueueBinding, Receipt, VirtualBackend, VirtualFactory, VIRTUAL_OPTIONS,
 };
 use kombu_core::{
     BrokerUrl, Capabilities, ConnectionOptions, Envelope, Exchange, Queue, Registry, Result,
@@ -40,13 +39,8 @@ pub const INFO: TransportInfo =
 /// assert!(registry.resolve("memory").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(VirtualFactory(MemoryConnector)));
+    registry.register(VirtualFactory::shared(&INFO, open));
 }
-
-/// Opens `memory://` backends. Every connection to the same
-/// `memory://<name>` in one process shares the same queues.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MemoryConnector;
 
 fn capabilities() -> Capabilities {
     Capabilities::new(TransportKind::Virtual)
@@ -55,34 +49,23 @@ fn capabilities() -> Capabilities {
         .with_persistent(false)
 }
 
-#[async_trait]
-impl ConnectBackend for MemoryConnector {
-    type Backend = MemoryBackend;
-
-    fn info(&self) -> &'static TransportInfo {
-        &INFO
-    }
-
-    async fn connect_backend(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<MemoryBackend> {
-        let transport_options = &options.transport_options;
-        transport_options.check_known(&[KNOWN_OPTIONS, VIRTUAL_OPTIONS].concat(), "memory")?;
-        let polling_interval = transport_options
-            .get_duration_secs("polling_interval")?
-            .unwrap_or(Duration::from_millis(100));
-        let name = format!(
-            "{}/{}",
-            url.hostname().unwrap_or_default(),
-            url.virtual_host().unwrap_or_default()
-        );
-        Ok(MemoryBackend {
-            broker: MemoryBroker::named(&name),
-            polling_interval,
-        })
-    }
+/// Open a `memory://` backend. Every connection to the same
+/// `memory://<name>` in one process shares the same queues.
+pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<MemoryBackend> {
+    let transport_options = &options.transport_options;
+    transport_options.check_known(&[KNOWN_OPTIONS, VIRTUAL_OPTIONS].concat(), "memory")?;
+    let polling_interval = transport_options
+        .get_duration_secs("polling_interval")?
+        .unwrap_or(Duration::from_millis(100));
+    let name = format!(
+        "{}/{}",
+        url.hostname().unwrap_or_default(),
+        url.virtual_host().unwrap_or_default()
+    );
+    Ok(MemoryBackend {
+        broker: MemoryBroker::named(&name),
+        polling_interval,
+    })
 }
 
 /// The [`VirtualBackend`] of `memory://`.

@@ -10,7 +10,7 @@ mod lease;
 
 use std::sync::Arc;
 
-use kombu_core::spi::{async_trait, ConnectBackend, VirtualFactory};
+use kombu_core::spi::VirtualFactory;
 use kombu_core::{
     BrokerUrl, Capabilities, ConnectionOptions, ExchangeType, Registry, Result, TransportInfo,
     TransportKind,
@@ -58,7 +58,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
 /// assert!(registry.resolve("mongodb+srv").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(VirtualFactory(MongoConnector)));
+    registry.register(VirtualFactory::shared(&INFO, open));
 }
 
 /// What `mongodb://` is.
@@ -70,14 +70,6 @@ pub fn register(registry: &mut Registry) {
 pub const INFO: TransportInfo = TransportInfo::new("mongodb", SCHEMES, TransportKind::Virtual)
     .port(DEFAULT_PORT)
     .capabilities(capabilities);
-
-/// Opens `mongodb://` backends. Every operation is bounded by the
-/// `socket_timeout` transport option (default 10 s; the Rust driver has no
-/// socket timeout of its own): the backend reports it as its operation
-/// timeout, which the core's virtual transport applies. The heartbeat runs
-/// `ping`. The backend: `conn.extension::<MongoBackend>()`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MongoConnector;
 
 /// What the MongoDB transport can do.
 ///
@@ -99,23 +91,16 @@ pub fn capabilities() -> Capabilities {
         .with_redelivers_unacked(true)
 }
 
-#[async_trait]
-impl ConnectBackend for MongoConnector {
-    type Backend = MongoBackend;
-
-    fn info(&self) -> &'static TransportInfo {
-        &INFO
-    }
-
-    async fn connect_backend(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<MongoBackend> {
-        let config = Arc::new(config::MongoConfig::new(url, options)?);
-        let (client, database) = connect::open(&config).await?;
-        let collections = backend::Collections::new(&database, &config);
-        connect::prepare(&database, &config, &collections).await?;
-        Ok(MongoBackend::new(config, client, collections))
-    }
+/// Opens `mongodb://` backends. Every operation is bounded by the
+/// `socket_timeout` transport option (default 10 s; the Rust driver has no
+/// socket timeout of its own): the backend reports it as its operation
+/// timeout, which the core's virtual transport applies. The heartbeat runs
+/// `ping`. The backend: `conn.extension::<MongoBackend>()`.
+pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<MongoBackend> {
+    let (url, options) = (&url, &options);
+    let config = Arc::new(config::MongoConfig::new(url, options)?);
+    let (client, database) = connect::open(&config).await?;
+    let collections = backend::Collections::new(&database, &config);
+    connect::prepare(&database, &config, &collections).await?;
+    Ok(MongoBackend::new(config, client, collections))
 }

@@ -70,7 +70,7 @@ impl TransportFactory for TakingTurns {
         url: &BrokerUrl,
         options: &ConnectionOptions,
     ) -> Result<Arc<dyn Transport>> {
-        match VirtualFactory(kombu_mongo::MongoConnector)
+        match VirtualFactory::new(&kombu_mongo::INFO, kombu_mongo::open)
             .connect(url, options)
             .await
         {

@@ -4,12 +4,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kombu_core::spi::VIRTUAL_OPTIONS;
 use kombu_core::{BrokerUrl, ConnectionOptions, Error, ErrorKind, Result, SslOptions};
 use serde_json::Value;
 
-/// Transport options `redis://` understands: kombu 5.7's names (with its
+/// Transport options `redis://` reads: kombu 5.7's names (with its
 /// defaults) plus this transport's own (`fanout_mode`, `binding_cache_ttl`,
-/// `polling_interval`, `db`) and the virtual channel's `unroutable_queue`.
+/// `polling_interval`, `db`). The core's `unroutable_queue` and
+/// `operation_timeout` ([`VIRTUAL_OPTIONS`]) are accepted too.
+///
+/// ```
+/// assert!(kombu_redis::KNOWN_OPTIONS.contains(&"visibility_timeout"));
+/// assert!(!kombu_redis::KNOWN_OPTIONS.contains(&"unroutable_queue")); // the core's
+/// ```
 pub const KNOWN_OPTIONS: &[&str] = &[
     "visibility_timeout",
     "global_keyprefix",
@@ -32,8 +39,6 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "binding_cache_ttl",
     "polling_interval",
     "db",
-    "unroutable_queue",
-    "operation_timeout",
 ];
 
 /// Where the server is.
@@ -257,7 +262,7 @@ impl RedisConfig {
     /// Read the URL (defaults already filled in) and the options.
     pub fn new(url: &BrokerUrl, options: &ConnectionOptions) -> Result<Self> {
         let to = &options.transport_options;
-        to.check_known(KNOWN_OPTIONS, "redis")?;
+        to.check_known(&[KNOWN_OPTIONS, VIRTUAL_OPTIONS].concat(), "redis")?;
         let scheme = url.scheme();
         let tls = scheme == "rediss" || options.ssl.is_enabled() && scheme != "redis+socket";
         let host = url.hostname().unwrap_or("localhost").to_owned();
@@ -388,13 +393,21 @@ fn is_boolish(s: &str) -> bool {
 }
 
 /// The login the user asked for, as written (the keyword `userid` and
-/// `password` options are folded into the URL by the core): a password
-/// alone is `AUTH <password>`, a user and a password an ACL login; none
-/// without a password.
+/// `password` options are folded into the URL by the core; nothing is
+/// filled in, `guest` is a user name like any other): a password alone is
+/// `AUTH <password>`, a user an ACL login (`AUTH <user> <password>`, an
+/// empty password when the URL gives none: what a `nopass` user takes);
+/// neither, no AUTH.
 fn credentials(url: &BrokerUrl) -> Option<Credentials> {
-    let password = url.password()?.to_owned();
     let username = url.userid().filter(|u| !u.is_empty()).map(str::to_owned);
-    Some(Credentials { username, password })
+    let password = url.password().map(str::to_owned);
+    match (username, password) {
+        (None, None) => None,
+        (username, password) => Some(Credentials {
+            username,
+            password: password.unwrap_or_default(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -460,6 +473,29 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_used_as_written() {
+        // guest/guest is not a guess for "no login": it is the ACL user guest.
+        let creds = config("redis://guest:guest@h/0", Default::default())
+            .unwrap()
+            .credentials
+            .expect("the login given");
+        assert_eq!(creds.username.as_deref(), Some("guest"));
+        assert_eq!(creds.password, "guest");
+        // A user without a password logs in as that user (a nopass user).
+        let creds = config("redis://bob@h/0", Default::default())
+            .unwrap()
+            .credentials
+            .expect("the user given");
+        assert_eq!(creds.username.as_deref(), Some("bob"));
+        assert_eq!(creds.password, "");
+        // No login: no AUTH.
+        assert!(config("redis://h/0", Default::default())
+            .unwrap()
+            .credentials
+            .is_none());
+    }
+
+    #[test]
     fn unknown_options_are_named() {
         let err = config(
             "redis://",
@@ -468,6 +504,14 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidOption);
         assert!(err.to_string().contains("visibilty_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_cores_options_are_accepted() {
+        let to = TransportOptions::new()
+            .set("operation_timeout", 2)
+            .set("unroutable_queue", "lost");
+        assert!(config("redis://", to).is_ok());
     }
 
     #[test]

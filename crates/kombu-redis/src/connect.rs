@@ -91,11 +91,14 @@ fn tls_addr(_: &str, _: u16, _: bool) -> Result<ConnectionAddr> {
 
 async fn manager(client: &redis::Client, config: &RedisConfig) -> Result<ConnectionManager> {
     // Every command returns at once (no blocking pops), so a response
-    // timeout bounds how long a stopped server can hold a call.
+    // timeout bounds how long a stopped server can hold a call. No retries
+    // of its own: one attempt (a wrong password is sent once), and a
+    // failure goes to kombu-core, which owns reconnecting (a lost
+    // transport is replaced; `ensure_connection` retries as its policy says).
     let cfg = ConnectionManagerConfig::new()
         .set_response_timeout(Some(config.response_timeout()))
         .set_connection_timeout(Some(config.connect_timeout()))
-        .set_number_of_retries(3);
+        .set_number_of_retries(0);
     let bound = config.connect_timeout() + config.response_timeout();
     let open = async {
         let mut conn = client
@@ -123,9 +126,17 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(ConnectionManager, red
     let client = client(config, creds)?;
     let conn = manager(&client, config).await.map_err(|err| {
         if err.source_as::<redis::RedisError>().is_some_and(needs_auth) {
+            let who = match creds {
+                None => "no login was given (the server wants one)".to_owned(),
+                Some(Credentials {
+                    username: Some(user),
+                    ..
+                }) => format!("user {user:?}, check the URL's user and password"),
+                Some(_) => "the default user, check the URL's password".to_owned(),
+            };
             Error::new(
                 ErrorKind::Auth,
-                "redis: authentication failed (check the URL's user and password)",
+                format!("redis: authentication failed ({who})"),
             )
         } else {
             err

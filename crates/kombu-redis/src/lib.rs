@@ -9,9 +9,7 @@ pub mod keys;
 mod maintenance;
 mod scripts;
 
-use std::sync::Arc;
-
-use kombu_core::spi::{async_trait, ConnectBackend, VirtualFactory};
+use kombu_core::spi::VirtualFactory;
 use kombu_core::{
     BrokerUrl, Capabilities, ConnectionOptions, ExchangeType, Registry, Result, TransportInfo,
     TransportKind,
@@ -49,7 +47,7 @@ pub const INFO: TransportInfo = TransportInfo::new("redis", SCHEMES, TransportKi
 /// assert!(registry.resolve("redis+socket").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(VirtualFactory(RedisConnector)));
+    registry.register(VirtualFactory::shared(&INFO, open));
 }
 
 /// What the Redis transport can do (the same in both fanout modes).
@@ -81,24 +79,9 @@ pub fn capabilities() -> Capabilities {
 /// answer within the response timeout (`socket_timeout`), the heartbeat is
 /// a PING; the backend (for `restore_visible`) is
 /// `conn.extension::<RedisBackend>()`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RedisConnector;
-
-#[async_trait]
-impl ConnectBackend for RedisConnector {
-    type Backend = RedisBackend;
-
-    fn info(&self) -> &'static TransportInfo {
-        &INFO
-    }
-
-    async fn connect_backend(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<RedisBackend> {
-        let config = RedisConfig::new(url, options)?;
-        let (conn, client) = connect::open(&config).await?;
-        Ok(RedisBackend::new(config, conn, client))
-    }
+pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<RedisBackend> {
+    let (url, options) = (&url, &options);
+    let config = RedisConfig::new(url, options)?;
+    let (conn, client) = connect::open(&config).await?;
+    Ok(RedisBackend::new(config, conn, client))
 }

@@ -11,9 +11,7 @@ mod lease;
 mod names;
 mod settings;
 
-use std::sync::Arc;
-
-use kombu_core::spi::{async_trait, ConnectBackend, VirtualFactory};
+use kombu_core::spi::VirtualFactory;
 use kombu_core::{
     BrokerUrl, Capabilities, ConnectionOptions, Registry, Result, TransportInfo, TransportKind,
 };
@@ -61,7 +59,7 @@ fn static_capabilities() -> Capabilities {
 /// assert!(registry.resolve("sqs").is_ok());
 /// ```
 pub fn register(registry: &mut Registry) {
-    registry.register(Arc::new(VirtualFactory(SqsConnector)));
+    registry.register(VirtualFactory::shared(&INFO, open));
 }
 
 /// Opens `sqs://` backends: resolves the region and credentials (the URL's
@@ -70,25 +68,10 @@ pub fn register(registry: &mut Registry) {
 /// a request is bounded by `socket_timeout` (a long poll: plus its wait);
 /// the heartbeat is `ListQueues` for one queue. The backend:
 /// `conn.extension::<SqsBackend>()`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SqsConnector;
-
-#[async_trait]
-impl ConnectBackend for SqsConnector {
-    type Backend = SqsBackend;
-
-    fn info(&self) -> &'static TransportInfo {
-        &INFO
-    }
-
-    async fn connect_backend(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<SqsBackend> {
-        let mut settings = settings::SqsSettings::new(url, &options.transport_options)?;
-        settings.connect_timeout = options.connect_timeout;
-        let clients = clients::AwsClients::new(&settings).await;
-        Ok(SqsBackend::new(settings, clients))
-    }
+pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<SqsBackend> {
+    let (url, options) = (&url, &options);
+    let mut settings = settings::SqsSettings::new(url, &options.transport_options)?;
+    settings.connect_timeout = options.connect_timeout;
+    let clients = clients::AwsClients::new(&settings).await;
+    Ok(SqsBackend::new(settings, clients))
 }

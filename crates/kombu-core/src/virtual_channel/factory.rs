@@ -1,7 +1,8 @@
-//! The factory of every virtual transport: a transport says how to open its
-//! backend ([`ConnectBackend`]); [`VirtualFactory`] makes the
-//! [`TransportFactory`] from it.
+//! The factory of every virtual transport: a transport gives its
+//! [`TransportInfo`] and an async function that opens its backend;
+//! [`VirtualFactory`] makes the [`TransportFactory`] from them.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -13,55 +14,63 @@ use crate::transport::{Transport, TransportFactory};
 use crate::transport_info::TransportInfo;
 use crate::url::BrokerUrl;
 
-/// How a virtual transport opens its backend: the whole glue between a
-/// store and kombu-rs (liveness, bounds, channels, the factory come from
-/// the core).
+/// A [`TransportFactory`] for a virtual transport: `open` makes a backend
+/// for a URL (completed with the transport's defaults) and the options
+/// (the URL's query applied), and the factory serves it as a
+/// [`VirtualTransport`] (liveness, bounds, channels: the core's). The
+/// `unroutable_queue` and `operation_timeout` transport options are the
+/// core's. That is the whole glue between a store and kombu-rs:
 ///
 /// ```
-/// # use kombu_core::spi::{ConnectBackend, VirtualBackend, VirtualFactory};
-/// # use kombu_core::{BrokerUrl, ConnectionOptions, Result, TransportInfo, TransportKind};
+/// # use kombu_core::spi::{VirtualBackend, VirtualFactory};
+/// # use kombu_core::{BrokerUrl, ConnectionOptions, Registry, Result, TransportInfo, TransportKind};
 /// # fn demo<B: VirtualBackend + Default>() {
-/// struct Toy<B>(std::marker::PhantomData<B>);
 /// const INFO: TransportInfo = TransportInfo::new("toy", &["toy"], TransportKind::Virtual);
 ///
-/// #[kombu_core::spi::async_trait]
-/// impl<B: VirtualBackend + Default> ConnectBackend for Toy<B> {
-///     type Backend = B;
-///     fn info(&self) -> &'static TransportInfo { &INFO }
-///     async fn connect_backend(&self, _: &BrokerUrl, _: &ConnectionOptions) -> Result<B> {
-///         Ok(B::default())
-///     }
+/// async fn open<B: Default>(url: BrokerUrl, options: ConnectionOptions) -> Result<B> {
+///     # let _ = (url, options);
+///     Ok(B::default()) // connect to the store here
 /// }
-/// let mut registry = kombu_core::Registry::new();
-/// registry.register(std::sync::Arc::new(VirtualFactory(Toy::<B>(Default::default()))));
+///
+/// let mut registry = Registry::new();
+/// registry.register(VirtualFactory::shared(&INFO, open::<B>));
 /// assert!(registry.resolve("toy").is_ok());
 /// # }
 /// ```
-#[async_trait]
-pub trait ConnectBackend: Send + Sync + 'static {
-    /// The backend it opens.
-    type Backend: VirtualBackend;
-    /// The transport's static description.
-    fn info(&self) -> &'static TransportInfo;
-    /// Open a backend for `url` (completed with the transport's defaults)
-    /// and `options` (the URL's query applied). The `unroutable_queue` and
-    /// `operation_timeout` transport options are the core's.
-    async fn connect_backend(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<Self::Backend>;
+#[derive(Clone, Copy)]
+pub struct VirtualFactory<F> {
+    info: &'static TransportInfo,
+    open: F,
 }
 
-/// A [`TransportFactory`] for a virtual transport: opens the backend with
-/// `C` and serves it as a [`VirtualTransport`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VirtualFactory<C>(pub C);
+impl<F> VirtualFactory<F> {
+    /// A factory for the transport `info` describes, whose backends `open` makes.
+    pub const fn new(info: &'static TransportInfo, open: F) -> Self {
+        VirtualFactory { info, open }
+    }
+}
+
+impl<F, Fut, B> VirtualFactory<F>
+where
+    F: Fn(BrokerUrl, ConnectionOptions) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<B>> + Send + 'static,
+    B: VirtualBackend,
+{
+    /// [`VirtualFactory::new`], ready for [`Registry::register`](crate::Registry::register).
+    pub fn shared(info: &'static TransportInfo, open: F) -> Arc<dyn TransportFactory> {
+        Arc::new(Self::new(info, open))
+    }
+}
 
 #[async_trait]
-impl<C: ConnectBackend> TransportFactory for VirtualFactory<C> {
+impl<F, Fut, B> TransportFactory for VirtualFactory<F>
+where
+    F: Fn(BrokerUrl, ConnectionOptions) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<B>> + Send + 'static,
+    B: VirtualBackend,
+{
     fn info(&self) -> &'static TransportInfo {
-        self.0.info()
+        self.info
     }
 
     async fn connect(
@@ -70,8 +79,8 @@ impl<C: ConnectBackend> TransportFactory for VirtualFactory<C> {
         options: &ConnectionOptions,
     ) -> Result<Arc<dyn Transport>> {
         let virtual_options = VirtualOptions::from_transport_options(&options.transport_options)?
-            .transport_name(self.0.info().name);
-        let backend = self.0.connect_backend(url, options).await?;
+            .transport_name(self.info.name);
+        let backend = (self.open)(url.clone(), options.clone()).await?;
         Ok(Arc::new(VirtualTransport::new(backend, virtual_options)))
     }
 }

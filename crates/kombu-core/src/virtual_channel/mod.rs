@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 
 pub use backend::{Fetched, FetchedBody, Receipt, VirtualBackend};
-pub use factory::{ConnectBackend, VirtualFactory};
+pub use factory::VirtualFactory;
 pub use guarded::DEFAULT_OPERATION_TIMEOUT;
 use guarded::{Guarded, Liveness};
 

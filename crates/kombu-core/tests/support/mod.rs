@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kombu_core::spi::{
-    async_trait, ConnectBackend, Fetched, QueueBinding, Receipt, VirtualBackend, VirtualFactory,
+    async_trait, Fetched, QueueBinding, Receipt, VirtualBackend, VirtualFactory,
 };
 use kombu_core::{
     BrokerUrl, Capabilities, Connection, ConnectionOptions, Envelope, Error, ErrorKind, Exchange,
     ExchangeType, Queue, Registry, Result, TransportInfo, TransportKind,
 };
-use kombu_memory::{MemoryBackend, MemoryConnector};
+use kombu_memory::MemoryBackend;
 
 /// What the next backend calls do; shared by every backend a [`Faulty`]
 /// connector opens.
@@ -57,38 +57,30 @@ pub const INFO: TransportInfo = TransportInfo::new("faulty", &["faulty"], Transp
     .port(4242)
     .capabilities(|| Capabilities::new(TransportKind::Virtual).with_fanout_note("in-process"));
 
-/// Opens faulty backends over memory.
-pub struct Faulty(pub Arc<Faults>);
-
-#[async_trait]
-impl ConnectBackend for Faulty {
-    type Backend = FaultyBackend;
-
-    fn info(&self) -> &'static TransportInfo {
-        &INFO
+/// Open a faulty backend over memory.
+async fn open(
+    faults: Arc<Faults>,
+    url: BrokerUrl,
+    options: ConnectionOptions,
+) -> Result<FaultyBackend> {
+    let refused = faults
+        .refuse_connects
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if refused {
+        return Err(Error::new(ErrorKind::ConnectionRefused, "injected refusal"));
     }
+    let inner = kombu_memory::open(url.with_scheme("memory")?, options).await?;
+    faults.opened.fetch_add(1, Ordering::SeqCst);
+    Ok(FaultyBackend { inner, faults })
+}
 
-    async fn connect_backend(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<FaultyBackend> {
-        let refused = self
-            .0
-            .refuse_connects
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if refused {
-            return Err(Error::new(ErrorKind::ConnectionRefused, "injected refusal"));
-        }
-        let memory = url.with_scheme("memory")?;
-        let inner = MemoryConnector.connect_backend(&memory, options).await?;
-        self.0.opened.fetch_add(1, Ordering::SeqCst);
-        Ok(FaultyBackend {
-            inner,
-            faults: self.0.clone(),
-        })
-    }
+/// The faulty transport's factory.
+pub fn factory(faults: &Arc<Faults>) -> Arc<dyn kombu_core::spi::TransportFactory> {
+    let faults = faults.clone();
+    VirtualFactory::shared(&INFO, move |url, options| {
+        open(faults.clone(), url, options)
+    })
 }
 
 /// The memory backend with faults.
@@ -101,7 +93,7 @@ pub struct FaultyBackend {
 pub fn registry(faults: &Arc<Faults>) -> Arc<Registry> {
     let mut registry = Registry::new();
     kombu_memory::register(&mut registry);
-    registry.register(Arc::new(VirtualFactory(Faulty(faults.clone()))));
+    registry.register(factory(faults));
     Arc::new(registry)
 }
 
@@ -169,14 +161,6 @@ impl VirtualBackend for FaultyBackend {
     }
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
         guarded!(self, self.inner.fetch(queues, wait))
-    }
-    async fn fetch_batch(
-        &self,
-        queues: &[String],
-        wait: Duration,
-        max: usize,
-    ) -> Result<Vec<Fetched>> {
-        guarded!(self, self.inner.fetch_batch(queues, wait, max))
     }
     async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
         guarded!(self, self.inner.ack(queue, receipt))
