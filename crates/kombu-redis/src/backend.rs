@@ -69,10 +69,12 @@ pub(crate) struct Shared {
     /// Woken when this process stores a message (or PUB/SUB buffers one).
     pub arrived: Arc<Notify>,
     pub closed: AtomicBool,
-    /// Set when the server is known unreachable (a failed health check or
-    /// a connection error on a command): the transport reports itself
-    /// disconnected so the connection is replaced.
-    pub dead: AtomicBool,
+    /// Set when a command failed with a connection error (the core's
+    /// `VirtualTransport` has marked the connection lost for the same
+    /// error): closing then skips its restore sweep rather
+    /// than wait on a server that does not answer. Liveness itself is the
+    /// core's.
+    pub unreachable: AtomicBool,
     next_pubsub: AtomicU64,
     acks: AckQueue,
 }
@@ -91,7 +93,20 @@ struct AckQueue {
     flushing: AtomicBool,
 }
 
-/// The [`VirtualBackend`] of `redis://`.
+/// The [`VirtualBackend`] of `redis://`: kombu-core's `VirtualTransport`
+/// serves it (liveness, the operation timeout, channels) and hands it out
+/// as the connection's extension, for what only Redis does
+/// ([`RedisBackend::restore_visible`]):
+///
+/// ```no_run
+/// # async fn demo() -> kombu_core::Result<()> {
+/// let mut registry = kombu_core::Registry::new();
+/// kombu_redis::register(&mut registry);
+/// let conn = kombu_core::Connection::with_registry("redis://localhost:6379/0", registry.into())?;
+/// let backend = conn.extension::<kombu_redis::RedisBackend>().await?;
+/// backend.ping().await?;
+/// # Ok(()) }
+/// ```
 pub struct RedisBackend {
     pub(crate) shared: Arc<Shared>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -111,7 +126,7 @@ impl RedisBackend {
             hub,
             arrived,
             closed: AtomicBool::new(false),
-            dead: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
             next_pubsub: AtomicU64::new(1),
             acks: AckQueue::default(),
         });
@@ -126,12 +141,27 @@ impl RedisBackend {
     /// `visibility_timeout` to their queues (kombu's `restore_visible`),
     /// under kombu's `unacked_mutex`; returns how many were restored.
     /// The transport runs it every `unacked_restore_interval` and on close.
+    /// A connection's backend is `conn.extension::<RedisBackend>()`:
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// use kombu_redis::RedisBackend;
+    /// let restored = conn.extension::<RedisBackend>().await?.restore_visible().await?;
+    /// println!("{restored} messages back in their queues");
+    /// # Ok(()) }
+    /// ```
     pub async fn restore_visible(&self) -> Result<u64> {
         self.shared.restore_visible().await
     }
 
-    /// One PING round trip (bounded by the response timeout); a failure
-    /// marks the connection dead (see [`RedisBackend::is_dead`]).
+    /// One PING round trip, bounded by the response timeout: the
+    /// heartbeat (`VirtualBackend::ping`).
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// conn.extension::<kombu_redis::RedisBackend>().await?.ping().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn ping(&self) -> Result<()> {
         let s = &self.shared;
         let bound = s.config.response_timeout();
@@ -149,14 +179,9 @@ impl RedisBackend {
             )),
         };
         if let Err(err) = &result {
-            s.mark_dead(err);
+            s.mark_unreachable(err);
         }
         result
-    }
-
-    /// True once the server was found unreachable.
-    pub fn is_dead(&self) -> bool {
-        self.shared.dead.load(Ordering::Acquire)
     }
 }
 
@@ -170,9 +195,9 @@ impl Shared {
     }
 
     /// Remember that the server is unreachable when `err` says so.
-    pub(crate) fn mark_dead(&self, err: &Error) {
-        if err.is_connection_error() && !self.dead.swap(true, Ordering::AcqRel) {
-            tracing::warn!(error = %err, "redis connection lost");
+    pub(crate) fn mark_unreachable(&self, err: &Error) {
+        if err.is_connection_error() {
+            self.unreachable.store(true, Ordering::Release);
         }
     }
 
@@ -224,7 +249,7 @@ impl Shared {
                 .await
                 .map_err(map_redis);
             if let Err(err) = &sent {
-                self.mark_dead(err);
+                self.mark_unreachable(err);
             }
             for (_, waiter) in batch {
                 let answer = match &sent {
@@ -272,7 +297,7 @@ impl Shared {
         };
         result.map_err(|err| {
             let err = map_redis(err);
-            self.mark_dead(&err);
+            self.mark_unreachable(&err);
             err
         })?;
         self.arrived.notify_waiters();
@@ -695,10 +720,6 @@ impl VirtualBackend for RedisBackend {
         RedisBackend::ping(self).await
     }
 
-    fn is_alive(&self) -> bool {
-        !self.is_dead()
-    }
-
     /// Commands answer within the response timeout (`socket_timeout`).
     fn operation_timeout(&self) -> Option<Duration> {
         Some(self.shared.config.response_timeout())
@@ -861,7 +882,7 @@ impl VirtualBackend for RedisBackend {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let found = s.try_fetch_many(queues, max).await.inspect_err(|err| {
-                s.mark_dead(err);
+                s.mark_unreachable(err);
             })?;
             if !found.is_empty() {
                 return Ok(found);
@@ -1128,7 +1149,7 @@ impl VirtualBackend for RedisBackend {
             hub.close().await;
         }
         let bound = s.config.response_timeout();
-        if s.dead.load(Ordering::Acquire) {
+        if s.unreachable.load(Ordering::Acquire) {
             return Ok(());
         }
         match tokio::time::timeout(bound, s.restore_visible())

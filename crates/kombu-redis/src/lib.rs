@@ -75,10 +75,20 @@ pub fn capabilities() -> Capabilities {
         .with_redelivers_unacked(true)
 }
 
-/// Opens `redis://`, `rediss://` and `redis+socket://` backends. Commands
-/// answer within the response timeout (`socket_timeout`), the heartbeat is
-/// a PING; the backend (for `restore_visible`) is
-/// `conn.extension::<RedisBackend>()`.
+/// Open a `redis://`, `rediss://` or `redis+socket://` backend (what
+/// [`register`] serves through kombu-core's `VirtualFactory`): the URL's
+/// login is sent as written, once (none when it gives none); commands
+/// answer within the response timeout (`socket_timeout`), which is also the
+/// backend's operation timeout; the heartbeat is a PING. A connection's
+/// backend (for `restore_visible`) is `conn.extension::<RedisBackend>()`.
+///
+/// ```no_run
+/// # async fn demo() -> kombu_core::Result<()> {
+/// let url = kombu_core::BrokerUrl::parse("redis://localhost:6379/0")?;
+/// let backend = kombu_redis::open(url, Default::default()).await?;
+/// backend.ping().await?;
+/// # Ok(()) }
+/// ```
 pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<RedisBackend> {
     let (url, options) = (&url, &options);
     let config = RedisConfig::new(url, options)?;

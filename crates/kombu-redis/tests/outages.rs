@@ -1,8 +1,10 @@
-//! A server that stops answering is detected, in bounded time, and a new
-//! connection works once it is back; messages held unacked by a connection
-//! that died come back after a server restart. Each test runs a private
-//! `redis-server` (on a free port, as a child process) and stops or kills
-//! that one only.
+//! Redis-specific outages, beyond the shared liveness suite
+//! (tests/liveness.rs): an ack sent to a server that stopped answering
+//! fails in bounded time and its message is not lost (a new connection's
+//! backend, `conn.extension::<RedisBackend>()`, restores it), and messages
+//! held unacked by a connection whose server was killed come back after the
+//! restart (a private `redis-server` on a free port, as a child process,
+//! AOF with fsync always).
 
 mod common;
 
@@ -10,16 +12,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connect, prefix};
-use kombu_core::{Channel, RawMessage};
-use kombu_testkit::unique;
+use common::{base_url, connect, prefix};
+use kombu_core::{BrokerUrl, Channel, RawMessage};
+use kombu_redis::RedisBackend;
+use kombu_testkit::liveness::FROZEN_BOUND;
+use kombu_testkit::{unique, FrozenProxy};
 use serde_json::json;
 
-/// How long a call on a stopped server may take before the test fails
-/// (the connections below use `socket_timeout` 1 s).
+/// How long closing a connection to a dead server may take (the
+/// connections below use `socket_timeout` 1 s).
 const BOUND: Duration = Duration::from_secs(10);
 
-/// A private redis-server; killed (after a SIGCONT) when dropped.
+/// A private redis-server; killed when dropped.
 struct Server {
     child: Child,
     alive: bool,
@@ -94,15 +98,6 @@ impl Server {
         }
     }
 
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
     fn kill(&mut self) {
         if std::mem::replace(&mut self.alive, false) {
             let _ = self.child.kill(); // SIGKILL: also ends a stopped process
@@ -129,74 +124,90 @@ async fn publish(channel: &dyn Channel, queue: &str, body: &str) -> kombu_core::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_server_fails_calls_in_bounded_time_then_a_new_connection_works() {
-    let Some(server) = Server::start(None, None, false).await else {
-        return;
-    };
-    let url = server.url();
-    let prefix = prefix("hb");
-    let queue = unique("hb");
+async fn an_ack_to_a_silent_server_fails_in_bounded_time_and_the_message_comes_back() {
+    let Some(url) = base_url() else { return };
+    let parsed = BrokerUrl::parse(&url).unwrap();
+    let proxy = FrozenProxy::start(
+        parsed.hostname().unwrap_or("127.0.0.1"),
+        parsed.port().unwrap_or(6379),
+    )
+    .await
+    .expect("a local port for the proxy");
+    let prefix = prefix("frozen-ack");
+    let queue = unique("frozen-ack");
+    // Only the explicit restore below puts the message back.
     let options = [
         ("socket_timeout", json!(1)),
+        ("visibility_timeout", json!(1)),
+        ("unacked_restore_interval", json!(3600)),
         ("health_check_interval", json!(0)),
     ];
-    let conn = connect(&url, &prefix, &options);
+    let conn = connect(&proxy.proxied(&url), &prefix, &options);
     let transport = conn.transport().await.unwrap();
-    transport.heartbeat_check().await.unwrap();
-    assert!(transport.is_connected());
     let channel = transport.create_channel().await.unwrap();
-    publish(channel.as_ref(), &queue, "before").await.unwrap();
+    publish(channel.as_ref(), &queue, "held").await.unwrap();
+    let delivery = channel
+        .basic_get(&queue, false)
+        .await
+        .unwrap()
+        .expect("the message just published");
+    let fetched = Instant::now();
 
-    server.signal("STOP");
+    // The server stops answering (the proxy holds every byte from now on,
+    // the ack's included: it never reaches the server).
+    proxy.freeze(true);
+    let started = Instant::now();
+    let ack = tokio::time::timeout(
+        FROZEN_BOUND * 2,
+        channel.basic_ack(delivery.delivery_tag, false),
+    )
+    .await
+    .expect("an ack to a silent server must not hang");
+    let took = started.elapsed();
+    let err = ack.expect_err("an ack to a silent server fails");
+    println!("ack failed after {took:?}: {err}");
+    assert!(err.is_connection_error(), "not a connection error: {err:?}");
+    assert!(took < FROZEN_BOUND, "the ack failed after {took:?}");
+    assert!(!transport.is_connected(), "the failed ack marks it lost");
 
     let started = Instant::now();
-    let beat = tokio::time::timeout(BOUND, transport.heartbeat_check())
+    tokio::time::timeout(BOUND, conn.close())
         .await
-        .expect("heartbeat_check on a stopped server must not hang");
-    let err = beat.expect_err("heartbeat_check on a stopped server must fail");
-    println!(
-        "heartbeat_check failed after {:?}: {err}",
-        started.elapsed()
-    );
-    assert!(err.is_connection_error(), "not a connection error: {err:?}");
-    assert!(
-        !transport.is_connected(),
-        "a failed heartbeat marks the connection lost"
-    );
+        .expect("closing a connection to a silent server must not hang")
+        .ok();
+    println!("close took {:?}", started.elapsed());
 
-    let started = Instant::now();
-    let put = tokio::time::timeout(BOUND, publish(channel.as_ref(), &queue, "during"))
-        .await
-        .expect("a publish to a stopped server must not hang");
-    let err = put.expect_err("a publish to a stopped server must fail");
-    println!("publish failed after {:?}: {err}", started.elapsed());
-    assert!(err.is_connection_error(), "not a connection error: {err:?}");
-
-    server.signal("CONT");
-    let dir = server.dir.clone();
-
+    // A new connection (straight to the server) restores the message once
+    // visibility_timeout is over: it was fetched into kombu's unacked
+    // structures and never acked.
     let fresh = connect(&url, &prefix, &options);
-    let transport2 = fresh.transport().await.unwrap();
-    transport2.heartbeat_check().await.unwrap();
-    assert!(transport2.is_connected());
-    let channel2 = transport2.create_channel().await.unwrap();
-    publish(channel2.as_ref(), &queue, "after").await.unwrap();
-    let first = channel2
+    let backend = fresh.extension::<RedisBackend>().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut restored = 0;
+    while restored == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the unacked message was never restored"
+        );
+        tokio::time::sleep(
+            Duration::from_secs(1)
+                .saturating_sub(fetched.elapsed())
+                .max(Duration::from_millis(100)),
+        )
+        .await;
+        restored = backend.restore_visible().await.unwrap();
+    }
+    assert_eq!(restored, 1);
+    let channel = fresh.channel().await.unwrap();
+    let back = channel
         .basic_get(&queue, true)
         .await
         .unwrap()
-        .expect("the message published before the stop");
-    assert_eq!(&first.message.body[..], b"before");
-    let mut rest = Vec::new();
-    while let Some(d) = channel2.basic_get(&queue, true).await.unwrap() {
-        rest.push(String::from_utf8_lossy(&d.message.body).into_owned());
-    }
-    // "during" may have reached the server before it stopped answering.
-    assert_eq!(rest.last().map(String::as_str), Some("after"), "{rest:?}");
-    let _ = tokio::time::timeout(BOUND, conn.close()).await;
+        .expect("the restored message");
+    assert_eq!(&back.message.body[..], b"held");
+    assert!(back.info.redelivered, "a restored message is redelivered");
+    channel.queue_delete(&queue).await.unwrap();
     fresh.close().await.unwrap();
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
