@@ -193,7 +193,7 @@ impl MongoBackend {
                 .map_err(driver("removing a message"))?;
             return Ok(None);
         };
-        self.leases.add();
+        self.leases.add(&lease_id);
         self.fetched.fetch_add(1, Ordering::Relaxed);
         let receipt = format!("{MESSAGE_RECEIPT}{}:{lease_id}", id.to_hex());
         let mut fetched = Fetched::from_json(queue, receipt, &payload_bytes(&document));
@@ -500,7 +500,7 @@ impl VirtualBackend for MongoBackend {
             .delete_one(doc! { "_id": id, lease::ID: lease_id })
             .await
             .map_err(driver("acknowledging a message"))?;
-        self.leases.remove();
+        self.leases.remove(lease_id);
         if deleted.deleted_count == 0 {
             tracing::warn!(
                 queue,
@@ -533,7 +533,7 @@ impl VirtualBackend for MongoBackend {
             )
             .await
             .map_err(driver("returning a message to its queue"))?;
-        self.leases.remove();
+        self.leases.remove(lease_id);
         if updated.matched_count == 0 {
             tracing::warn!(
                 queue,

@@ -1,8 +1,8 @@
 //! Leases on claimed messages: a live transport renews the leases it holds;
 //! a dead one's lapse, and its messages become claimable again.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mongodb::bson::{doc, DateTime, Document};
@@ -11,26 +11,31 @@ use tokio::task::AbortHandle;
 
 use crate::documents::{after_millis, lease};
 
-/// How many leases this transport holds (claimed, not yet acked or
-/// requeued): renewal runs only while there are some.
+/// The leases this transport holds (claimed, handed to the channel, not
+/// yet acked or requeued), by lease id: renewal pushes back these and no
+/// others. A claim whose answer never reached the channel (a fetch given up
+/// on by a timeout) is not among them, so its lease lapses and the message
+/// is claimed again, instead of being renewed for as long as the
+/// transport lives.
 #[derive(Debug, Default)]
-pub(crate) struct LeaseCounter(AtomicUsize);
+pub(crate) struct LeaseCounter(Mutex<HashSet<String>>);
 
 impl LeaseCounter {
-    pub(crate) fn add(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn remove(&self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
+    pub(crate) fn add(&self, lease_id: &str) {
+        self.set().insert(lease_id.to_owned());
     }
 
-    pub(crate) fn held(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+    pub(crate) fn remove(&self, lease_id: &str) {
+        self.set().remove(lease_id);
+    }
+
+    /// The lease ids held now.
+    pub(crate) fn held(&self) -> Vec<String> {
+        self.set().iter().cloned().collect()
     }
 }
 
@@ -52,13 +57,14 @@ pub(crate) fn spawn_renewal(
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            if leases.held() == 0 {
+            let held = leases.held();
+            if held.is_empty() {
                 continue;
             }
             let until = after_millis(DateTime::now(), timeout.as_millis() as u64);
             let renewed = messages
                 .update_many(
-                    doc! { lease::OWNER: &owner },
+                    doc! { lease::OWNER: &owner, lease::ID: { "$in": held } },
                     doc! { "$set": { lease::UNTIL: until } },
                 )
                 .await;
