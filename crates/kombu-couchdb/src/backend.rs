@@ -32,7 +32,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The [`VirtualBackend`] of `couchdb://`.
+/// The [`VirtualBackend`] of `couchdb://`. A connection hands it out as
+/// `conn.extension::<CouchBackend>().await?`.
 pub struct CouchBackend {
     client: CouchClient,
     owner: String,
@@ -45,6 +46,7 @@ pub struct CouchBackend {
     feed: ChangesFeed,
     polling_interval: Duration,
     visibility_timeout: Duration,
+    request_timeout: Duration,
     claim_batch: usize,
 }
 
@@ -65,6 +67,7 @@ impl CouchBackend {
             feed: ChangesFeed::default(),
             polling_interval: config.polling_interval,
             visibility_timeout: config.visibility_timeout,
+            request_timeout: config.request_timeout,
             claim_batch: config.claim_batch,
         }
     }
@@ -651,6 +654,12 @@ impl VirtualBackend for CouchBackend {
 
     fn polling_interval(&self) -> Duration {
         self.polling_interval
+    }
+
+    /// Requests answer within `request_timeout` (the HTTP client's own
+    /// bound); the core's bound on one call is the same.
+    fn operation_timeout(&self) -> Option<Duration> {
+        Some(self.request_timeout)
     }
 
     async fn ping(&self) -> Result<()> {

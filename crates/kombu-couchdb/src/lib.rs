@@ -42,7 +42,9 @@ pub fn register(registry: &mut Registry) {
 /// Opens `couchdb://` backends: one HTTP client per connection, the
 /// database (the URL's virtual host) created on first use. Every request
 /// is bounded by the `request_timeout` transport option (default 30 s; a
-/// changes-feed wait by its own wait plus that); the heartbeat is `GET /`.
+/// changes-feed wait by its own wait plus that), and so is each backend
+/// call unless the `operation_timeout` option says otherwise; the
+/// heartbeat is `GET /`.
 /// The backend is reachable as `conn.extension::<CouchBackend>()`.
 pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<CouchBackend> {
     let (url, options) = (&url, &options);

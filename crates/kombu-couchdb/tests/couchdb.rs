@@ -472,3 +472,19 @@ async fn no_server_is_a_connection_error() {
     let err = conn.connect().await.unwrap_err();
     assert!(err.is_connection_error(), "{err}");
 }
+
+/// The core bounds each backend call by the request timeout (the
+/// `operation_timeout` option wins over it).
+#[tokio::test]
+async fn operation_timeout_is_the_request_timeout() {
+    use kombu_core::spi::VirtualBackend;
+    let Some(conn) = connect_with(TransportOptions::new().set("request_timeout", 7)) else {
+        return;
+    };
+    let backend = conn
+        .extension::<kombu_couchdb::CouchBackend>()
+        .await
+        .unwrap();
+    assert_eq!(backend.operation_timeout(), Some(Duration::from_secs(7)));
+    conn.close().await.unwrap();
+}
