@@ -38,7 +38,7 @@ struct Held {
 }
 
 /// The beanstalkd [`VirtualBackend`]. Reach it from a connection with
-/// [`crate::backend`] for beanstalk's own operations: [`kick`](Self::kick),
+/// `conn.extension::<BeanstalkBackend>().await?` for beanstalk's own operations: [`kick`](Self::kick),
 /// [`kick_job`](Self::kick_job), [`touch`](Self::touch),
 /// [`buried`](Self::buried), [`peek_buried`](Self::peek_buried).
 pub struct BeanstalkBackend {
@@ -128,6 +128,14 @@ impl BeanstalkBackend {
         })
     }
 
+    /// How long one command may take: the `socket_timeout` for its answer
+    /// (`io`), plus the `connect_timeout` when it has to open a connection
+    /// first.
+    fn command_bound(&self, io: Duration) -> Duration {
+        let connect = self.pool.server().connect_timeout;
+        io + connect.unwrap_or(crate::protocol::DEFAULT_IO_TIMEOUT)
+    }
+
     /// Check the server answers: `list-tube-used` on a connection of the
     /// check's own (never one blocked in a reserve), within the
     /// `socket_timeout` (and `connect_timeout` to reconnect it). A failure
@@ -136,13 +144,11 @@ impl BeanstalkBackend {
     async fn ping_server(&self) -> Result<()> {
         let server = self.pool.server();
         // A check still running (stuck on a hung server) counts against
-        // this one's bound too.
-        let bound = server
+        // this one's bound too; with `socket_timeout=0` the default's.
+        let io = server
             .io_timeout
-            .unwrap_or(crate::protocol::DEFAULT_IO_TIMEOUT)
-            + server
-                .connect_timeout
-                .unwrap_or(crate::protocol::DEFAULT_IO_TIMEOUT);
+            .unwrap_or(crate::protocol::DEFAULT_IO_TIMEOUT);
+        let bound = self.command_bound(io);
         let check = async {
             let guard = self.heartbeat.lock().await;
             let mut taken = crate::pool::fill(server, guard).await?;
@@ -353,6 +359,14 @@ impl VirtualBackend for BeanstalkBackend {
 
     async fn ping(&self) -> Result<()> {
         self.ping_server().await
+    }
+
+    /// A command answers within `socket_timeout` (plus `connect_timeout`
+    /// when it opens a connection first): the core's bound on one call.
+    /// With `socket_timeout=0` the core's default (30 s) applies.
+    fn operation_timeout(&self) -> Option<Duration> {
+        let io = self.pool.server().io_timeout?;
+        Some(self.command_bound(io))
     }
 
     async fn new_queue(&self, queue: &Queue) -> Result<()> {

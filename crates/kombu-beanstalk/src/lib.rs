@@ -45,8 +45,10 @@ pub fn register(registry: &mut Registry) {
 
 /// Opens `beanstalk://host:port` backends (port 11300 by default). Every
 /// command waits at most the `socket_timeout` transport option (default
-/// 10 s) for its answer; the heartbeat sends `list-tube-used` on a
-/// connection of its own. For beanstalk's own operations (kick, touch,
+/// 10 s) for its answer, and a backend call at most that plus the
+/// `connect_timeout` (unless the `operation_timeout` option says
+/// otherwise); the heartbeat sends `list-tube-used` on a connection of its
+/// own. For beanstalk's own operations (kick, touch,
 /// buried jobs) take the backend from the connection:
 ///
 /// ```no_run

@@ -271,3 +271,28 @@ async fn concurrent_binds_all_land_in_the_table() {
     assert!(backend.bindings(&exchange.name).await.unwrap().is_empty());
     first.close().await.unwrap();
 }
+
+/// The core bounds each backend call by the socket timeout plus the
+/// connect timeout; with `socket_timeout=0` (wait forever) by its default.
+#[tokio::test]
+async fn operation_timeout_follows_the_socket_timeout() {
+    use kombu_core::spi::VirtualBackend;
+    for (socket, expected) in [(3, Some(Duration::from_secs(5))), (0, None)] {
+        let options = ConnectionOptions::new()
+            .connect_timeout(Duration::from_secs(2))
+            .transport_option("socket_timeout", socket);
+        let Some(conn) = connect_with(options) else {
+            return;
+        };
+        let backend = conn
+            .extension::<kombu_beanstalk::BeanstalkBackend>()
+            .await
+            .unwrap();
+        assert_eq!(
+            backend.operation_timeout(),
+            expected,
+            "socket_timeout={socket}"
+        );
+        conn.close().await.unwrap();
+    }
+}

@@ -1,5 +1,7 @@
-//! Heartbeats against a private beanstalkd that is stopped (SIGSTOP: the
-//! socket stays open, nothing answers) and continued again.
+//! Outages of a real server, beyond the shared liveness suite's frozen
+//! proxy (tests/liveness.rs): a private beanstalkd that is stopped (SIGSTOP:
+//! the socket stays open, nothing answers) and continued again, and one
+//! that is killed.
 
 mod common;
 
