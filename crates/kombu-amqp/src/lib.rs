@@ -72,6 +72,7 @@ pub fn capabilities() -> Capabilities {
 /// assert_eq!(info.default_login, Some(("guest", "guest")));
 /// ```
 pub const INFO: TransportInfo = TransportInfo::new("amqp", SCHEMES, TransportKind::Native)
+    .feature("amqp")
     .port(DEFAULT_PORT)
     .tls_port(DEFAULT_SSL_PORT)
     .tls_schemes(&["amqps"])
