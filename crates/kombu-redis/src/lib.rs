@@ -32,8 +32,10 @@ pub const DEFAULT_PORT: u16 = 6379;
 /// assert_eq!(kombu_redis::INFO.port_for(true), Some(6379));
 /// assert!(kombu_redis::INFO.is_tls_scheme("rediss"));
 /// assert!(kombu_redis::INFO.default_login.is_none());
+/// assert_eq!(kombu_redis::INFO.feature, "redis");
 /// ```
 pub const INFO: TransportInfo = TransportInfo::new("redis", SCHEMES, TransportKind::Virtual)
+    .feature("redis")
     .port(DEFAULT_PORT)
     .tls_schemes(&["rediss"])
     .capabilities(capabilities);
