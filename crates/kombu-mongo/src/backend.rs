@@ -57,8 +57,22 @@ impl Collections {
 
 /// The [`VirtualBackend`] of `mongodb://`.
 ///
-/// Built by [`crate::MongoTransportFactory`]; reached from a
-/// [`MongoTransport`](crate::MongoTransport) with its `backend()`.
+/// Opened by [`crate::open`] (what [`crate::register`] installs); reached
+/// from a connection with `conn.extension::<MongoBackend>()`:
+///
+/// ```no_run
+/// # async fn demo() -> kombu_core::Result<()> {
+/// let mut registry = kombu_core::Registry::new();
+/// kombu_mongo::register(&mut registry);
+/// let conn = kombu_core::Connection::with_registry(
+///     "mongodb://localhost/jobs",
+///     std::sync::Arc::new(registry),
+/// )?;
+/// let backend = conn.extension::<kombu_mongo::MongoBackend>().await?;
+/// println!("leases held as {}", backend.lease_owner());
+/// # Ok(())
+/// # }
+/// ```
 pub struct MongoBackend {
     config: Arc<MongoConfig>,
     client: mongodb::Client,
@@ -112,28 +126,6 @@ impl MongoBackend {
             fanout_checked: Mutex::new(HashMap::new()),
             renewal,
             fetched: AtomicU64::new(0),
-        }
-    }
-
-    /// The bound of one operation (`socket_timeout`).
-    pub(crate) fn socket_timeout(&self) -> Duration {
-        self.config.socket_timeout
-    }
-
-    /// Run `ping` on the admin database, within `socket_timeout`.
-    pub(crate) async fn ping(&self) -> Result<()> {
-        let admin = self.client.database("admin");
-        let ping = admin.run_command(mongodb::bson::doc! { "ping": 1 });
-        let limit = self.config.socket_timeout;
-        match tokio::time::timeout(limit, ping).await {
-            Ok(answer) => answer.map(|_| ()).map_err(driver("ping")),
-            Err(_) => Err(kombu_core::Error::new(
-                kombu_core::ErrorKind::Timeout,
-                format!(
-                    "mongodb: ping: no answer within {:.1} s",
-                    limit.as_secs_f64()
-                ),
-            )),
         }
     }
 
@@ -342,23 +334,30 @@ impl VirtualBackend for MongoBackend {
         crate::capabilities()
     }
 
+    /// The heartbeat: `ping` on the admin database (the core bounds it by
+    /// the operation timeout). Any failed ping counts as a lost connection.
     async fn ping(&self) -> Result<()> {
-        // Any failed heartbeat counts as a lost connection.
-        MongoBackend::ping(self).await.map_err(|err| {
-            if err.is_connection_error() {
-                err
-            } else {
-                kombu_core::Error::new(
-                    kombu_core::ErrorKind::ConnectionLost,
-                    format!("mongodb heartbeat failed: {err}"),
-                )
-            }
-        })
+        let admin = self.client.database("admin");
+        admin
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(|err| {
+                let err = driver("ping")(err);
+                if err.is_connection_error() {
+                    err
+                } else {
+                    Error::new(
+                        ErrorKind::ConnectionLost,
+                        format!("mongodb heartbeat failed: {err}"),
+                    )
+                }
+            })
     }
 
     /// The driver has no socket timeout: `socket_timeout` bounds each call.
     fn operation_timeout(&self) -> Option<Duration> {
-        Some(self.socket_timeout())
+        Some(self.config.socket_timeout)
     }
 
     async fn new_queue(&self, queue: &Queue) -> Result<()> {

@@ -2,7 +2,8 @@
 //! database, the collection names and the transport's settings.
 //!
 //! The rule that splits the URL's query: a key kombu-rs knows (the
-//! transport options in [`KNOWN_OPTIONS`] and the connection keys
+//! transport options in [`KNOWN_OPTIONS`], the virtual channel's
+//! [`VIRTUAL_OPTIONS`] and the connection keys
 //! kombu-core reads, see [`CORE_QUERY_KEYS`]) is kombu-rs's and is not given
 //! to the driver; every other key goes to the MongoDB driver unchanged
 //! (`retryWrites`, `replicaSet`, `authSource`, `tls`, ...), which refuses
@@ -12,6 +13,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use kombu_core::spi::VIRTUAL_OPTIONS;
 use kombu_core::{BrokerUrl, ConnectionOptions, Error, Result, TransportOptions};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -158,7 +160,7 @@ impl MongoConfig {
             .query()
             .iter()
             .filter(|(key, _)| {
-                !KNOWN_OPTIONS.contains(&key.as_str()) && !CORE_QUERY_KEYS.contains(&key.as_str())
+                !is_transport_option(key) && !CORE_QUERY_KEYS.contains(&key.as_str())
             })
             .cloned()
             .collect();
@@ -227,11 +229,11 @@ impl MongoConfig {
         })
     }
 
-    /// The driver's connection string, with or without the login. It holds
+    /// The driver's connection string, with the login as written. It holds
     /// the password: never show it (see [`MongoConfig::redacted_uri`]).
-    pub fn driver_uri(&self, with_login: bool) -> String {
+    pub fn driver_uri(&self) -> String {
         let mut uri = format!("{}://", self.scheme);
-        if let (true, Some(login)) = (with_login, &self.login) {
+        if let Some(login) = &self.login {
             uri.push_str(&utf8_percent_encode(&login.username, USERINFO).to_string());
             if let Some(password) = &login.password {
                 uri.push(':');
@@ -292,11 +294,16 @@ impl MongoConfig {
 fn check_options(url: &BrokerUrl, options: &TransportOptions) -> Result<()> {
     let mut own = options.clone();
     for (key, _) in url.query() {
-        if !KNOWN_OPTIONS.contains(&key.as_str()) {
+        if !is_transport_option(key) {
             own.remove(key);
         }
     }
-    own.check_known(KNOWN_OPTIONS, "mongodb")
+    own.check_known(&[KNOWN_OPTIONS, VIRTUAL_OPTIONS].concat(), "mongodb")
+}
+
+/// A transport option of this crate's or of the virtual channel's.
+fn is_transport_option(key: &str) -> bool {
+    KNOWN_OPTIONS.contains(&key) || VIRTUAL_OPTIONS.contains(&key)
 }
 
 /// MongoDB's rules for database names.
@@ -346,10 +353,10 @@ mod tests {
     fn vhost_is_the_database_else_kombu_default() {
         let c = config("mongodb://localhost/jobs", TransportOptions::new()).unwrap();
         assert_eq!(c.database, "jobs");
-        assert_eq!(c.driver_uri(false), "mongodb://localhost:27017/jobs");
+        assert_eq!(c.driver_uri(), "mongodb://localhost:27017/jobs");
         let c = config("mongodb://localhost", TransportOptions::new()).unwrap();
         assert_eq!(c.database, "kombu_default");
-        assert_eq!(c.driver_uri(false), "mongodb://localhost:27017/");
+        assert_eq!(c.driver_uri(), "mongodb://localhost:27017/");
         let to = TransportOptions::new().set("default_database", "other");
         assert_eq!(config("mongodb://h/", to).unwrap().database, "other");
     }
@@ -363,7 +370,7 @@ mod tests {
         .unwrap();
         assert!(c.ttl);
         assert_eq!(
-            c.driver_uri(false),
+            c.driver_uri(),
             "mongodb://h:1234/db?retryWrites=false&replicaSet=rs0&ssl=0"
         );
     }
@@ -377,10 +384,7 @@ mod tests {
     #[test]
     fn login_is_encoded_and_never_shown() {
         let c = config("mongodb://us%40er:p%40ss%2Fw@h/db", TransportOptions::new()).unwrap();
-        assert_eq!(
-            c.driver_uri(true),
-            "mongodb://us%40er:p%40ss%2Fw@h:27017/db"
-        );
+        assert_eq!(c.driver_uri(), "mongodb://us%40er:p%40ss%2Fw@h:27017/db");
         assert_eq!(c.redacted_uri(), "mongodb://us@er:**@h:27017/db");
         assert!(!format!("{c:?}").contains("p@ss"));
         assert_eq!(c.login.unwrap().username, "us@er");
@@ -390,7 +394,32 @@ mod tests {
     fn no_login_unless_given() {
         let c = config("mongodb://h/db", TransportOptions::new()).unwrap();
         assert!(c.login.is_none());
-        assert_eq!(c.driver_uri(true), "mongodb://h:27017/db");
+        assert_eq!(c.driver_uri(), "mongodb://h:27017/db");
+    }
+
+    #[test]
+    fn guest_is_a_login_like_any_other() {
+        // No guessing that guest/guest means "no credentials": it is sent.
+        let c = config("mongodb://guest:guest@h/db", TransportOptions::new()).unwrap();
+        assert_eq!(c.driver_uri(), "mongodb://guest:guest@h:27017/db");
+        assert_eq!(c.login.unwrap().username, "guest");
+        let c = config("mongodb://guest@h/db", TransportOptions::new()).unwrap();
+        assert_eq!(c.driver_uri(), "mongodb://guest@h:27017/db");
+        assert_eq!(c.login.unwrap().password, None);
+    }
+
+    #[test]
+    fn virtual_channel_options_are_kombus_not_the_drivers() {
+        let c = config(
+            "mongodb://h/db?operation_timeout=2&unroutable_queue=lost&w=1",
+            TransportOptions::new(),
+        )
+        .unwrap();
+        assert_eq!(c.driver_uri(), "mongodb://h:27017/db?w=1");
+        let to = TransportOptions::new()
+            .set("operation_timeout", 2)
+            .set("unroutable_queue", "lost");
+        assert!(config("mongodb://h/db", to).is_ok());
     }
 
     #[test]
@@ -400,9 +429,9 @@ mod tests {
             TransportOptions::new(),
         )
         .unwrap();
-        assert_eq!(c.driver_uri(false), "mongodb+srv://cluster.example.com/db");
+        assert_eq!(c.driver_uri(), "mongodb+srv://cluster.example.com/db");
         let c = config("mongodb://[::1]:27018/db", TransportOptions::new()).unwrap();
-        assert_eq!(c.driver_uri(false), "mongodb://[::1]:27018/db");
+        assert_eq!(c.driver_uri(), "mongodb://[::1]:27018/db");
     }
 
     #[test]

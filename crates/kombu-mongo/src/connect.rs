@@ -16,13 +16,10 @@ use crate::error::map_driver;
 const NAMESPACE_EXISTS: i32 = 48;
 
 /// A client that answered, and its database.
+/// The login is the URL's, as written, tried once (none when absent).
 pub(crate) async fn open(config: &MongoConfig) -> Result<(Client, Database)> {
-    try_open(config, config.login.is_some()).await
-}
-
-async fn try_open(config: &MongoConfig, with_login: bool) -> Result<(Client, Database)> {
     let secret = config.secret();
-    let uri = config.driver_uri(with_login);
+    let uri = config.driver_uri();
     let mut options = ClientOptions::parse(&uri)
         .await
         .map_err(|e| map_driver(e, "reading the connection string", secret))?;

@@ -12,7 +12,27 @@ const AUTH_CODES: &[i32] = &[
     33, // NoSuchKey (unknown auth mechanism on some servers)
 ];
 
-/// The kind of a driver error.
+/// Server error codes of a server that is going away or no longer the one
+/// to talk to (shutting down, stepped down, not primary): a new connection
+/// (a new client, a new server selection) is the remedy.
+const GONE_CODES: &[i32] = &[
+    91,    // ShutdownInProgress
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    189,   // PrimarySteppedDown
+    10107, // NotWritablePrimary
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    9001,  // SocketException
+];
+
+/// Server error code of a network timeout between servers.
+const NETWORK_TIMEOUT: i32 = 89;
+
+/// The kind of a driver error: a server that is gone, refuses or does not
+/// answer is a connection kind, so the core marks the connection lost.
 pub(crate) fn kind_of(error: &DriverError) -> ErrorKind {
     match error.kind.as_ref() {
         DriverKind::InvalidArgument { .. } | DriverKind::InvalidTlsConfig { .. } => {
@@ -21,6 +41,10 @@ pub(crate) fn kind_of(error: &DriverError) -> ErrorKind {
         DriverKind::Authentication { .. } => ErrorKind::Auth,
         DriverKind::Command(command) if AUTH_CODES.contains(&command.code) => ErrorKind::Auth,
         DriverKind::Command(command) if command.code == 50 => ErrorKind::Timeout,
+        DriverKind::Command(command) if command.code == NETWORK_TIMEOUT => ErrorKind::Timeout,
+        DriverKind::Command(command) if GONE_CODES.contains(&command.code) => {
+            ErrorKind::ConnectionLost
+        }
         DriverKind::Command(_) => ErrorKind::Other,
         DriverKind::Write(WriteFailure::WriteError(write)) if AUTH_CODES.contains(&write.code) => {
             ErrorKind::Auth
@@ -81,6 +105,26 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("connection refused: mongodb: ping:"));
+    }
+
+    fn command_error(code: i32) -> DriverError {
+        let command: mongodb::error::CommandError = mongodb::bson::from_document(
+            mongodb::bson::doc! { "code": code, "codeName": "X", "errmsg": "x" },
+        )
+        .expect("a command error");
+        DriverError::from(DriverKind::Command(command))
+    }
+
+    #[test]
+    fn a_server_going_away_is_a_connection_error() {
+        for code in [91, 11600, 10107] {
+            assert_eq!(kind_of(&command_error(code)), ErrorKind::ConnectionLost);
+        }
+        assert_eq!(kind_of(&command_error(89)), ErrorKind::Timeout);
+        assert_eq!(kind_of(&command_error(18)), ErrorKind::Auth);
+        assert_eq!(kind_of(&command_error(2)), ErrorKind::Other);
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(kind_of(&DriverError::from(eof)), ErrorKind::ConnectionLost);
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub const DEFAULT_PORT: u16 = 27017;
 /// Transport options `mongodb://` understands: kombu 5.7's names (`ttl`,
 /// `capped_queue_size`, `calc_queue_size`, `default_database` and the
 /// collection names), kombu-rs's lease settings, the extra
-/// `exchanges_collection`, and the virtual channel's options.
+/// `exchanges_collection` and `socket_timeout`. The virtual channel's
+/// options (`unroutable_queue`, `operation_timeout`:
+/// [`kombu_core::spi::VIRTUAL_OPTIONS`]) are accepted too.
 ///
 /// Any other key in the URL's query goes to the MongoDB driver.
 pub const KNOWN_OPTIONS: &[&str] = &[
@@ -44,8 +46,6 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "lease_timeout",
     "lease_renew_interval",
     "polling_interval",
-    "unroutable_queue",
-    "operation_timeout",
     "socket_timeout",
 ];
 
@@ -65,9 +65,11 @@ pub fn register(registry: &mut Registry) {
 ///
 /// ```
 /// assert_eq!(kombu_mongo::INFO.port_for(false), Some(27017));
+/// assert_eq!(kombu_mongo::INFO.feature, "mongodb");
 /// assert!(kombu_mongo::INFO.default_login.is_none());
 /// ```
 pub const INFO: TransportInfo = TransportInfo::new("mongodb", SCHEMES, TransportKind::Virtual)
+    .feature("mongodb")
     .port(DEFAULT_PORT)
     .capabilities(capabilities);
 

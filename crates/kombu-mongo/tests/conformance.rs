@@ -3,116 +3,64 @@
 //! The checks run one at a time: the test server (SecantusDB) serves one
 //! request at a time and scans a queue on every claim, so a check with a
 //! 200-message backlog running beside `queue_ttl_expires` (150 ms TTL)
-//! slows it past its TTL. A check waits for its turn before it makes its
-//! connection (not inside `connect`, which kombu bounds by
-//! `connect_timeout`), and its transport gives the turn back when it
-//! closes or is dropped.
+//! slows it past its TTL. A check takes its turn before it makes its
+//! connection and gives it back when the test drops the connection (the
+//! connection is the transport's own: nothing wraps it).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use kombu_core::spi::{async_trait, Transport, TransportFactory, VirtualFactory};
-use kombu_core::{
-    BrokerUrl, Capabilities, Channel, Connection, ConnectionOptions, Registry, Result,
-    TransportInfo,
-};
+use kombu_core::{Connection, Registry};
 
-/// True while a check's transport is open.
+/// True while a check runs.
 static BUSY: Mutex<bool> = Mutex::new(false);
 static TURN_ENDED: Condvar = Condvar::new();
 
-/// Wait (at most 2 minutes: a check that never closes must not stall the
-/// others forever) until no other check runs, then take the turn.
-fn take_turn() {
-    let busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut busy, _) = TURN_ENDED
-        .wait_timeout_while(busy, Duration::from_secs(120), |busy| *busy)
-        .unwrap_or_else(|e| e.into_inner());
-    *busy = true;
-}
-
-fn end_turn() {
-    *BUSY.lock().unwrap_or_else(|e| e.into_inner()) = false;
-    TURN_ENDED.notify_one();
-}
-
-/// `mongodb://` whose transports take turns.
-struct TakingTurns;
-
-struct Turn {
-    inner: Arc<dyn Transport>,
-    ended: AtomicBool,
-}
+/// A check's turn: taken when made (waiting at most 2 minutes, so a check
+/// that never ends does not stall the others forever), given back when
+/// dropped.
+struct Turn;
 
 impl Turn {
-    /// Give the turn back, once.
-    fn end(&self) {
-        if !self.ended.swap(true, Ordering::AcqRel) {
-            end_turn();
-        }
+    fn take() -> Turn {
+        let busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut busy, _) = TURN_ENDED
+            .wait_timeout_while(busy, Duration::from_secs(120), |busy| *busy)
+            .unwrap_or_else(|e| e.into_inner());
+        *busy = true;
+        Turn
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        self.end();
+        *BUSY.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        TURN_ENDED.notify_one();
     }
 }
 
-#[async_trait]
-impl TransportFactory for TakingTurns {
-    fn info(&self) -> &'static TransportInfo {
-        &kombu_mongo::INFO
-    }
-    async fn connect(
-        &self,
-        url: &BrokerUrl,
-        options: &ConnectionOptions,
-    ) -> Result<Arc<dyn Transport>> {
-        match VirtualFactory::new(&kombu_mongo::INFO, kombu_mongo::open)
-            .connect(url, options)
-            .await
-        {
-            Ok(inner) => Ok(Arc::new(Turn {
-                inner,
-                ended: AtomicBool::new(false),
-            })),
-            Err(err) => {
-                end_turn();
-                Err(err)
-            }
-        }
+/// A check's connection and its turn (fields drop in order: the
+/// connection first).
+struct Taken {
+    conn: Connection,
+    _turn: Turn,
+}
+
+impl Deref for Taken {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
     }
 }
 
-#[async_trait]
-impl Transport for Turn {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
-        self.inner.create_channel().await
-    }
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected()
-    }
-    async fn heartbeat_check(&self) -> Result<()> {
-        self.inner.heartbeat_check().await
-    }
-    async fn close(&self) -> Result<()> {
-        let result = self.inner.close().await;
-        self.end();
-        result
-    }
-}
-
-fn connect() -> Option<Connection> {
+fn connect() -> Option<Taken> {
     let url = kombu_testkit::test_url("mongodb")?;
-    take_turn();
+    let turn = Turn::take();
     let mut registry = Registry::new();
-    registry.register(Arc::new(TakingTurns));
-    Some(Connection::with_registry(&url, Arc::new(registry)).expect("KOMBU_TEST_MONGODB_URL"))
+    kombu_mongo::register(&mut registry);
+    let conn = Connection::with_registry(&url, Arc::new(registry)).expect("KOMBU_TEST_MONGODB_URL");
+    Some(Taken { conn, _turn: turn })
 }
 
 kombu_testkit::conformance_tests!(connect);
