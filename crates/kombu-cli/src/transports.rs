@@ -142,4 +142,21 @@ mod tests {
         assert_eq!(json["schemes"][0], "memory");
         assert_eq!(json["fanout"], true);
     }
+
+    #[test]
+    fn every_transport_feature_is_listed_with_its_info() {
+        let factories = kombu::default_registry().factories();
+        for (feature, schemes) in kombu::TRANSPORT_FEATURES {
+            let factory = factories
+                .iter()
+                .find(|f| f.info().feature == *feature)
+                .unwrap_or_else(|| panic!("{feature} is compiled into the CLI"));
+            assert_eq!(factory.schemes(), *schemes);
+        }
+        let amqp = describe(&kombu::default_registry().resolve("amqps").unwrap());
+        assert_eq!(amqp["default_port"], 5672);
+        assert_eq!(amqp["tls_port"], 5671);
+        assert_eq!(amqp["feature"], "amqp");
+        assert_eq!(amqp["kind"], "native");
+    }
 }
