@@ -72,13 +72,19 @@ fn available(kind: BrokerKind) -> bool {
 
 /// The URL the peers use: heartbeats on; redis gives a dead consumer's
 /// messages back after 10 s (longer than the SIGSTOP, so a live consumer's
-/// messages are never restored under it); amqp publishes wait for the
-/// broker's confirm.
+/// messages are never restored under it), and its restore lock
+/// (`unacked_mutex`) lapses after 5 s instead of 300 s, scaled down with
+/// the visibility timeout (3600 s -> 10 s): a connection found lost while
+/// the broker is stopped has a `SET unacked_mutex NX` of its restore loop
+/// in the socket buffer; the stopped broker runs it on SIGCONT, after the
+/// core has dropped that connection, so nobody releases the lock and with
+/// 300 s no connection restores the consumer's unacked prefetch window
+/// within the peers' deadline. amqp publishes wait for the broker's confirm.
 fn peer_url(broker: &PrivateBroker) -> String {
     let base = broker.url();
     match broker.kind() {
         BrokerKind::Redis => format!(
-            "{base}?heartbeat={HEARTBEAT_S}&visibility_timeout=10&unacked_restore_interval=1"
+            "{base}?heartbeat={HEARTBEAT_S}&visibility_timeout=10&unacked_restore_interval=1&unacked_mutex_expire=5"
         ),
         BrokerKind::Amqp => format!("{base}?heartbeat={HEARTBEAT_S}&confirm_publish=1"),
         BrokerKind::Beanstalk => format!("{base}?heartbeat={HEARTBEAT_S}"),
