@@ -47,7 +47,7 @@ pub use options::{
     ConnectionOptions, CustomFailover, FailoverStrategy, SslOptions, TransportOptions,
 };
 pub use pool::{ConnectionPool, PoolStatus, PooledConnection, PooledProducer, ProducerPool};
-pub use producer::{Producer, PublishOptions};
+pub use producer::{Producer, PublishOptions, PUBLISH_MANY_WINDOW};
 pub use registry::Registry;
 pub use retry::RetryPolicy;
 pub use serialization::{Accept, Payload, Serializer, SerializerRegistry};

@@ -119,6 +119,51 @@ pub async fn basic_publish_consume_ack(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// `Producer::publish_many` and concurrent `publish` calls on one
+/// producer: every message gets its own `Ok`, and every one arrives once.
+pub async fn publish_many_and_concurrent_publishes(conn: &Connection) -> Result<()> {
+    const MANY: usize = 40;
+    const CONCURRENT: usize = 20;
+    let mut clean = Cleanup::new();
+    let q = Queue::new(clean.queue(&unique("many-q")));
+    let mut c = consumer(conn, &q, 100).await?;
+    let p = Producer::new(conn);
+    step(format!("publish_many of {MANY} bodies to {}", q.name));
+    let results = p
+        .publish_many(
+            (0..MANY).map(|n| json!({"n": n})),
+            PublishOptions::new().routing_key(q.name.as_str()),
+        )
+        .await;
+    expect_eq(results.len(), MANY, "publish_many results")?;
+    for result in results {
+        result?;
+    }
+    step(format!(
+        "{CONCURRENT} concurrent publishes on the same producer"
+    ));
+    let concurrent = (MANY..MANY + CONCURRENT).map(|n| {
+        p.publish(
+            json!({"n": n}),
+            PublishOptions::new().routing_key(q.name.as_str()),
+        )
+    });
+    for result in futures::future::join_all(concurrent).await {
+        result?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for m in recv_n(&mut c, MANY + CONCURRENT).await? {
+        let n = m.decode::<Value>()?["n"].as_u64().unwrap_or(u64::MAX);
+        m.ack().await?;
+        check(seen.insert(n), format!("message {n} arrived twice"))?;
+    }
+    let expected: std::collections::BTreeSet<u64> = (0..(MANY + CONCURRENT) as u64).collect();
+    expect_eq(seen, expected, "the numbers received")?;
+    expect_only_sentinel(conn, &mut c, &q.name).await?;
+    clean.run(c.channel().as_ref()).await;
+    Ok(())
+}
+
 /// The nameless exchange routes to the queue named by the routing key.
 pub async fn default_exchange_routes_by_queue_name(conn: &Connection) -> Result<()> {
     let mut clean = Cleanup::new();

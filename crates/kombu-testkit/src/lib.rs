@@ -46,6 +46,7 @@ macro_rules! conformance_tests {
     ($connect:path) => {
         $crate::conformance_tests!(@each $connect;
             basic_publish_consume_ack,
+            publish_many_and_concurrent_publishes,
             default_exchange_routes_by_queue_name,
             direct_exchange,
             topic_exchange,
