@@ -4,13 +4,14 @@
 //! ```text
 //! cargo run --release -p kombu-amqp --example raw_lapin_bench -- \
 //!     --url 'amqp://guest:guest@127.0.0.1:5672//' --messages 50000 --size 100 \
-//!     --rtt-samples 500 [--prefetch 100] [--confirm] [--json]
+//!     --rtt-samples 500 [--prefetch 100] [--confirm] [--window 64] [--json]
 //! ```
 //!
 //! 1. publish: one connection publishes N messages of B bytes (the
 //!    properties kombu sends: `application/data`, `binary`, empty headers,
-//!    persistent, priority 0) to one durable queue, awaiting each publish
-//!    (and, with `--confirm`, each publisher confirm), then closes;
+//!    persistent, priority 0) to one durable queue, `--window` publishes
+//!    under way at once (default 1: each awaited before the next), each
+//!    with `--confirm` resolving on its own publisher confirm, then closes;
 //! 2. consume+ack: one connection consumes them with prefetch 100 (kombu
 //!    bench's default) and acks with `multiple=true` every 50 messages
 //!    (and the last one);
@@ -45,11 +46,13 @@ struct Args {
     prefetch: u16,
     rtt_samples: u32,
     confirm: bool,
+    /// Publishes in flight at once (each awaits its own confirm).
+    window: usize,
     json: bool,
 }
 
 const USAGE: &str = "usage: raw_lapin_bench [--url URL] [--messages N] [--size BYTES] \
-[--prefetch N] [--rtt-samples K] [--confirm] [--json]";
+[--prefetch N] [--rtt-samples K] [--confirm] [--window N] [--json]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         prefetch: 100,
         rtt_samples: 500,
         confirm: false,
+        window: 1,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -82,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--rtt-samples: too large".to_owned())?
             }
             "--confirm" => args.confirm = true,
+            "--window" => args.window = number("--window", value("--window")?)?.max(1) as usize,
             "--json" => args.json = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -156,9 +161,15 @@ async fn publish_phase(args: &Args, uri: &AMQPUri, queue: &str, body: &[u8]) -> 
             .await?;
     }
     let started = Instant::now();
-    for _ in 0..args.messages {
-        publish_one(&channel, queue, body, args.confirm).await?;
+    // `window` publishes under way at once on the one channel, each
+    // resolving on its own confirm (1: each awaited before the next).
+    let mut publishes = futures::stream::iter(0..args.messages)
+        .map(|_| publish_one(&channel, queue, body, args.confirm))
+        .buffer_unordered(args.window);
+    while let Some(result) = publishes.next().await {
+        result?;
     }
+    drop(publishes);
     channel.close(200, "OK".into()).await?;
     conn.close(200, "OK".into()).await?;
     Ok(started.elapsed())
@@ -311,6 +322,7 @@ async fn run(args: &Args) -> Fallible<()> {
         "messages": args.messages,
         "size": args.size,
         "producers": 1,
+        "in_flight": args.window,
         "consumers": 1,
         "prefetch": args.prefetch,
         "publish_secs": publish.as_secs_f64(),

@@ -1,8 +1,10 @@
 //! `kombu bench`: throughput, round-trip latency and peak memory of a transport.
 //!
 //! Three phases on a fresh queue, one after the other:
-//! 1. publish: P tasks, each with its own connection, publish N messages
-//!    of BYTES (raw bytes, `application/data`) between them;
+//! 1. publish: P tasks, each with its own connection and producer, publish
+//!    N messages of BYTES (raw bytes, `application/data`) between them,
+//!    each task with `--in-flight` publishes under way at once (concurrent
+//!    `Producer::publish` calls: they pipeline on the wire);
 //! 2. consume+ack: C tasks, each with its own connection and consumer
 //!    (prefetch as given), receive and ack the N messages, which are all
 //!    waiting in the queue when the phase starts;
@@ -47,6 +49,7 @@ pub struct Report {
     pub messages: u64,
     pub size: usize,
     pub producers: u16,
+    pub in_flight: u16,
     pub consumers: u16,
     pub prefetch: u16,
     pub publish: Took,
@@ -83,6 +86,7 @@ impl Report {
             "messages": self.messages,
             "size": self.size,
             "producers": self.producers,
+            "in_flight": self.in_flight,
             "consumers": self.consumers,
             "prefetch": self.prefetch,
             "publish_secs": self.publish.wall.as_secs_f64(),
@@ -103,11 +107,12 @@ impl Report {
     pub fn to_text(&self) -> String {
         let plural = |n: u16, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
         let mut out = format!(
-            "kombu bench on {}: {} messages of {} bytes, {}, {}, prefetch {}\n",
+            "kombu bench on {}: {} messages of {} bytes, {} ({} in flight each), {}, prefetch {}\n",
             self.url,
             thousands(self.messages as f64),
             self.size,
             plural(self.producers, "producer"),
+            self.in_flight,
             plural(self.consumers, "consumer"),
             self.prefetch
         );
@@ -316,16 +321,23 @@ async fn publish_phase(args: &BenchArgs, queue: &str, body: &Bytes) -> Outcome<T
         .into_iter()
         .map(|(conn, producer, count)| {
             let (body, queue, published) = (body.clone(), queue.to_owned(), published.clone());
+            let in_flight = args.in_flight;
             tokio::spawn(async move {
-                for _ in 0..count {
-                    producer
-                        .publish(
+                // `in_flight` concurrent publishes on the one producer: each
+                // still gets its own result.
+                let mut results = futures::stream::iter(0..count)
+                    .map(|_| {
+                        producer.publish(
                             Payload::from(body.clone()),
                             PublishOptions::new().routing_key(queue.as_str()),
                         )
-                        .await?;
+                    })
+                    .buffer_unordered(usize::from(in_flight));
+                while let Some(result) = results.next().await {
+                    result?;
                     published.fetch_add(1, Ordering::Relaxed);
                 }
+                drop(results);
                 if let Ok(channel) = producer.channel().await {
                     let _ = channel.close().await;
                 }
@@ -468,6 +480,7 @@ pub async fn run(args: &BenchArgs) -> Outcome {
         messages: args.messages,
         size: args.size,
         producers: args.producers,
+        in_flight: args.in_flight,
         consumers: args.consumers,
         prefetch: args.prefetch,
         publish,

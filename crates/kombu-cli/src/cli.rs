@@ -185,6 +185,11 @@ pub struct BenchArgs {
     /// Publishing tasks, each with its own connection.
     #[arg(long, value_name = "P", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub producers: u16,
+    /// Publishes each publishing task keeps in flight at once on its one
+    /// producer (1: each awaited before the next; more: concurrent
+    /// `Producer::publish` calls, which pipeline on the wire).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub in_flight: u16,
     /// Consuming tasks, each with its own connection.
     #[arg(long, value_name = "C", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub consumers: u16,

@@ -118,6 +118,8 @@ pub struct Transport {
     pub slow: bool,
     /// Transport options for both `kombu bench` and Python kombu.
     pub options: &'static [(&'static str, &'static str)],
+    /// Extra `kombu bench` arguments (e.g. `--in-flight 64`).
+    pub kombu_args: &'static [&'static str],
     /// Why Python kombu cannot run it, if it cannot.
     pub python_unavailable: Option<&'static str>,
     /// The raw-client baseline, if there is one.
@@ -133,22 +135,42 @@ pub static TRANSPORTS: &[Transport] = &[
         service: None,
         slow: false,
         options: &[],
+        kombu_args: &[],
         python_unavailable: None,
         raw: None,
     },
     Transport {
         name: "redis",
-        title: "redis (Redis server)",
+        title: "redis (Redis server), 64 publishes in flight / raw pipelines of 64",
         env_var: Some("KOMBU_TEST_REDIS_URL"),
         service: Some("redis"),
         slow: false,
         options: &[],
+        kombu_args: &["--in-flight", "64"],
         python_unavailable: None,
         raw: Some(RawClient {
             package: "kombu-redis",
             example: "raw_redis_bench",
             label: "raw redis crate",
-            extra_args: &[],
+            extra_args: &["--batch", "64"],
+        }),
+    },
+    Transport {
+        name: "redis-serial",
+        title: "redis (Redis server), each publish awaited / raw batches of 1",
+        env_var: Some("KOMBU_TEST_REDIS_URL"),
+        service: Some("redis"),
+        slow: false,
+        options: &[],
+        kombu_args: &[],
+        python_unavailable: Some(
+            "not run: Python kombu awaits each publish in the redis row already",
+        ),
+        raw: Some(RawClient {
+            package: "kombu-redis",
+            example: "raw_redis_bench",
+            label: "raw redis crate",
+            extra_args: &["--batch", "1"],
         }),
     },
     Transport {
@@ -158,6 +180,7 @@ pub static TRANSPORTS: &[Transport] = &[
         service: Some("rabbitmq"),
         slow: false,
         options: &[],
+        kombu_args: &[],
         python_unavailable: None,
         raw: Some(RawClient {
             package: "kombu-amqp",
@@ -168,11 +191,12 @@ pub static TRANSPORTS: &[Transport] = &[
     },
     Transport {
         name: "amqp-confirms",
-        title: "amqp (RabbitMQ) with publisher confirms",
+        title: "amqp (RabbitMQ) with publisher confirms, 64 in flight",
         env_var: Some("KOMBU_TEST_AMQP_URL"),
         service: Some("rabbitmq"),
         slow: false,
         options: &[("confirm_publish", "true")],
+        kombu_args: &["--in-flight", "64"],
         python_unavailable: Some(
             "not run: the confirms target compares with raw lapin, and Python kombu publishing with confirms (100-2,000 msgs/s here) would dominate the run time",
         ),
@@ -180,7 +204,7 @@ pub static TRANSPORTS: &[Transport] = &[
             package: "kombu-amqp",
             example: "raw_lapin_bench",
             label: "raw lapin",
-            extra_args: &["--confirm"],
+            extra_args: &["--confirm", "--window", "64"],
         }),
     },
     Transport {
@@ -190,6 +214,7 @@ pub static TRANSPORTS: &[Transport] = &[
         service: Some("beanstalkd"),
         slow: false,
         options: &[],
+        kombu_args: &[],
         python_unavailable: Some(
             "kombu's beanstalk transport needs greenstalk, which the pinned venv lacks",
         ),
@@ -206,6 +231,7 @@ pub static TRANSPORTS: &[Transport] = &[
             ("wait_time_seconds", "1"),
             ("polling_interval", "0"),
         ],
+        kombu_args: &[],
         python_unavailable: None,
         raw: None,
     },
@@ -216,6 +242,7 @@ pub static TRANSPORTS: &[Transport] = &[
         service: Some("mongodb"),
         slow: true,
         options: &[],
+        kombu_args: &[],
         python_unavailable: None,
         raw: None,
     },
@@ -226,6 +253,7 @@ pub static TRANSPORTS: &[Transport] = &[
         service: Some("couchdb"),
         slow: true,
         options: &[],
+        kombu_args: &[],
         python_unavailable: Some(
             "kombu's couchdb transport needs pycouchdb, which the pinned venv lacks",
         ),
@@ -535,6 +563,7 @@ fn plan(
             }
             if client == Client::Kombu {
                 args.insert(0, "bench".to_owned());
+                args.extend(transport.kombu_args.iter().map(|s| (*s).to_owned()));
             }
             out.push(Contestant {
                 name,
@@ -1220,10 +1249,14 @@ mod tests {
         );
         assert_eq!(
             names(&["raw"]),
-            ["raw-redis", "raw-amqp", "raw-amqp-confirms"]
+            ["raw-redis", "raw-redis-serial", "raw-amqp", "raw-amqp-confirms"]
+        );
+        assert_eq!(
+            names(&["redis-serial"]),
+            ["kombu-redis-serial", "raw-redis-serial", "python-redis-serial"]
         );
         assert!(names(&["nothing"]).is_empty());
-        assert_eq!(names(&[]).len(), 19);
+        assert_eq!(names(&[]).len(), 22);
     }
 
     #[test]
