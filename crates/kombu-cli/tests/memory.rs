@@ -69,6 +69,8 @@ fn bench_json_on_memory() {
         "64",
         "--producers",
         "2",
+        "--in-flight",
+        "8",
         "--consumers",
         "3",
         "--prefetch",
@@ -88,6 +90,7 @@ fn bench_json_on_memory() {
     assert_eq!(report["messages"], 600);
     assert_eq!(report["size"], 64);
     assert_eq!(report["producers"], 2);
+    assert_eq!(report["in_flight"], 8);
     assert_eq!(report["consumers"], 3);
     assert_eq!(report["rtt_samples"], 25);
     for key in [

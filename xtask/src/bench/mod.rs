@@ -1249,11 +1249,20 @@ mod tests {
         );
         assert_eq!(
             names(&["raw"]),
-            ["raw-redis", "raw-redis-serial", "raw-amqp", "raw-amqp-confirms"]
+            [
+                "raw-redis",
+                "raw-redis-serial",
+                "raw-amqp",
+                "raw-amqp-confirms"
+            ]
         );
         assert_eq!(
             names(&["redis-serial"]),
-            ["kombu-redis-serial", "raw-redis-serial", "python-redis-serial"]
+            [
+                "kombu-redis-serial",
+                "raw-redis-serial",
+                "python-redis-serial"
+            ]
         );
         assert!(names(&["nothing"]).is_empty());
         assert_eq!(names(&[]).len(), 22);
