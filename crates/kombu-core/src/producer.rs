@@ -299,12 +299,8 @@ impl Producer {
         options: PublishOptions,
     ) -> Vec<Result<()>> {
         use futures::StreamExt as _;
-        let options = &options;
         futures::stream::iter(bodies)
-            .map(|body| async move {
-                let message = self.prepare(&body.into(), options)?;
-                self.publish_raw(message, options.clone()).await
-            })
+            .map(|body| self.publish(body, options.clone()))
             .buffered(PUBLISH_MANY_WINDOW)
             .collect()
             .await
