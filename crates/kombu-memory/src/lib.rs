@@ -135,6 +135,11 @@ impl VirtualBackend for MemoryBackend {
         Ok(())
     }
 
+    fn ack_batch_size(&self) -> usize {
+        // Acking costs nothing here: nothing to coalesce.
+        1
+    }
+
     async fn requeue(&self, queue: &str, _receipt: &Receipt, envelope: &Envelope) -> Result<()> {
         let priority = envelope
             .properties

@@ -86,9 +86,13 @@ pub(crate) struct Shared {
 /// channels of one connection) cost one round trip; an ack returns only
 /// once Redis has applied it, and a failed round trip fails every ack it
 /// carried (those messages come back after `visibility_timeout`).
+/// One waiter's receipts and where its answer goes.
+type AckWaiter = (Vec<String>, oneshot::Sender<Result<()>>);
+
 #[derive(Default)]
 struct AckQueue {
-    pending: Mutex<Vec<(String, oneshot::Sender<Result<()>>)>>,
+    /// Each waiter's receipts and where its answer goes.
+    pending: Mutex<Vec<AckWaiter>>,
     /// True while a flusher task runs.
     flushing: AtomicBool,
 }
@@ -203,12 +207,24 @@ impl Shared {
 
     /// Queue an ack, make sure a flusher runs, and wait for the answer.
     async fn ack_together(self: &Arc<Self>, receipt: &str) -> Result<()> {
+        self.ack_all_together(std::iter::once(receipt)).await
+    }
+
+    /// [`ack_together`](Self::ack_together) for many receipts: they join
+    /// the next flush together, and the answer is the flush's.
+    async fn ack_all_together<'a>(
+        self: &Arc<Self>,
+        receipts: impl Iterator<Item = &'a str>,
+    ) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.acks
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((receipt.to_owned(), tx));
+        {
+            let mut pending = self.acks.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let receipts: Vec<String> = receipts.map(str::to_owned).collect();
+            if receipts.is_empty() {
+                return Ok(());
+            }
+            pending.push((receipts, tx));
+        }
         if !self.acks.flushing.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().ack_flusher());
         }
@@ -223,9 +239,18 @@ impl Shared {
     /// Send queued acks, a batch per round trip, until none is left.
     async fn ack_flusher(self: Arc<Self>) {
         loop {
-            let batch: Vec<(String, oneshot::Sender<Result<()>>)> = {
+            let batch: Vec<AckWaiter> = {
                 let mut pending = self.acks.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let take = pending.len().min(MAX_ACK_BATCH);
+                // Whole waiters, up to about MAX_ACK_BATCH receipts.
+                let mut receipts = 0;
+                let take = pending
+                    .iter()
+                    .take_while(|(r, _)| {
+                        let first = receipts == 0;
+                        receipts += r.len();
+                        first || receipts <= MAX_ACK_BATCH
+                    })
+                    .count();
                 if take == 0 {
                     // Cleared under the lock: an ack queued after this
                     // sees `false` and starts a flusher.
@@ -234,7 +259,10 @@ impl Shared {
                 }
                 pending.drain(..take).collect()
             };
-            let receipts: Vec<&str> = batch.iter().map(|(r, _)| r.as_str()).collect();
+            let receipts: Vec<&str> = batch
+                .iter()
+                .flat_map(|(r, _)| r.iter().map(String::as_str))
+                .collect();
             let sent: Result<()> = redis::pipe()
                 .atomic()
                 .cmd("ZREM")
@@ -903,6 +931,14 @@ impl VirtualBackend for RedisBackend {
             return Ok(());
         }
         self.shared.ack_together(receipt).await
+    }
+
+    async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
+        let receipts = acks
+            .iter()
+            .map(|(_, receipt)| receipt.as_str())
+            .filter(|receipt| !receipt.starts_with(PUBSUB_RECEIPT));
+        self.shared.ack_all_together(receipts).await
     }
 
     async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {

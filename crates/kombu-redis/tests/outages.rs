@@ -125,6 +125,18 @@ async fn publish(channel: &dyn Channel, queue: &str, body: &str) -> kombu_core::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_to_a_silent_server_fails_in_bounded_time_and_the_message_comes_back() {
+    ack_to_a_silent_server(false).await;
+}
+
+/// The same with the ack queued for a flush (no prefetch limit: acks are
+/// coalesced): `ack()` returns `Ok` at once, the flush fails in the
+/// background, the connection is marked lost, and the message comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_ack_lost_to_a_silent_server_means_a_redelivery() {
+    ack_to_a_silent_server(true).await;
+}
+
+async fn ack_to_a_silent_server(coalesced: bool) {
     let Some(url) = base_url() else { return };
     let parsed = BrokerUrl::parse(&url).unwrap();
     let proxy = FrozenProxy::start(
@@ -145,6 +157,10 @@ async fn an_ack_to_a_silent_server_fails_in_bounded_time_and_the_message_comes_b
     let conn = connect(&proxy.proxied(&url), &prefix, &options);
     let transport = conn.transport().await.unwrap();
     let channel = transport.create_channel().await.unwrap();
+    if !coalesced {
+        // Prefetch 1: each ack is sent as it is made, and returns how it went.
+        channel.basic_qos(1).await.unwrap();
+    }
     publish(channel.as_ref(), &queue, "held").await.unwrap();
     let delivery = channel
         .basic_get(&queue, false)
@@ -164,11 +180,23 @@ async fn an_ack_to_a_silent_server_fails_in_bounded_time_and_the_message_comes_b
     .await
     .expect("an ack to a silent server must not hang");
     let took = started.elapsed();
-    let err = ack.expect_err("an ack to a silent server fails");
-    println!("ack failed after {took:?}: {err}");
-    assert!(err.is_connection_error(), "not a connection error: {err:?}");
-    assert!(took < FROZEN_BOUND, "the ack failed after {took:?}");
-    assert!(!transport.is_connected(), "the failed ack marks it lost");
+    if coalesced {
+        ack.expect("a coalesced ack returns once queued");
+        let lost = tokio::time::timeout(FROZEN_BOUND, async {
+            while transport.is_connected() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(lost.is_ok(), "the failed flush marks the connection lost");
+        println!("flush failed within {:?}", started.elapsed());
+    } else {
+        let err = ack.expect_err("an ack to a silent server fails");
+        println!("ack failed after {took:?}: {err}");
+        assert!(err.is_connection_error(), "not a connection error: {err:?}");
+        assert!(took < FROZEN_BOUND, "the ack failed after {took:?}");
+        assert!(!transport.is_connected(), "the failed ack marks it lost");
+    }
 
     let started = Instant::now();
     tokio::time::timeout(BOUND, conn.close())

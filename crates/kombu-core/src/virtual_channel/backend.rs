@@ -125,6 +125,25 @@ pub trait VirtualBackend: Send + Sync + 'static {
     }
     /// Forget a fetched message for good.
     async fn ack(&self, fetched_from: &str, receipt: &Receipt) -> Result<()>;
+    /// Forget many fetched messages (queue, receipt) at once: what the
+    /// channel's coalesced acks call. A backend with a batch primitive (a
+    /// pipeline, a batch delete) overrides it; by default every
+    /// [`ack`](Self::ack) at once, concurrently (a backend that batches
+    /// concurrent calls, as SQS's deletes do, sends them together); every
+    /// one is tried and the first error is returned.
+    async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
+        let sent =
+            futures::future::join_all(acks.iter().map(|(queue, receipt)| self.ack(queue, receipt)))
+                .await;
+        sent.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    }
+    /// Most acks the channel coalesces into one
+    /// [`ack_many`](Self::ack_many) (it also flushes within about a
+    /// millisecond). 1 sends each ack as it is made (a backend whose ack
+    /// costs nothing: memory). By default 64.
+    fn ack_batch_size(&self) -> usize {
+        64
+    }
     /// Drop a message rejected without requeue (the channel has already
     /// dead-lettered it when the queue declares a dead-letter exchange).
     /// A backend with a dead-letter store of its own (an SQS redrive

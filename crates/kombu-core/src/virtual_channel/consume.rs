@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use super::{Admitted, State, Unacked, VirtualBackend};
 use crate::error::Result;
@@ -16,18 +17,46 @@ enum Next {
     Fetch(Vec<String>, usize),
     /// Wait for room (prefetch full) or for a consumer.
     Wait,
+    /// Some room, but less than the low-water mark: wait a moment for more
+    /// acks so the next fetch brings a batch, not one message per ack.
+    Low,
     /// The channel closed or every consumer left.
     Stop,
 }
 
+/// How long the loop waits, with less room than [`refill_at`], for more
+/// acks before it fetches into whatever room there is. A consumer that holds
+/// its messages is never stalled longer than this.
+const REFILL_DELAY: Duration = Duration::from_millis(2);
+
+/// The low-water mark: the loop fetches once this much of the prefetch
+/// window is free (a quarter of it), so each fetch brings a batch.
+fn refill_at(prefetch: u16) -> usize {
+    (usize::from(prefetch) / 4).max(1)
+}
+
 pub(super) fn spawn_poller<B: VirtualBackend>(state: Weak<State<B>>) {
     tokio::spawn(async move {
+        // Since when the room has been below the low-water mark.
+        let mut low_since: Option<Instant> = None;
         loop {
             let Some(strong) = state.upgrade() else {
                 return;
             };
-            match next_step(&strong) {
+            let force = low_since.is_some_and(|since| since.elapsed() >= REFILL_DELAY);
+            let next = next_step(&strong, force);
+            if !matches!(next, Next::Low) {
+                low_since = None;
+            }
+            match next {
                 Next::Stop => return,
+                Next::Low => {
+                    let since = *low_since.get_or_insert_with(Instant::now);
+                    let wake = strong.wake_poller.clone();
+                    drop(strong);
+                    let left = REFILL_DELAY.saturating_sub(since.elapsed());
+                    let _ = tokio::time::timeout(left, wake.notified()).await;
+                }
                 Next::Wait => {
                     let wake = strong.wake_poller.clone();
                     let interval = strong.backend.polling_interval();
@@ -48,7 +77,9 @@ pub(super) fn spawn_poller<B: VirtualBackend>(state: Weak<State<B>>) {
     });
 }
 
-fn next_step<B: VirtualBackend>(state: &State<B>) -> Next {
+/// Decide the loop's next step; `force` fetches even below the low-water
+/// mark (the loop has waited [`REFILL_DELAY`] for more room).
+fn next_step<B: VirtualBackend>(state: &State<B>, force: bool) -> Next {
     let mut inner = state.lock();
     if state.closed.load(Ordering::Acquire) || inner.consumers.is_empty() {
         inner.poller_running = false;
@@ -64,6 +95,12 @@ fn next_step<B: VirtualBackend>(state: &State<B>) -> Next {
     } else {
         usize::from(u16::MAX)
     };
+    // Below the low-water mark, but only while messages are still out: an
+    // empty window always fetches.
+    if !force && inner.prefetch > 0 && !inner.unacked.is_empty() && room < refill_at(inner.prefetch)
+    {
+        return Next::Low;
+    }
     let mut queues: Vec<String> = Vec::new();
     for consumer in &inner.consumers {
         if !queues.contains(&consumer.queue) {

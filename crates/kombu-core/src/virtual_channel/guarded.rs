@@ -195,6 +195,13 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
         self.call("acking a message", self.inner.ack(fetched_from, receipt))
             .await
     }
+    async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
+        self.call("acking messages", self.inner.ack_many(acks))
+            .await
+    }
+    fn ack_batch_size(&self) -> usize {
+        self.inner.ack_batch_size()
+    }
     async fn discard(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
         self.call(
             "discarding a message",

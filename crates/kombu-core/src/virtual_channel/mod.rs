@@ -8,6 +8,7 @@
 //! dead-lettering. Unroutable messages are dropped (counted and logged) or,
 //! with the `unroutable_queue` option, kept in that queue.
 
+mod acks;
 mod backend;
 mod consume;
 mod convert;
@@ -23,6 +24,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 
+use acks::AckBatcher;
 pub use backend::{Fetched, FetchedBody, Receipt, VirtualBackend};
 pub use factory::VirtualFactory;
 pub use guarded::DEFAULT_OPERATION_TIMEOUT;
@@ -121,6 +123,8 @@ impl VirtualOptions {
 pub struct VirtualTransport<B: VirtualBackend> {
     backend: Arc<B>,
     guarded: Arc<Guarded<B>>,
+    /// The acks queued by every channel of the connection.
+    acks: Arc<AckBatcher<Guarded<B>>>,
     liveness: Arc<Liveness>,
     options: VirtualOptions,
     unroutable: Arc<AtomicU64>,
@@ -143,6 +147,7 @@ impl<B: VirtualBackend> VirtualTransport<B> {
         ));
         VirtualTransport {
             backend,
+            acks: AckBatcher::new(guarded.clone()),
             guarded,
             liveness,
             options,
@@ -169,10 +174,11 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
 
     async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
         self.liveness.check(self.options.transport_name)?;
-        let channel = VirtualChannel::with_counter(
+        let channel = VirtualChannel::with_parts(
             self.guarded.clone(),
             self.options.clone(),
             self.unroutable.clone(),
+            self.acks.clone(),
         );
         Ok(Arc::new(channel))
     }
@@ -190,6 +196,12 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
     }
 
     async fn close(&self) -> Result<()> {
+        if self.liveness.is_alive() {
+            // Queued acks first, while the connection still takes them.
+            if let Err(err) = self.acks.flush(ACK_FLUSH_WAIT).await {
+                tracing::warn!(error = %err, "closing: acks could not be sent; those messages will be delivered again");
+            }
+        }
         if self.liveness.close() {
             self.guarded.close().await?;
         }
@@ -246,10 +258,14 @@ struct Inner {
     declarations: HashMap<String, Option<Arc<Queue>>>,
 }
 
+/// Longest closing waits for ack flushes under way.
+const ACK_FLUSH_WAIT: Duration = Duration::from_secs(5);
+
 /// Shared state of one channel (the consume loop holds a weak reference).
 pub(crate) struct State<B: VirtualBackend> {
     backend: Arc<B>,
     options: VirtualOptions,
+    acks: Arc<AckBatcher<B>>,
     inner: Mutex<Inner>,
     next_tag: AtomicU64,
     /// Woken when an ack, a reject or a QoS change frees prefetch room, or
@@ -277,14 +293,21 @@ pub struct VirtualChannel<B: VirtualBackend> {
 impl<B: VirtualBackend> VirtualChannel<B> {
     /// A channel over `backend`.
     pub fn new(backend: Arc<B>, options: VirtualOptions) -> Self {
-        Self::with_counter(backend, options, Arc::new(AtomicU64::new(0)))
+        let acks = AckBatcher::new(backend.clone());
+        Self::with_parts(backend, options, Arc::new(AtomicU64::new(0)), acks)
     }
 
-    fn with_counter(backend: Arc<B>, options: VirtualOptions, unroutable: Arc<AtomicU64>) -> Self {
+    fn with_parts(
+        backend: Arc<B>,
+        options: VirtualOptions,
+        unroutable: Arc<AtomicU64>,
+        acks: Arc<AckBatcher<B>>,
+    ) -> Self {
         VirtualChannel {
             state: Arc::new(State {
                 backend,
                 options,
+                acks,
                 inner: Mutex::new(Inner::default()),
                 next_tag: AtomicU64::new(1),
                 wake_poller: Arc::new(Notify::new()),
@@ -624,6 +647,12 @@ impl<B: VirtualBackend> State<B> {
         }
         let unacked = std::mem::take(&mut self.lock().unacked);
         let mut first_error = None;
+        // The acks made on it (queued with the other channels' of the
+        // connection) go out now.
+        if let Err(err) = self.acks.flush(ACK_FLUSH_WAIT).await {
+            tracing::warn!(error = %err, "closing: acks could not be sent; those messages will be delivered again");
+            first_error.get_or_insert(err);
+        }
         for (_, item) in unacked {
             if let Err(err) = self.release(item, true).await {
                 tracing::warn!(error = %err, "could not return an unacked message");
@@ -854,17 +883,18 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
 
     async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
         self.state.ensure_open()?;
-        if !multiple {
-            let item = take_one_unacked(&mut self.state.lock(), delivery_tag)?;
-            self.state.wake_poller.notify_one();
-            return self.state.backend.ack(&item.queue, &item.receipt).await;
-        }
-        let items = take_unacked(&mut self.state.lock(), delivery_tag, multiple)?;
+        let (items, batch) = {
+            let mut inner = self.state.lock();
+            let items = if multiple {
+                take_unacked(&mut inner, delivery_tag, multiple)?
+            } else {
+                vec![take_one_unacked(&mut inner, delivery_tag)?]
+            };
+            (items, self.state.acks.batch_for(inner.prefetch))
+        };
         self.state.wake_poller.notify_one();
-        for item in items {
-            self.state.backend.ack(&item.queue, &item.receipt).await?;
-        }
-        Ok(())
+        let acks = items.into_iter().map(|item| (item.queue, item.receipt));
+        self.state.acks.ack(acks, batch).await
     }
 
     async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {

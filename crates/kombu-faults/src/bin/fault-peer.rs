@@ -4,6 +4,7 @@
 //! fault-peer publish --url URL --queue Q --count N --log FILE [--pace-ms 5]
 //! fault-peer consume --url URL --queue Q --count N --log FILE [--work-ms 2] [--prefetch 10]
 //!         [--settle-s 15]
+//! fault-peer ack-and-die --url URL --queue Q --count N --log FILE --acks K [--prefetch 10]
 //! common: [--deadline-s 60] [--op-timeout-s 10]
 //! ```
 //!
@@ -19,6 +20,12 @@
 //! acked or its ack is in doubt and nothing came for `settle` (an ack that
 //! timed out, failed, or was under way when a consumer was killed may have
 //! been applied: the message then never comes again), or 2 at the deadline. See `kombu_faults::ledger` for the format.
+//!
+//! `ack-and-die` consumes with `--prefetch`, waits until it holds
+//! `min(prefetch, N)` messages (logging `got <id> ok` each), acks the first
+//! `K` of them one after another (each ack returns `Ok`), logs `acked <K>`
+//! and aborts the process at once: no destructor, no flush, so acks the
+//! library queued for its next flush never reach the broker.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -44,6 +51,7 @@ struct Args {
     deadline: Duration,
     op_timeout: Duration,
     settle: Duration,
+    acks: u64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -63,6 +71,7 @@ fn parse() -> Result<Args, String> {
         deadline: Duration::from_secs(60),
         op_timeout: Duration::from_secs(10),
         settle: Duration::from_secs(15),
+        acks: 0,
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -78,6 +87,7 @@ fn parse() -> Result<Args, String> {
             "--deadline-s" => args.deadline = Duration::from_secs(num()?),
             "--op-timeout-s" => args.op_timeout = Duration::from_secs(num()?),
             "--settle-s" => args.settle = Duration::from_secs(num()?),
+            "--acks" => args.acks = num()?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -314,6 +324,67 @@ async fn consume(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
     }
 }
 
+/// See the module doc: hold a prefetch window, ack `--acks` of it, abort.
+async fn ack_and_die(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
+    let conn = match Connection::new(&args.url) {
+        Ok(conn) => conn,
+        Err(e) => {
+            log.line(&format!("fatal {}", flat(e)))?;
+            return Ok(false);
+        }
+    };
+    let deadline = Instant::now() + args.deadline;
+    let built = timeout(
+        args.op_timeout,
+        Consumer::builder(&conn)
+            .queue(Queue::new(&args.queue).durable(true))
+            .prefetch_count(args.prefetch)
+            .build(),
+    )
+    .await;
+    let mut consumer = match built {
+        Ok(Ok(consumer)) => consumer,
+        Ok(Err(e)) => {
+            log.line(&format!("fatal {}", flat(e)))?;
+            return Ok(false);
+        }
+        Err(_) => {
+            log.line("fatal consumer timed out")?;
+            return Ok(false);
+        }
+    };
+    let want = u64::from(args.prefetch).min(args.count);
+    let mut held = Vec::new();
+    while (held.len() as u64) < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, consumer.next()).await {
+            Ok(Some(Ok(message))) => {
+                if let Ok(value) = message.decode::<serde_json::Value>() {
+                    if let Check::Ok(id) = body::check(&value) {
+                        log.line(&format!("got {id} ok"))?;
+                    }
+                }
+                held.push(message);
+            }
+            Ok(Some(Err(e))) => log.line(&format!("error {}", flat(e)))?,
+            Ok(None) | Err(_) => {
+                log.line("deadline")?;
+                return Ok(false);
+            }
+        }
+    }
+    // Back to back, then abort before the library's flush (about a
+    // millisecond after the first of them) can run.
+    let mut acked = 0;
+    for message in held.iter().take(args.acks as usize) {
+        if message.ack().await.is_ok() {
+            acked += 1;
+        }
+    }
+    log.line(&format!("acked {acked}"))?;
+    std::process::abort();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     kombu::install_default_transports();
@@ -334,6 +405,7 @@ async fn main() -> ExitCode {
     let outcome = match args.mode.as_str() {
         "publish" => publish(&args, &mut log).await,
         "consume" => consume(&args, &mut log).await,
+        "ack-and-die" => ack_and_die(&args, &mut log).await,
         other => {
             eprintln!("fault-peer: unknown mode {other}");
             return ExitCode::from(64);

@@ -1,0 +1,129 @@
+//! Coalesced acks of a virtual transport: an ack joins the next flush,
+//! which sends every ack queued so far in one
+//! [`VirtualBackend::ack_many`] call (one Redis MULTI, one SQS
+//! `DeleteMessageBatch` per ten, ...).
+//!
+//! A flush goes out when the acks queued reach the batch size (half the
+//! channel's prefetch, at most the backend's
+//! [`ack_batch_size`](VirtualBackend::ack_batch_size): that ack waits for
+//! the flush and returns its outcome), or [`FLUSH_AFTER`] after the first
+//! queued ack (sent in the background; a failure is logged), or when a
+//! channel or the transport closes. The user's ack frees its prefetch slot
+//! at once. An ack that never reaches the broker (the process dies, the
+//! connection drops) leaves the message reserved: it is delivered again,
+//! never lost.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::{Receipt, VirtualBackend};
+use crate::error::Result;
+
+/// Longest a queued ack waits for its batch (tokio's timers round it up to
+/// their millisecond).
+pub(crate) const FLUSH_AFTER: Duration = Duration::from_micros(500);
+
+#[derive(Default)]
+struct Pending {
+    acks: Vec<(String, Receipt)>,
+    /// A background flush is scheduled.
+    timer_armed: bool,
+}
+
+/// The acks queued on one transport (shared by its channels), and the
+/// backend they go to.
+pub(crate) struct AckBatcher<B: VirtualBackend> {
+    backend: Arc<B>,
+    pending: Mutex<Pending>,
+    /// Flushes under way (closing waits for them).
+    in_flight: AtomicUsize,
+}
+
+impl<B: VirtualBackend> AckBatcher<B> {
+    pub(crate) fn new(backend: Arc<B>) -> Arc<Self> {
+        Arc::new(AckBatcher {
+            backend,
+            pending: Mutex::new(Pending::default()),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The batch size for a channel with this prefetch: half of it (so
+    /// queued acks never hold the window full), at most the backend's.
+    pub(crate) fn batch_for(&self, prefetch: u16) -> usize {
+        let most = self.backend.ack_batch_size().max(1);
+        if prefetch == 0 {
+            most
+        } else {
+            (usize::from(prefetch) / 2).clamp(1, most)
+        }
+    }
+
+    /// Queue acks; flush now (and return how it went) when `batch` are
+    /// queued, else within [`FLUSH_AFTER`].
+    pub(crate) async fn ack(
+        self: &Arc<Self>,
+        items: impl IntoIterator<Item = (String, Receipt)>,
+        batch: usize,
+    ) -> Result<()> {
+        let (now, arm) = {
+            let mut pending = self.lock();
+            pending.acks.extend(items);
+            if pending.acks.len() >= batch {
+                (Some(std::mem::take(&mut pending.acks)), false)
+            } else {
+                (None, !std::mem::replace(&mut pending.timer_armed, true))
+            }
+        };
+        if let Some(acks) = now {
+            return self.send(acks).await;
+        }
+        if arm {
+            let batcher = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FLUSH_AFTER).await;
+                let acks = {
+                    let mut pending = batcher.lock();
+                    pending.timer_armed = false;
+                    std::mem::take(&mut pending.acks)
+                };
+                let count = acks.len();
+                if let Err(err) = batcher.send(acks).await {
+                    tracing::warn!(
+                        error = %err,
+                        count,
+                        "acks could not be sent; those messages will be delivered again"
+                    );
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Send what is queued and wait (up to `wait`) for flushes under way:
+    /// what a channel or the transport runs when it closes.
+    pub(crate) async fn flush(&self, wait: Duration) -> Result<()> {
+        let acks = std::mem::take(&mut self.lock().acks);
+        let sent = self.send(acks).await;
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sent
+    }
+
+    async fn send(&self, acks: Vec<(String, Receipt)>) -> Result<()> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let sent = self.backend.ack_many(&acks).await;
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        sent
+    }
+}
