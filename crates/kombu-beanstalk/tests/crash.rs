@@ -103,7 +103,8 @@ async fn sigkill_of_a_consumer_loses_nothing() {
         .unwrap();
     let mut parent: HashMap<u64, bool> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while (acked.len() + parent.len()) < TOTAL as usize && Instant::now() < deadline {
+    let seen = |parent: &HashMap<u64, bool>| acked.union(&parent.keys().copied().collect()).count();
+    while seen(&parent) < TOTAL as usize && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(3), c.next()).await {
             Ok(Some(m)) => {
                 let m = m.unwrap();
@@ -114,7 +115,7 @@ async fn sigkill_of_a_consumer_loses_nothing() {
             _ => {
                 // Nothing more: the in-flight ack of the kill moment may
                 // have completed without its ACK line.
-                if acked.len() + parent.len() + 1 >= TOTAL as usize {
+                if seen(&parent) + 1 >= TOTAL as usize {
                     break;
                 }
             }
@@ -137,7 +138,13 @@ async fn sigkill_of_a_consumer_loses_nothing() {
         missing.len(),
         missing
     );
-    assert_eq!(duplicates, 0, "an acked job was delivered again");
+    // Acks are coalesced: those the child made in its last flush interval
+    // (at most one batch, half its prefetch) may not have reached
+    // beanstalkd, and those jobs come again: a redelivery, never a loss.
+    assert!(
+        duplicates <= 64,
+        "{duplicates} acked jobs were delivered again: more than one flush"
+    );
     assert!(
         missing.len() <= 1 && missing.iter().all(|n| in_flight.contains(n)),
         "lost messages: {missing:?}"

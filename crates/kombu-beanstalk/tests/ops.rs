@@ -79,7 +79,15 @@ async fn touch_extends_the_lease() {
         return;
     };
     let q = Queue::new(unique("touch-q"));
-    let mut ca = consumer(&a, &q).await;
+    // Prefetch 1: each ack is sent as it is made and returns how it went
+    // (with a larger window acks are coalesced, and a late ack's failure
+    // is logged, not returned).
+    let mut ca = Consumer::builder(&a)
+        .queue(q.clone())
+        .prefetch_count(1)
+        .build()
+        .await
+        .expect("consumer");
     Producer::new(&a)
         .publish(json!("lease"), PublishOptions::new().routing_key(&q.name))
         .await

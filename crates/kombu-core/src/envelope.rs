@@ -11,14 +11,18 @@
 //! ```
 //!
 //! [`Envelope::to_json`] writes exactly the bytes Python kombu 5.7 writes
-//! (its JSON layout, see [`to_kombu_json`]); [`Envelope::from_json`] reads
+//! (its JSON layout, see [`to_kombu_json`](crate::serialization::to_kombu_json)); [`Envelope::from_json`] reads
 //! what any kombu version writes.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::serialization::to_kombu_json;
+use crate::serialization::to_kombu_json_of;
 
 /// One message in a virtual transport's storage format.
 ///
@@ -56,6 +60,10 @@ fn bad_envelope(message: impl std::fmt::Display) -> Error {
 /// Python's `base64.b64decode`: characters outside the alphabet are skipped,
 /// padding is required.
 fn decode_base64(text: &str) -> Result<Vec<u8>> {
+    // The common case: nothing to skip.
+    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text) {
+        return Ok(bytes);
+    }
     let clean: String = text
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
@@ -116,23 +124,8 @@ impl Envelope {
     /// );
     /// ```
     pub fn to_json(&self) -> Vec<u8> {
-        let mut properties = self.properties.clone();
-        properties.insert("body_encoding".into(), "base64".into());
-        let mut map = Map::new();
-        map.insert(
-            "body".into(),
-            base64::engine::general_purpose::STANDARD
-                .encode(&self.body)
-                .into(),
-        );
-        map.insert(
-            "content-encoding".into(),
-            self.content_encoding.clone().into(),
-        );
-        map.insert("content-type".into(), self.content_type.clone().into());
-        map.insert("headers".into(), Value::Object(self.headers.clone()));
-        map.insert("properties".into(), Value::Object(properties));
-        to_kombu_json(&Value::Object(map))
+        // Written straight from the fields: no copy of the maps.
+        to_kombu_json_of(&WireOut(self))
     }
 
     /// Read an envelope written by any kombu version.
@@ -152,6 +145,43 @@ impl Envelope {
     /// assert!(Envelope::from_json(b"[1]").is_err());
     /// ```
     pub fn from_json(json: &[u8]) -> Result<Envelope> {
+        // The fast path: straight into the fields, the body borrowed from
+        // the input. Anything it refuses goes the slow way, which says
+        // what is wrong.
+        // (An object only: serde would also read a struct from an array.)
+        let object = json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if let Some(wire) = object
+            .then(|| serde_json::from_slice::<WireIn<'_>>(json).ok())
+            .flatten()
+        {
+            let properties = wire.properties.unwrap_or_default();
+            let body_text = wire.body.unwrap_or_default();
+            let body = match properties.get("body_encoding") {
+                None | Some(Value::Null) => Some(body_text.into_owned().into_bytes()),
+                Some(Value::String(enc)) if enc.eq_ignore_ascii_case("utf-8") => {
+                    Some(body_text.into_owned().into_bytes())
+                }
+                Some(Value::String(enc)) if enc.eq_ignore_ascii_case("base64") => {
+                    decode_base64(&body_text).ok()
+                }
+                Some(_) => None,
+            };
+            if let Some(body) = body {
+                return Ok(Envelope {
+                    body,
+                    content_type: wire.content_type,
+                    content_encoding: wire.content_encoding,
+                    headers: wire.headers.unwrap_or_default(),
+                    properties,
+                });
+            }
+        }
+        Self::from_json_checked(json)
+    }
+
+    /// [`from_json`](Self::from_json) through a `Value`: every part
+    /// checked, with an error that names what is wrong.
+    fn from_json_checked(json: &[u8]) -> Result<Envelope> {
         let value: Value = serde_json::from_slice(json).map_err(bad_envelope)?;
         let Value::Object(mut map) = value else {
             return Err(bad_envelope("not a JSON object"));
@@ -772,4 +802,61 @@ mod tests {
             }
         }
     }
+}
+
+/// The envelope as it goes on the wire (see [`Envelope::to_json`]).
+struct WireOut<'a>(&'a Envelope);
+
+impl Serialize for WireOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let env = self.0;
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry(
+            "body",
+            &base64::engine::general_purpose::STANDARD.encode(&env.body),
+        )?;
+        map.serialize_entry("content-encoding", &env.content_encoding)?;
+        map.serialize_entry("content-type", &env.content_type)?;
+        map.serialize_entry("headers", &env.headers)?;
+        map.serialize_entry("properties", &PropertiesOut(&env.properties))?;
+        map.end()
+    }
+}
+
+/// The properties with `body_encoding` `"base64"`: in its place when
+/// present, last otherwise.
+struct PropertiesOut<'a>(&'a Map<String, Value>);
+
+impl Serialize for PropertiesOut<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let has = self.0.contains_key("body_encoding");
+        let mut map = serializer.serialize_map(Some(self.0.len() + usize::from(!has)))?;
+        for (key, value) in self.0 {
+            if key == "body_encoding" {
+                map.serialize_entry(key, "base64")?;
+            } else {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if !has {
+            map.serialize_entry("body_encoding", "base64")?;
+        }
+        map.end()
+    }
+}
+
+/// The envelope as read on the fast path of [`Envelope::from_json`]
+/// (unknown keys ignored, as kombu does).
+#[derive(Deserialize)]
+struct WireIn<'a> {
+    #[serde(borrow, default)]
+    body: Option<Cow<'a, str>>,
+    #[serde(rename = "content-type", default)]
+    content_type: Option<String>,
+    #[serde(rename = "content-encoding", default)]
+    content_encoding: Option<String>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
 }

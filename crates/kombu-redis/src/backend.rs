@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kombu_core::routing::{kombu_topic_regex, route, QueueBinding};
 use kombu_core::spi::async_trait;
-use kombu_core::spi::{Fetched, FetchedBody, Receipt, VirtualBackend};
+use kombu_core::spi::{Fetched, FetchedBody, Receipt, StopWaiting, VirtualBackend};
 use kombu_core::{
     Arguments, Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result,
 };
@@ -902,6 +902,17 @@ impl VirtualBackend for RedisBackend {
         wait: Duration,
         max: usize,
     ) -> Result<Vec<Fetched>> {
+        self.fetch_batch_until(queues, wait, max, &StopWaiting::default())
+            .await
+    }
+
+    async fn fetch_batch_until(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+        stop: &StopWaiting,
+    ) -> Result<Vec<Fetched>> {
         let s = &self.shared;
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(1);
@@ -919,7 +930,9 @@ impl VirtualBackend for RedisBackend {
             if left.is_zero() || s.closed.load(Ordering::Acquire) {
                 return Ok(Vec::new());
             }
-            let _ = tokio::time::timeout(pause.min(left), notified).await;
+            if stop.wait_or(pause.min(left), notified).await {
+                return Ok(Vec::new());
+            }
             pause = (pause * 2).min(s.config.polling_interval.max(Duration::from_millis(1)));
         }
     }
@@ -931,6 +944,12 @@ impl VirtualBackend for RedisBackend {
             return Ok(());
         }
         self.shared.ack_together(receipt).await
+    }
+
+    fn concurrent_fetches(&self) -> usize {
+        // The connection is multiplexed: a second fetch script is on the
+        // wire while the first batch is read.
+        2
     }
 
     async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {

@@ -6,7 +6,7 @@ use redis::Script;
 
 /// Pop up to `ARGV[2]` messages of the lists `KEYS[3..]` (in order, each
 /// from the right as kombu's BRPOP, until it is empty or the batch is
-/// full) and, in the same step, record each as unacked the way kombu does:
+/// full; one `RPOP key count` per list where the server has it) and, in the same step, record each as unacked the way kombu does:
 /// `ZADD unacked_index <now> <tag>` and
 /// `HSET unacked <tag> '[<envelope>, "", "<queue>"]'` (exchange `""` and
 /// the queue as routing key: a restore puts it back in that queue only). `KEYS[1]` unacked, `KEYS[2]` unacked_index;
@@ -21,20 +21,32 @@ local taken = {}
 local scores = {}
 local entries = {}
 local n = 0
+local function take(i, item)
+    n = n + 1
+    local tag = ARGV[2 + lists + n]
+    taken[#taken + 1] = i - 2
+    taken[#taken + 1] = item
+    scores[#scores + 1] = ARGV[1]
+    scores[#scores + 1] = tag
+    entries[#entries + 1] = tag
+    entries[#entries + 1] = '[' .. item .. ', "", ' .. ARGV[i] .. ']'
+end
 for i = 3, #KEYS do
-    while n < max do
-        local item = redis.call('RPOP', KEYS[i])
-        if not item then
-            break
+    -- RPOP with a count (Redis 6.2+) takes the run in one call; an older
+    -- server refuses the count, and we pop one by one.
+    local many = redis.pcall('RPOP', KEYS[i], max - n)
+    if type(many) == 'table' and many.err == nil then
+        for _, item in ipairs(many) do
+            take(i, item)
         end
-        n = n + 1
-        local tag = ARGV[2 + lists + n]
-        taken[#taken + 1] = i - 2
-        taken[#taken + 1] = item
-        scores[#scores + 1] = ARGV[1]
-        scores[#scores + 1] = tag
-        entries[#entries + 1] = tag
-        entries[#entries + 1] = '[' .. item .. ', "", ' .. ARGV[i] .. ']'
+    elseif type(many) == 'table' then
+        while n < max do
+            local item = redis.call('RPOP', KEYS[i])
+            if not item then
+                break
+            end
+            take(i, item)
+        end
     end
     if n >= max then
         break

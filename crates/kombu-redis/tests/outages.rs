@@ -128,7 +128,7 @@ async fn an_ack_to_a_silent_server_fails_in_bounded_time_and_the_message_comes_b
     ack_to_a_silent_server(false).await;
 }
 
-/// The same with the ack queued for a flush (no prefetch limit: acks are
+/// The same with the ack queued for a flush (a prefetch window: acks are
 /// coalesced): `ack()` returns `Ok` at once, the flush fails in the
 /// background, the connection is marked lost, and the message comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,9 +157,9 @@ async fn ack_to_a_silent_server(coalesced: bool) {
     let conn = connect(&proxy.proxied(&url), &prefix, &options);
     let transport = conn.transport().await.unwrap();
     let channel = transport.create_channel().await.unwrap();
-    if !coalesced {
-        // Prefetch 1: each ack is sent as it is made, and returns how it went.
-        channel.basic_qos(1).await.unwrap();
+    if coalesced {
+        // A prefetch window: acks are coalesced (a batch is half of it).
+        channel.basic_qos(10).await.unwrap();
     }
     publish(channel.as_ref(), &queue, "held").await.unwrap();
     let delivery = channel

@@ -403,6 +403,8 @@ async fn lease_keeps_a_message_from_other_consumers() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(channel.basic_get(&q.name, true).await.unwrap().is_none());
     m.ack().await.unwrap();
+    // Acks are coalesced: closing the consumer sends what is queued.
+    c.close().await.unwrap();
     let err = kombu_sqs::extend_visibility(m.delivery_info(), Duration::from_secs(5))
         .await
         .unwrap_err();

@@ -25,7 +25,13 @@ use crate::error::Result;
 /// );
 /// ```
 pub fn to_kombu_json(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
+    to_kombu_json_of(value)
+}
+
+/// [`to_kombu_json`] of anything serializable (a view that writes the
+/// bytes without building a `Value` first).
+pub(crate) fn to_kombu_json_of<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, KombuFormatter);
     // Writing a `Value` into a `Vec` cannot fail: keys are strings and the
     // writer is infallible.

@@ -5,10 +5,16 @@
 //!
 //! A flush goes out when the acks queued reach the batch size (half the
 //! channel's prefetch, at most the backend's
-//! [`ack_batch_size`](VirtualBackend::ack_batch_size): that ack waits for
-//! the flush and returns its outcome), or [`FLUSH_AFTER`] after the first
-//! queued ack (sent in the background; a failure is logged), or when a
-//! channel or the transport closes. The user's ack frees its prefetch slot
+//! [`ack_batch_size`](VirtualBackend::ack_batch_size)), or
+//! [`FLUSH_AFTER`] after the first queued ack, or when a channel or the
+//! transport closes. Flushes run in the background (a failure is logged
+//! and marks the connection lost when it is a connection error); with
+//! [`MAX_FLUSHES_IN_FLIGHT`] full batches already under way, the ack that
+//! fills the next one sends it itself and returns its outcome, so acks
+//! never run ahead of the broker unboundedly. A batch size of 1 (prefetch
+//! 1, or a backend that does not batch) sends each ack as it is made and
+//! returns its outcome. A channel without a prefetch limit does not batch
+//! either (as kombu-amqp: half of no window is no batch). The user's ack frees its prefetch slot
 //! at once. An ack that never reaches the broker (the process dies, the
 //! connection drops) leaves the message reserved: it is delivered again,
 //! never lost.
@@ -24,6 +30,10 @@ use crate::error::Result;
 /// their millisecond).
 pub(crate) const FLUSH_AFTER: Duration = Duration::from_micros(500);
 
+/// Full batches sent in the background at once; past that an ack that
+/// fills a batch sends it itself and waits (backpressure).
+const MAX_FLUSHES_IN_FLIGHT: usize = 2;
+
 #[derive(Default)]
 struct Pending {
     acks: Vec<(String, Receipt)>,
@@ -38,6 +48,8 @@ pub(crate) struct AckBatcher<B: VirtualBackend> {
     pending: Mutex<Pending>,
     /// Flushes under way (closing waits for them).
     in_flight: AtomicUsize,
+    /// Full batches being sent in the background.
+    background: AtomicUsize,
 }
 
 impl<B: VirtualBackend> AckBatcher<B> {
@@ -46,6 +58,7 @@ impl<B: VirtualBackend> AckBatcher<B> {
             backend,
             pending: Mutex::new(Pending::default()),
             in_flight: AtomicUsize::new(0),
+            background: AtomicUsize::new(0),
         })
     }
 
@@ -54,14 +67,11 @@ impl<B: VirtualBackend> AckBatcher<B> {
     }
 
     /// The batch size for a channel with this prefetch: half of it (so
-    /// queued acks never hold the window full), at most the backend's.
+    /// queued acks never hold the window full), at most the backend's; 1
+    /// (each ack sent as it is made) without a prefetch limit, as on amqp.
     pub(crate) fn batch_for(&self, prefetch: u16) -> usize {
         let most = self.backend.ack_batch_size().max(1);
-        if prefetch == 0 {
-            most
-        } else {
-            (usize::from(prefetch) / 2).clamp(1, most)
-        }
+        (usize::from(prefetch) / 2).clamp(1, most)
     }
 
     /// Queue acks; flush now (and return how it went) when `batch` are
@@ -81,7 +91,12 @@ impl<B: VirtualBackend> AckBatcher<B> {
             }
         };
         if let Some(acks) = now {
-            return self.send(acks).await;
+            if batch <= 1 || self.background.load(Ordering::Acquire) >= MAX_FLUSHES_IN_FLIGHT {
+                // Enough under way: this ack waits for its own (backpressure).
+                return self.send(acks).await;
+            }
+            self.send_in_background(acks);
+            return Ok(());
         }
         if arm {
             let batcher = self.clone();
@@ -92,17 +107,33 @@ impl<B: VirtualBackend> AckBatcher<B> {
                     pending.timer_armed = false;
                     std::mem::take(&mut pending.acks)
                 };
-                let count = acks.len();
-                if let Err(err) = batcher.send(acks).await {
-                    tracing::warn!(
-                        error = %err,
-                        count,
-                        "acks could not be sent; those messages will be delivered again"
-                    );
-                }
+                batcher.send_logged(acks).await;
             });
         }
         Ok(())
+    }
+
+    fn send_in_background(self: &Arc<Self>, acks: Vec<(String, Receipt)>) {
+        // Counted before the task runs, so closing waits for it.
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.background.fetch_add(1, Ordering::AcqRel);
+        let batcher = self.clone();
+        tokio::spawn(async move {
+            batcher.send_logged(acks).await;
+            batcher.background.fetch_sub(1, Ordering::AcqRel);
+            batcher.in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    async fn send_logged(&self, acks: Vec<(String, Receipt)>) {
+        let count = acks.len();
+        if let Err(err) = self.send(acks).await {
+            tracing::warn!(
+                error = %err,
+                count,
+                "acks could not be sent; those messages will be delivered again"
+            );
+        }
     }
 
     /// Send what is queued and wait (up to `wait`) for flushes under way:

@@ -72,6 +72,69 @@ impl Fetched {
     }
 }
 
+/// Raised when a channel closes: a fetch of its consume loop that is
+/// waiting for messages stops waiting
+/// ([`VirtualBackend::fetch_batch_until`]).
+///
+/// ```
+/// # async fn demo() {
+/// use kombu_core::spi::StopWaiting;
+/// use std::time::Duration;
+/// let stop = StopWaiting::default();
+/// assert!(!stop.wait(Duration::from_millis(1)).await, "not raised: the full wait");
+/// stop.raise();
+/// assert!(stop.is_raised());
+/// assert!(stop.wait(Duration::from_secs(60)).await, "raised: at once");
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct StopWaiting {
+    raised: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl StopWaiting {
+    /// Stop every wait, now and later.
+    pub fn raise(&self) {
+        self.raised
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// True once raised.
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Wait up to `limit`, or until raised; true when raised.
+    pub async fn wait(&self, limit: Duration) -> bool {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_raised() {
+            return true;
+        }
+        let _ = tokio::time::timeout(limit, notified).await;
+        self.is_raised()
+    }
+
+    /// Wait for `other` up to `limit`, or until raised; true when raised.
+    pub async fn wait_or<F: std::future::Future>(&self, limit: Duration, other: F) -> bool {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_raised() {
+            return true;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = other => {}
+            _ = tokio::time::sleep(limit) => {}
+        }
+        self.is_raised()
+    }
+}
+
 /// The storage primitives of a virtual transport. [`super::VirtualChannel`]
 /// builds routing, QoS, unacked tracking, redelivery, TTL, max-length and
 /// dead-lettering on top of them.
@@ -122,6 +185,30 @@ pub trait VirtualBackend: Send + Sync + 'static {
     ) -> Result<Vec<Fetched>> {
         let _ = max;
         Ok(self.fetch(queues, wait).await?.into_iter().collect())
+    }
+    /// How many fetches the consume loop of one channel keeps under way at
+    /// once (each for part of the prefetch room), so the next batch is on
+    /// the wire while the last one is read and handed over. A backend
+    /// whose fetches can overlap on one connection (a multiplexed Redis
+    /// connection) says 2; by default 1.
+    fn concurrent_fetches(&self) -> usize {
+        1
+    }
+    /// [`fetch_batch`](Self::fetch_batch) that stops waiting (and returns
+    /// what it has, maybe nothing) once `stop` is raised: what the consume
+    /// loop calls, so that closing a channel does not wait out a fetch
+    /// that waits for messages. A backend that waits on the client side
+    /// (a poll with pauses) overrides it; one whose wait is the server's
+    /// (a long poll) need not. By default `fetch_batch`.
+    async fn fetch_batch_until(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+        stop: &StopWaiting,
+    ) -> Result<Vec<Fetched>> {
+        let _ = stop;
+        self.fetch_batch(queues, wait, max).await
     }
     /// Forget a fetched message for good.
     async fn ack(&self, fetched_from: &str, receipt: &Receipt) -> Result<()>;

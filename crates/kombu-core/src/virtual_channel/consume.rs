@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{Admitted, State, Unacked, VirtualBackend};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::{Admitted, Fetched, FetchedBody, State, Unacked, VirtualBackend};
 use crate::error::Result;
 use crate::message::Delivery;
 
@@ -35,70 +37,138 @@ fn refill_at(prefetch: u16) -> usize {
     (usize::from(prefetch) / 4).max(1)
 }
 
+/// One fetch under way: what it asked for and its outcome.
+type InFlight = futures::future::BoxFuture<'static, (Vec<String>, usize, Result<Vec<Fetched>>)>;
+
 pub(super) fn spawn_poller<B: VirtualBackend>(state: Weak<State<B>>) {
+    let Some(backend) = state.upgrade().map(|s| s.backend.clone()) else {
+        return;
+    };
     tokio::spawn(async move {
+        let most = backend.concurrent_fetches().max(1);
         // Since when the room has been below the low-water mark.
         let mut low_since: Option<Instant> = None;
+        let mut fetches: FuturesUnordered<InFlight> = FuturesUnordered::new();
+        // The room promised to the fetches under way.
+        let mut asked = 0usize;
         loop {
             let Some(strong) = state.upgrade() else {
+                // Gone without a close (it never happens while fetches are
+                // under way: closing waits for the loop); put back what they
+                // bring.
+                while let Some((_, _, Ok(batch))) = fetches.next().await {
+                    for fetched in batch {
+                        if let FetchedBody::Envelope(envelope) = fetched.body {
+                            let _ = backend
+                                .requeue(&fetched.queue, &fetched.receipt, &envelope)
+                                .await;
+                        }
+                    }
+                }
                 return;
             };
             let force = low_since.is_some_and(|since| since.elapsed() >= REFILL_DELAY);
-            let next = next_step(&strong, force);
+            let next = if fetches.len() < most {
+                next_step(&strong, force, asked)
+            } else if strong.closed.load(Ordering::Acquire) || strong.lock().consumers.is_empty() {
+                Next::Stop
+            } else {
+                Next::Wait
+            };
             if !matches!(next, Next::Low) {
                 low_since = None;
             }
-            match next {
-                Next::Stop => return,
-                Next::Low => {
-                    let since = *low_since.get_or_insert_with(Instant::now);
-                    let wake = strong.wake_poller.clone();
-                    drop(strong);
-                    let left = REFILL_DELAY.saturating_sub(since.elapsed());
-                    let _ = tokio::time::timeout(left, wake.notified()).await;
-                }
-                Next::Wait => {
-                    let wake = strong.wake_poller.clone();
-                    let interval = strong.backend.polling_interval();
-                    drop(strong);
-                    // The timeout re-checks the weak reference now and then.
-                    let _ = tokio::time::timeout(interval, wake.notified()).await;
+            let wait = match next {
+                Next::Stop => {
+                    // What the fetches under way bring goes back (no
+                    // consumer takes it), then the loop ends, unless a
+                    // consumer came meanwhile.
+                    while let Some((_, room, outcome)) = fetches.next().await {
+                        asked -= room;
+                        if let Ok(batch) = outcome {
+                            let _ = deliver_batch(&strong, batch).await;
+                        }
+                    }
+                    let mut inner = strong.lock();
+                    if strong.closed.load(Ordering::Acquire) || inner.consumers.is_empty() {
+                        inner.poller_running = false;
+                        return;
+                    }
+                    continue;
                 }
                 Next::Fetch(queues, room) => {
-                    if let Err(err) = fetch_once(&strong, &queues, room).await {
-                        report(&strong, &queues, err).await;
-                        let interval = strong.backend.polling_interval();
-                        drop(strong);
-                        tokio::time::sleep(interval).await;
-                    }
+                    asked += room;
+                    let backend = backend.clone();
+                    let wait = backend.polling_interval();
+                    let stop = strong.stop_waiting.clone();
+                    fetches.push(Box::pin(async move {
+                        let outcome = backend
+                            .fetch_batch_until(&queues, wait, room.max(1), &stop)
+                            .await;
+                        (queues, room, outcome)
+                    }));
+                    continue;
                 }
+                Next::Low => {
+                    let since = *low_since.get_or_insert_with(Instant::now);
+                    REFILL_DELAY.saturating_sub(since.elapsed())
+                }
+                Next::Wait => strong.backend.polling_interval(),
+            };
+            let wake = strong.wake_poller.clone();
+            drop(strong);
+            // Wake on a fetch done, on room (an ack, a consumer), or at the
+            // timeout (which also re-checks the weak reference).
+            let done = tokio::select! {
+                done = fetches.next(), if !fetches.is_empty() => done,
+                _ = wake.notified() => None,
+                _ = tokio::time::sleep(wait) => None,
+            };
+            let Some((queues, room, outcome)) = done else {
+                continue;
+            };
+            asked -= room;
+            let Some(strong) = state.upgrade() else {
+                continue;
+            };
+            let failed = match outcome {
+                Ok(batch) => deliver_batch(&strong, batch).await.err(),
+                Err(err) => Some(err),
+            };
+            if let Some(err) = failed {
+                report(&strong, &queues, err).await;
+                let interval = strong.backend.polling_interval();
+                drop(strong);
+                tokio::time::sleep(interval).await;
             }
         }
     });
 }
 
 /// Decide the loop's next step; `force` fetches even below the low-water
-/// mark (the loop has waited [`REFILL_DELAY`] for more room).
-fn next_step<B: VirtualBackend>(state: &State<B>, force: bool) -> Next {
-    let mut inner = state.lock();
+/// mark (the loop has waited [`REFILL_DELAY`] for more room); `asked` is
+/// the room the fetches under way may fill.
+fn next_step<B: VirtualBackend>(state: &State<B>, force: bool, asked: usize) -> Next {
+    let inner = &mut *state.lock();
     if state.closed.load(Ordering::Acquire) || inner.consumers.is_empty() {
-        inner.poller_running = false;
         return Next::Stop;
     }
-    if inner.prefetch > 0 && inner.unacked.len() >= usize::from(inner.prefetch) {
+    let taken = inner.unacked.len() + asked;
+    if inner.prefetch > 0 && taken >= usize::from(inner.prefetch) {
         return Next::Wait;
     }
     // Room left under the prefetch limit (no limit: as many as the backend
-    // likes to take at once).
+    // likes to take at once, one fetch at a time).
     let room = if inner.prefetch > 0 {
-        usize::from(inner.prefetch) - inner.unacked.len()
+        usize::from(inner.prefetch) - taken
+    } else if asked > 0 {
+        return Next::Wait;
     } else {
         usize::from(u16::MAX)
     };
     // Below the low-water mark, but only while messages are still out: an
     // empty window always fetches.
-    if !force && inner.prefetch > 0 && !inner.unacked.is_empty() && room < refill_at(inner.prefetch)
-    {
+    if !force && inner.prefetch > 0 && taken > 0 && room < refill_at(inner.prefetch) {
         return Next::Low;
     }
     let mut queues: Vec<String> = Vec::new();
@@ -113,33 +183,46 @@ fn next_step<B: VirtualBackend>(state: &State<B>, force: bool) -> Next {
     Next::Fetch(queues, room)
 }
 
-async fn fetch_once<B: VirtualBackend>(
+/// Admit a fetched batch and hand it to the consumers of its queues.
+async fn deliver_batch<B: VirtualBackend>(
     state: &Arc<State<B>>,
-    queues: &[String],
-    room: usize,
+    batch: Vec<Fetched>,
 ) -> Result<()> {
-    let wait = state.backend.polling_interval();
-    let batch = state.backend.fetch_batch(queues, wait, room.max(1)).await?;
     let mut first_error = None;
     // The consumer of the previous message's queue (a batch usually comes
-    // from one queue): looked up once, not per message.
+    // from one queue): looked up once, not per message; what it gets is
+    // handed over in one send (one wake-up of the consumer per batch).
     let mut consumer: Option<(String, Option<Target>)> = None;
+    let mut outbox: Vec<Result<Delivery>> = Vec::new();
     for fetched in batch {
         if !matches!(&consumer, Some((queue, _)) if *queue == fetched.queue) {
+            if let Some((_, Some(target))) = &consumer {
+                hand_over(state, &target.2, std::mem::take(&mut outbox)).await?;
+            }
             consumer = Some((fetched.queue.clone(), consumer_of(state, &fetched.queue)));
         }
         let target = consumer.as_ref().and_then(|(_, target)| target.as_ref());
-        // Deliver every message of the batch even if one fails, so none
+        // Admit every message of the batch even if one fails, so none
         // stays reserved without an owner.
-        if let Err(err) = deliver(state, fetched, target).await {
-            first_error.get_or_insert(err);
+        match admit(state, fetched, target).await {
+            Ok(Some(item)) => outbox.push(item),
+            Ok(None) => {}
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
         }
+    }
+    if let Some((_, Some(target))) = &consumer {
+        hand_over(state, &target.2, outbox).await?;
     }
     first_error.map_or(Ok(()), Err)
 }
 
+/// What goes to a consumer in one send: the deliveries of one fetch.
+pub(super) type Batch = Vec<Result<Delivery>>;
+
 /// The consumer a message goes to: its tag, no_ack and sender.
-type Target = (String, bool, tokio::sync::mpsc::Sender<Result<Delivery>>);
+type Target = (String, bool, tokio::sync::mpsc::Sender<Batch>);
 
 fn consumer_of<B: VirtualBackend>(state: &State<B>, queue: &str) -> Option<Target> {
     let inner = state.lock();
@@ -150,51 +233,59 @@ fn consumer_of<B: VirtualBackend>(state: &State<B>, queue: &str) -> Option<Targe
         .map(|c| (c.tag.clone(), c.no_ack, c.sender.clone()))
 }
 
-/// Hand one fetched message to the consumer of its queue (`target`, or
-/// none when the consumer left).
-async fn deliver<B: VirtualBackend>(
+/// Admit one fetched message for the consumer of its queue (`target`, or
+/// none when the consumer left: then it goes back): what to hand over.
+async fn admit<B: VirtualBackend>(
     state: &Arc<State<B>>,
     fetched: super::Fetched,
     target: Option<&Target>,
-) -> Result<()> {
-    let Some((tag, no_ack, sender)) = target else {
+) -> Result<Option<Result<Delivery>>> {
+    let Some((tag, no_ack, _)) = target else {
         let queue = fetched.queue;
         // The consumer left (or the channel closed) while we fetched.
         if let super::FetchedBody::Envelope(envelope) = fetched.body {
             let item = Unacked::whole(queue, fetched.receipt, envelope);
             state.release(item, false).await?;
         }
-        return Ok(());
+        return Ok(None);
     };
-    match state.admit(fetched, *no_ack, Some(tag)).await? {
-        Admitted::Deliver(delivery) => hand_over(state, sender, *delivery).await,
-        Admitted::Skipped => Ok(()),
-        Admitted::Corrupt(error) => {
-            let _ = sender.send(Err(error)).await;
-            Ok(())
-        }
-    }
+    Ok(match state.admit(fetched, *no_ack, Some(tag)).await? {
+        Admitted::Deliver(delivery) => Some(Ok(*delivery)),
+        Admitted::Skipped => None,
+        Admitted::Corrupt(error) => Some(Err(error)),
+    })
 }
 
-/// Send a delivery to its consumer; if the consumer is gone, put it back.
+/// Send deliveries to their consumer; if the consumer is gone, put them back.
 async fn hand_over<B: VirtualBackend>(
     state: &Arc<State<B>>,
-    sender: &tokio::sync::mpsc::Sender<Result<Delivery>>,
-    delivery: Delivery,
+    sender: &tokio::sync::mpsc::Sender<Batch>,
+    batch: Batch,
 ) -> Result<()> {
-    let tag = delivery.delivery_tag;
-    if sender.send(Ok(delivery)).await.is_err() {
-        // Its receiver is gone: forget the consumer and put the message back.
-        let item = {
-            let mut inner = state.lock();
-            inner.consumers.retain(|c| !c.sender.is_closed());
-            inner.unacked.remove(&tag)
-        };
-        if let Some(item) = item {
-            state.release(item, false).await?;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let Err(returned) = sender.send(batch).await else {
+        return Ok(());
+    };
+    // Its receiver is gone: forget the consumer and put the messages back.
+    let items: Vec<Unacked> = {
+        let mut inner = state.lock();
+        inner.consumers.retain(|c| !c.sender.is_closed());
+        returned
+            .0
+            .into_iter()
+            .filter_map(|d| d.ok())
+            .filter_map(|d| inner.unacked.remove(&d.delivery_tag))
+            .collect()
+    };
+    let mut first_error = None;
+    for item in items {
+        if let Err(err) = state.release(item, false).await {
+            first_error.get_or_insert(err);
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Tell every consumer of the failing queues, once, and log it.
@@ -209,6 +300,6 @@ async fn report<B: VirtualBackend>(state: &Arc<State<B>>, queues: &[String], err
         .collect();
     for sender in senders {
         let copy = crate::Error::new(err.kind(), err.message().to_owned());
-        let _ = sender.try_send(Err(copy));
+        let _ = sender.try_send(vec![Err(copy)]);
     }
 }

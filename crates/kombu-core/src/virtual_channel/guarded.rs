@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::backend::{Fetched, Receipt, VirtualBackend};
+use super::backend::{Fetched, Receipt, StopWaiting, VirtualBackend};
 use crate::entity::{Exchange, Queue};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
@@ -191,6 +191,20 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
         )
         .await
     }
+    async fn fetch_batch_until(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+        stop: &StopWaiting,
+    ) -> Result<Vec<Fetched>> {
+        self.bounded(
+            "fetching messages",
+            wait + self.timeout,
+            self.inner.fetch_batch_until(queues, wait, max, stop),
+        )
+        .await
+    }
     async fn ack(&self, fetched_from: &str, receipt: &Receipt) -> Result<()> {
         self.call("acking a message", self.inner.ack(fetched_from, receipt))
             .await
@@ -201,6 +215,9 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
     }
     fn ack_batch_size(&self) -> usize {
         self.inner.ack_batch_size()
+    }
+    fn concurrent_fetches(&self) -> usize {
+        self.inner.concurrent_fetches()
     }
     async fn discard(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
         self.call(

@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 
 use acks::AckBatcher;
-pub use backend::{Fetched, FetchedBody, Receipt, VirtualBackend};
+pub use backend::{Fetched, FetchedBody, Receipt, StopWaiting, VirtualBackend};
 pub use factory::VirtualFactory;
 pub use guarded::DEFAULT_OPERATION_TIMEOUT;
 use guarded::{Guarded, Liveness};
@@ -245,7 +245,7 @@ struct ConsumerEntry {
     tag: String,
     queue: String,
     no_ack: bool,
-    sender: mpsc::Sender<Result<Delivery>>,
+    sender: mpsc::Sender<consume::Batch>,
 }
 
 #[derive(Default)]
@@ -271,6 +271,8 @@ pub(crate) struct State<B: VirtualBackend> {
     /// Woken when an ack, a reject or a QoS change frees prefetch room, or
     /// when consumers change.
     wake_poller: Arc<Notify>,
+    /// Raised on close: the consume loop's waiting fetches stop waiting.
+    stop_waiting: Arc<StopWaiting>,
     closed: AtomicBool,
     unroutable: Arc<AtomicU64>,
 }
@@ -311,6 +313,7 @@ impl<B: VirtualBackend> VirtualChannel<B> {
                 inner: Mutex::new(Inner::default()),
                 next_tag: AtomicU64::new(1),
                 wake_poller: Arc::new(Notify::new()),
+                stop_waiting: Arc::new(StopWaiting::default()),
                 closed: AtomicBool::new(false),
                 unroutable,
             }),
@@ -637,6 +640,7 @@ impl<B: VirtualBackend> State<B> {
             return Ok(());
         }
         self.lock().consumers.clear();
+        self.stop_waiting.raise();
         self.wake_poller.notify_one();
         // Let a fetch that is under way finish: what it took goes back to
         // its queue now rather than when the reservation times out (a lease,
@@ -844,7 +848,8 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         no_ack: bool,
     ) -> Result<DeliveryStream> {
         self.state.ensure_open()?;
-        let (sender, receiver) = mpsc::channel(256);
+        // Batches of at most the prefetch window: a few suffice.
+        let (sender, receiver) = mpsc::channel(16);
         let start_poller = {
             let mut inner = self.state.lock();
             if inner.consumers.iter().any(|c| c.tag == consumer_tag) {
@@ -867,8 +872,15 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
             self.state.wake_poller.notify_one();
         }
         Ok(Box::pin(futures::stream::unfold(
-            receiver,
-            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+            (receiver, std::collections::VecDeque::new()),
+            |(mut receiver, mut ready)| async move {
+                loop {
+                    if let Some(item) = ready.pop_front() {
+                        return Some((item, (receiver, ready)));
+                    }
+                    ready.extend(receiver.recv().await?);
+                }
+            },
         )))
     }
 
