@@ -77,6 +77,7 @@ pub(crate) struct Shared {
     pub unreachable: AtomicBool,
     next_pubsub: AtomicU64,
     acks: AckQueue,
+    puts: PutQueue,
 }
 
 /// Acks waiting to be sent: `ack` queues its receipt and waits for the
@@ -86,6 +87,27 @@ pub(crate) struct Shared {
 /// channels of one connection) cost one round trip; an ack returns only
 /// once Redis has applied it, and a failed round trip fails every ack it
 /// carried (those messages come back after `visibility_timeout`).
+/// Publishes waiting to be sent: a publish with nobody sending sends what
+/// is queued (its own LPUSH and any others) in one pipeline and answers
+/// the others; publishes made meanwhile queue up, and when the sender is
+/// done it leaves the rest to a flusher task, which sends them a pipeline
+/// per round trip. A lone publish goes out at once, in its own task; many
+/// at once (`publish_many`, concurrent `publish` calls) share round trips
+/// and one request to the connection each batch, as a hand-made pipeline
+/// would. Each publish returns once Redis has answered its batch.
+#[derive(Default)]
+struct PutQueue {
+    pending: Mutex<Vec<PutWaiter>>,
+    /// True while a publish or a flusher task is sending.
+    sending: AtomicBool,
+}
+
+/// One queued LPUSH (list, message) and where its answer goes.
+type PutWaiter = (String, Vec<u8>, oneshot::Sender<Result<()>>);
+
+/// Most LPUSHes in one pipeline.
+const MAX_PUT_BATCH: usize = 256;
+
 /// One waiter's receipts and where its answer goes.
 type AckWaiter = (Vec<String>, oneshot::Sender<Result<()>>);
 
@@ -133,6 +155,7 @@ impl RedisBackend {
             unreachable: AtomicBool::new(false),
             next_pubsub: AtomicU64::new(1),
             acks: AckQueue::default(),
+            puts: PutQueue::default(),
         });
         let tasks = crate::maintenance::spawn(&shared);
         RedisBackend {
@@ -305,7 +328,7 @@ impl Shared {
 
     /// LPUSH a stored message (one command; concurrent publishes share the
     /// multiplexed connection, which pipelines them).
-    async fn put_json(&self, queue: &str, json: Vec<u8>, wire: u8) -> Result<()> {
+    async fn put_json(self: &Arc<Self>, queue: &str, json: Vec<u8>, wire: u8) -> Result<()> {
         let list = self.keys.list_for_wire(queue, wire);
         let result = match self.queue_expires(queue).await {
             Some(expires) => {
@@ -316,12 +339,7 @@ impl Shared {
                 }
                 pipe.query_async::<()>(&mut self.conn()).await
             }
-            None => redis::cmd("LPUSH")
-                .arg(&list)
-                .arg(json)
-                .query_async::<i64>(&mut self.conn())
-                .await
-                .map(drop),
+            None => return self.put_together(list, json).await,
         };
         result.map_err(|err| {
             let err = map_redis(err);
@@ -330,6 +348,76 @@ impl Shared {
         })?;
         self.arrived.notify_waiters();
         Ok(())
+    }
+
+    /// LPUSH `json` onto `list` with the publishes made at the same time
+    /// (see [`PutQueue`]).
+    async fn put_together(self: &Arc<Self>, list: String, json: Vec<u8>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut pending = self.puts.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.push((list, json, tx));
+            !self.puts.sending.swap(true, Ordering::AcqRel)
+        };
+        if lead {
+            // Nobody is sending: send what is queued (ours included) now.
+            let more = self.send_puts().await;
+            if more {
+                tokio::spawn(self.clone().put_flusher());
+            }
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::ConnectionLost,
+                "redis: the publish was not sent (the transport shut down)",
+            ))
+        })
+    }
+
+    /// Send queued publishes until none is left.
+    async fn put_flusher(self: Arc<Self>) {
+        while self.send_puts().await {}
+    }
+
+    /// Send one pipeline of queued publishes and answer them; true when
+    /// more are queued (the caller keeps `sending`), false when none is
+    /// (`sending` cleared under the lock).
+    async fn send_puts(&self) -> bool {
+        let batch: Vec<PutWaiter> = {
+            let mut pending = self.puts.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let take = pending.len().min(MAX_PUT_BATCH);
+            pending.drain(..take).collect()
+        };
+        if !batch.is_empty() {
+            let mut pipe = redis::pipe();
+            for (list, json, _) in &batch {
+                pipe.cmd("LPUSH").arg(list).arg(&json[..]).ignore();
+            }
+            let sent: Result<()> = pipe
+                .query_async::<()>(&mut self.conn())
+                .await
+                .map_err(map_redis);
+            match &sent {
+                Ok(()) => self.arrived.notify_waiters(),
+                Err(err) => self.mark_unreachable(err),
+            }
+            for (_, _, waiter) in batch {
+                let answer = match &sent {
+                    Ok(()) => Ok(()),
+                    Err(err) => Err(Error::new(err.kind(), err.message().to_owned())),
+                };
+                let _ = waiter.send(answer);
+            }
+        }
+        let pending = self.puts.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() {
+            // Cleared under the lock: a publish queued after this sees
+            // `false` and sends itself.
+            self.puts.sending.store(false, Ordering::Release);
+            false
+        } else {
+            true
+        }
     }
 
     /// Read a stored message: the priority back in the API's numbering.

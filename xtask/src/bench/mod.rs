@@ -650,13 +650,26 @@ fn prepare(
                     if raw.extra_args.is_empty() {
                         return Ok(exe);
                     }
+                    // The usage may go to stdout or stderr; only the flags
+                    // are looked for (not their values).
                     let help = Command::new(&exe)
                         .arg("--help")
                         .stdin(Stdio::null())
                         .output()
-                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .map(|o| {
+                            format!(
+                                "{}{}",
+                                String::from_utf8_lossy(&o.stdout),
+                                String::from_utf8_lossy(&o.stderr)
+                            )
+                        })
                         .unwrap_or_default();
-                    match raw.extra_args.iter().find(|a| !help.contains(*a)) {
+                    match raw
+                        .extra_args
+                        .iter()
+                        .filter(|a| a.starts_with("--"))
+                        .find(|a| !help.contains(*a))
+                    {
                         Some(missing) => Err(format!(
                             "{} has no {missing} option (its --help does not list it)",
                             raw.example
