@@ -34,6 +34,8 @@ struct Held {
     reserver: Arc<Reserver>,
     generation: u64,
     pri: u32,
+    /// The job's time to run, in seconds.
+    ttr: u32,
     chunks: Vec<u64>,
 }
 
@@ -237,7 +239,7 @@ impl BeanstalkBackend {
     /// `job_id` is the [`JOB_ID_HEADER`] of the delivered message.
     pub async fn touch(&self, job_id: u64) -> Result<()> {
         self.ensure_open()?;
-        let (reserver, generation) = {
+        let (reserver, generation, ttr) = {
             let held = self.held();
             let h = held.get(&job_id).ok_or_else(|| {
                 Error::new(
@@ -245,9 +247,11 @@ impl BeanstalkBackend {
                     format!("cannot touch beanstalk job {job_id}: this transport does not hold it"),
                 )
             })?;
-            (h.reserver.clone(), h.generation)
+            (h.reserver.clone(), h.generation, h.ttr)
         };
-        reserver.touch(generation, job_id).await
+        reserver
+            .touch(generation, job_id, Duration::from_secs(u64::from(ttr)))
+            .await
     }
 
     /// Touch the job behind a delivered message.
@@ -503,6 +507,7 @@ impl VirtualBackend for BeanstalkBackend {
             .unwrap_or_else(|| queues[0].clone());
         let redelivered = reserved.stats.number("reserves") > 1;
         let pri = reserved.stats.number("pri") as u32;
+        let ttr = reserved.stats.number("ttr") as u32;
         let stored = reserved.job.body;
         let chunk_ids = chunks::chunk_ids(&stored);
         self.held().insert(
@@ -511,6 +516,7 @@ impl VirtualBackend for BeanstalkBackend {
                 reserver,
                 generation: reserved.generation,
                 pri,
+                ttr,
                 chunks: chunk_ids.clone(),
             },
         );

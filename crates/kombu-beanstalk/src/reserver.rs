@@ -20,6 +20,10 @@ use crate::protocol::{Job, Reserved, Stats};
 /// The body of a wake job (never a kombu envelope, which starts with `{`).
 pub(crate) const WAKE_BODY: &[u8] = b"kombu-beanstalk:wake";
 
+/// How long after a touched job's deadline an idle connection nudges the
+/// server (see [`Reserver::touch`]).
+const NUDGE_MARGIN: Duration = Duration::from_millis(100);
+
 /// A job reserved by a fetch, with its statistics.
 pub(crate) struct ReservedJob {
     pub(crate) job: Job,
@@ -234,13 +238,55 @@ impl Reserver {
         }
     }
 
-    /// Touch a job this reserver holds.
-    pub(crate) async fn touch(&self, generation: u64, id: u64) -> Result<()> {
+    /// Touch a job this reserver holds (its time to run is `ttr`).
+    ///
+    /// beanstalkd 1.12 may then miss the job's new deadline while this
+    /// connection sends nothing (a touched job stayed reserved with a
+    /// negative `time-left` for as long as its connection was idle:
+    /// beanstalkd issues #262 and #380). So once the new deadline has
+    /// passed, an idle connection sends one cheap command, which makes the
+    /// server look at its jobs again and release the job if it is still
+    /// held: the ttr means what beanstalk documents.
+    pub(crate) async fn touch(
+        self: &Arc<Self>,
+        generation: u64,
+        id: u64,
+        ttr: Duration,
+    ) -> Result<()> {
         let mut taken = self.for_settle(generation).await?;
-        if taken.conn().touch(id).await? {
-            Ok(())
-        } else {
-            Err(Self::gone(id, "touch"))
+        if !taken.conn().touch(id).await? {
+            return Err(Self::gone(id, "touch"));
+        }
+        drop(taken);
+        let reserver = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(ttr + NUDGE_MARGIN).await;
+            if let Some(reserver) = reserver.upgrade() {
+                reserver.nudge(generation).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Send one cheap command on this connection if it is idle (not in a
+    /// reserve, not in use) and still the one of `generation`.
+    async fn nudge(&self, generation: u64) {
+        if self.blocking.load(SeqCst) {
+            // A reserve under way: the server watches its deadlines.
+            return;
+        }
+        let Ok(mut guard) = self.slot.try_lock() else {
+            return; // in use: that command does it
+        };
+        if self.generation.load(SeqCst) != generation {
+            return;
+        }
+        let Some(conn) = guard.as_mut().filter(|c| !c.is_broken()) else {
+            return;
+        };
+        // The connection's own I/O timeout bounds it.
+        if let Err(err) = conn.list_tube_used().await {
+            tracing::debug!(error = %err, "beanstalk: the nudge after a touch failed");
         }
     }
 
