@@ -270,14 +270,17 @@ impl Producer {
         self.publish_raw(message, options).await
     }
 
-    /// Publish many bodies with the same options, up to
-    /// [`PUBLISH_MANY_WINDOW`] of them in flight at once on this producer's
-    /// channel: they pipeline on the wire (one Redis connection, one AMQP
-    /// channel, ...) instead of each waiting for the one before. The
-    /// result has one entry per body, in order: each message succeeds or
-    /// fails on its own (with [`PublishOptions::retry`], each is retried on
-    /// its own). Concurrent [`publish`](Self::publish) calls on one producer
-    /// pipeline the same way; this is the call for a known set.
+    /// Publish many bodies with the same options, in batches of
+    /// [`PUBLISH_MANY_WINDOW`] handed to the channel at once
+    /// ([`Channel::basic_publish_many`]): a virtual transport stores each
+    /// batch with its backend's batch primitive (a Redis pipeline, SQS
+    /// `SendMessageBatch`, CouchDB `_bulk_docs`, MongoDB `insert_many`,
+    /// pipelined beanstalk puts), AMQP has the whole batch in flight on its
+    /// channel. The result has one entry per body, in order: each message
+    /// succeeds or fails on its own (a batch the broker refused fails every
+    /// message in it; with [`PublishOptions::retry`], each is published and
+    /// retried on its own). Concurrent [`publish`](Self::publish) calls on
+    /// one producer pipeline too; this is the call for a known set.
     ///
     /// ```
     /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
@@ -299,11 +302,101 @@ impl Producer {
         options: PublishOptions,
     ) -> Vec<Result<()>> {
         use futures::StreamExt as _;
-        futures::stream::iter(bodies)
-            .map(|body| self.publish(body, options.clone()))
-            .buffered(PUBLISH_MANY_WINDOW)
+        if options.retry {
+            return futures::stream::iter(bodies)
+                .map(|body| self.publish(body, options.clone()))
+                .buffered(PUBLISH_MANY_WINDOW)
+                .collect()
+                .await;
+        }
+        let bodies: Vec<Payload> = bodies.into_iter().map(Into::into).collect();
+        let options = &options;
+        // Two batches under way: the next is prepared and sent while the
+        // last one's answers come back.
+        let batches: Vec<Vec<Result<()>>> = futures::stream::iter(bodies.chunks(PUBLISH_MANY_WINDOW))
+            .map(|batch| self.publish_batch(batch, options))
+            .buffered(2)
             .collect()
-            .await
+            .await;
+        batches.into_iter().flatten().collect()
+    }
+
+    /// One batch of [`publish_many`](Self::publish_many): prepared, then
+    /// handed to the channel in one call.
+    async fn publish_batch(&self, bodies: &[Payload], options: &PublishOptions) -> Vec<Result<()>> {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(bodies.len());
+        let mut ready = Vec::with_capacity(bodies.len());
+        let mut slots = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            match self.prepare(body, options) {
+                Ok(message) => {
+                    slots.push(results.len());
+                    ready.push(message);
+                    results.push(Ok(()));
+                }
+                Err(err) => results.push(Err(err)),
+            }
+        }
+        if ready.is_empty() {
+            return results;
+        }
+        let sent = match self.publish_many_once(ready, options).await {
+            Ok(sent) => sent,
+            Err(err) => slots
+                .iter()
+                .map(|_| Err(Error::new(err.kind(), err.message().to_owned())))
+                .collect(),
+        };
+        for (slot, outcome) in slots.into_iter().zip(sent) {
+            results[slot] = outcome;
+        }
+        results
+    }
+
+    /// Declare what `options` asks for, then hand `messages` to the channel.
+    async fn publish_many_once(
+        &self,
+        messages: Vec<RawMessage>,
+        options: &PublishOptions,
+    ) -> Result<Vec<Result<()>>> {
+        let (channel, epoch) = self.channel_at().await?;
+        let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
+        let declared = self.declare_for(channel.as_ref(), exchange, options).await;
+        if let Err(err) = declared {
+            if err.is_connection_error() {
+                self.connection.mark_lost(epoch, &err).await;
+            }
+            return Err(err);
+        }
+        let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
+        let sent = channel
+            .basic_publish_many(messages, &exchange.name, routing_key, options.mandatory)
+            .await;
+        if let Some(err) = sent
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .find(|err| err.is_connection_error())
+        {
+            self.connection.mark_lost(epoch, err).await;
+        }
+        Ok(sent)
+    }
+
+    /// The queues `options` declares and, unless auto-declaring is off,
+    /// the exchange.
+    async fn declare_for(
+        &self,
+        channel: &dyn Channel,
+        exchange: &Exchange,
+        options: &PublishOptions,
+    ) -> Result<()> {
+        for queue in &options.declare {
+            self.connection.declare_queue(channel, queue).await?;
+        }
+        if self.auto_declare && !exchange.is_default() {
+            self.connection.maybe_declare(channel, exchange).await?;
+        }
+        Ok(())
     }
 
     /// Publish an already serialized message.
@@ -323,17 +416,8 @@ impl Producer {
     async fn publish_once(&self, message: RawMessage, options: &PublishOptions) -> Result<()> {
         let (channel, epoch) = self.channel_at().await?;
         let result = async {
-            for queue in &options.declare {
-                self.connection
-                    .declare_queue(channel.as_ref(), queue)
-                    .await?;
-            }
             let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
-            if self.auto_declare && !exchange.is_default() {
-                self.connection
-                    .maybe_declare(channel.as_ref(), exchange)
-                    .await?;
-            }
+            self.declare_for(channel.as_ref(), exchange, options).await?;
             let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
             channel
                 .basic_publish(message, &exchange.name, routing_key, options.mandatory)

@@ -235,6 +235,27 @@ pub trait Channel: Send + Sync {
         routing_key: &str,
         mandatory: bool,
     ) -> Result<()>;
+    /// Publish many messages to one exchange with one routing key (what
+    /// [`Producer::publish_many`](crate::Producer::publish_many) sends):
+    /// one result per message, in order. A transport with a batch
+    /// primitive sends them together (a virtual transport hands each
+    /// queue's share to [`VirtualBackend::put_many`](crate::spi::VirtualBackend::put_many));
+    /// by default every [`basic_publish`](Self::basic_publish) at once,
+    /// concurrently.
+    async fn basic_publish_many(
+        &self,
+        messages: Vec<RawMessage>,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Vec<Result<()>> {
+        futures::future::join_all(
+            messages
+                .into_iter()
+                .map(|message| self.basic_publish(message, exchange, routing_key, mandatory)),
+        )
+        .await
+    }
     /// Take one message, if there is one, without waiting.
     async fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>>;
     /// Start consuming `queue` under `consumer_tag`.

@@ -168,6 +168,24 @@ pub trait VirtualBackend: Send + Sync + 'static {
     async fn put_owned(&self, queue: &str, envelope: Envelope, priority: u8) -> Result<()> {
         self.put(queue, &envelope, priority).await
     }
+    /// Store many messages (with their priorities) in one queue: what the
+    /// channel calls for a batch publish
+    /// ([`Channel::basic_publish_many`](crate::transport::Channel::basic_publish_many)).
+    /// A backend with a batch primitive (a pipeline, `SendMessageBatch`,
+    /// `_bulk_docs`, `insert_many`) overrides it; an error means some of
+    /// them may not be stored (every message of the call is reported
+    /// failed). By default every [`put_owned`](Self::put_owned) at once,
+    /// concurrently (a backend that pipelines concurrent calls sends them
+    /// together); every one is tried and the first error is returned.
+    async fn put_many(&self, queue: &str, messages: Vec<(Envelope, u8)>) -> Result<()> {
+        let stored = futures::future::join_all(
+            messages
+                .into_iter()
+                .map(|(envelope, priority)| self.put_owned(queue, envelope, priority)),
+        )
+        .await;
+        stored.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    }
     /// Take the next message of any of `queues` (a fair rotation across them
     /// is the caller's job: it rotates the slice), waiting up to `wait` for
     /// one to arrive. The message stays reserved until acked or requeued.

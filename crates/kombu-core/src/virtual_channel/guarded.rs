@@ -170,6 +170,10 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
         )
         .await
     }
+    async fn put_many(&self, queue: &str, messages: Vec<(Envelope, u8)>) -> Result<()> {
+        self.call("storing messages", self.inner.put_many(queue, messages))
+            .await
+    }
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
         self.bounded(
             "fetching a message",

@@ -14,6 +14,7 @@ mod consume;
 mod convert;
 mod factory;
 mod guarded;
+mod publish_many;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -823,6 +824,32 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         let envelope = to_envelope(message, exchange, routing_key, new_delivery_tag());
         self.state
             .route_and_put(exchange, routing_key, envelope, priority, mandatory)
+            .await
+    }
+
+    async fn basic_publish_many(
+        &self,
+        messages: Vec<RawMessage>,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Vec<Result<()>> {
+        if let Err(err) = self.state.ensure_open() {
+            return messages
+                .iter()
+                .map(|_| Err(publish_many::copy_error(&err)))
+                .collect();
+        }
+        let envelopes = messages
+            .into_iter()
+            .map(|message| {
+                let priority = message.properties.priority.unwrap_or(0);
+                let envelope = to_envelope(message, exchange, routing_key, new_delivery_tag());
+                (envelope, priority)
+            })
+            .collect();
+        self.state
+            .route_and_put_many(exchange, routing_key, envelopes, mandatory)
             .await
     }
 
