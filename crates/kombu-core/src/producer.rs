@@ -313,11 +313,12 @@ impl Producer {
         let options = &options;
         // Two batches under way: the next is prepared and sent while the
         // last one's answers come back.
-        let batches: Vec<Vec<Result<()>>> = futures::stream::iter(bodies.chunks(PUBLISH_MANY_WINDOW))
-            .map(|batch| self.publish_batch(batch, options))
-            .buffered(2)
-            .collect()
-            .await;
+        let batches: Vec<Vec<Result<()>>> =
+            futures::stream::iter(bodies.chunks(PUBLISH_MANY_WINDOW))
+                .map(|batch| self.publish_batch(batch, options))
+                .buffered(2)
+                .collect()
+                .await;
         batches.into_iter().flatten().collect()
     }
 
@@ -417,7 +418,8 @@ impl Producer {
         let (channel, epoch) = self.channel_at().await?;
         let result = async {
             let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
-            self.declare_for(channel.as_ref(), exchange, options).await?;
+            self.declare_for(channel.as_ref(), exchange, options)
+                .await?;
             let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
             channel
                 .basic_publish(message, &exchange.name, routing_key, options.mandatory)

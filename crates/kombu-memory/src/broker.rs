@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
-use kombu_core::spi::{Fetched, QueueBinding};
-use kombu_core::{Envelope, Exchange, Queue};
+use kombu_core::spi::{Fetched, QueueBinding, StoredMessage};
+use kombu_core::{Exchange, Queue};
 use tokio::sync::Notify;
 
 /// Every named broker of the process.
@@ -20,7 +20,7 @@ static BROKERS: LazyLock<Mutex<HashMap<String, Arc<MemoryBroker>>>> =
 #[derive(Default)]
 struct MemoryQueue {
     declaration: Option<Queue>,
-    ready: BTreeMap<Reverse<u8>, VecDeque<Envelope>>,
+    ready: BTreeMap<Reverse<u8>, VecDeque<StoredMessage>>,
 }
 
 impl MemoryQueue {
@@ -28,7 +28,7 @@ impl MemoryQueue {
         self.ready.values().map(VecDeque::len).sum()
     }
 
-    fn pop(&mut self) -> Option<Envelope> {
+    fn pop(&mut self) -> Option<StoredMessage> {
         self.ready.values_mut().find_map(VecDeque::pop_front)
     }
 }
@@ -108,7 +108,7 @@ impl MemoryBroker {
     }
 
     /// Store a message; `front` puts it before every message of its priority.
-    pub(crate) fn put(&self, queue: &str, envelope: Envelope, priority: u8, front: bool) {
+    pub(crate) fn put(&self, queue: &str, message: StoredMessage, priority: u8, front: bool) {
         {
             let mut state = self.lock();
             // Look up before `entry`, which would allocate the name each time.
@@ -118,9 +118,27 @@ impl MemoryBroker {
             };
             let level = ready.entry(Reverse(priority)).or_default();
             if front {
-                level.push_front(envelope);
+                level.push_front(message);
             } else {
-                level.push_back(envelope);
+                level.push_back(message);
+            }
+        }
+        self.arrived.notify_waiters();
+    }
+
+    /// Store messages at the back of their priority levels, under one lock.
+    pub(crate) fn put_all(&self, queue: &str, messages: Vec<(StoredMessage, u8)>) {
+        {
+            let mut state = self.lock();
+            let ready = match state.queues.get_mut(queue) {
+                Some(found) => &mut found.ready,
+                None => &mut state.queues.entry(queue.to_owned()).or_default().ready,
+            };
+            for (message, priority) in messages {
+                ready
+                    .entry(Reverse(priority))
+                    .or_default()
+                    .push_back(message);
             }
         }
         self.arrived.notify_waiters();
@@ -136,14 +154,14 @@ impl MemoryBroker {
                 continue;
             };
             while out.len() < max {
-                let Some(envelope) = queue.pop() else {
+                let Some(message) = queue.pop() else {
                     break;
                 };
                 state.next_receipt += 1;
-                out.push(Fetched::new(
+                out.push(Fetched::message(
                     name.clone(),
                     state.next_receipt.to_string(),
-                    envelope,
+                    message,
                 ));
             }
             if !out.is_empty() {

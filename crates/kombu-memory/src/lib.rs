@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kombu_core::spi::{
-    async_trait, Fetched, QueueBinding, Receipt, VirtualBackend, VirtualFactory, VIRTUAL_OPTIONS,
+    async_trait, Fetched, QueueBinding, Receipt, StoredMessage, VirtualBackend, VirtualFactory,
+    VIRTUAL_OPTIONS,
 };
 use kombu_core::{
     BrokerUrl, Capabilities, ConnectionOptions, Envelope, Exchange, Queue, Registry, Result,
@@ -107,12 +108,25 @@ impl VirtualBackend for MemoryBackend {
     }
 
     async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
-        self.broker.put(queue, envelope.clone(), priority, false);
+        let message = StoredMessage::from_envelope(envelope.clone());
+        self.broker.put(queue, message, priority, false);
         Ok(())
     }
 
     async fn put_owned(&self, queue: &str, envelope: Envelope, priority: u8) -> Result<()> {
-        self.broker.put(queue, envelope, priority, false);
+        let message = StoredMessage::from_envelope(envelope);
+        self.broker.put(queue, message, priority, false);
+        Ok(())
+    }
+
+    async fn put_message(&self, queue: &str, message: StoredMessage, priority: u8) -> Result<()> {
+        // Kept as the channel handed it over: no envelope is built.
+        self.broker.put(queue, message, priority, false);
+        Ok(())
+    }
+
+    async fn put_messages(&self, queue: &str, messages: Vec<(StoredMessage, u8)>) -> Result<()> {
+        self.broker.put_all(queue, messages);
         Ok(())
     }
 
@@ -141,12 +155,20 @@ impl VirtualBackend for MemoryBackend {
     }
 
     async fn requeue(&self, queue: &str, _receipt: &Receipt, envelope: &Envelope) -> Result<()> {
-        let priority = envelope
-            .properties
-            .get("priority")
-            .and_then(|p| p.as_u64())
-            .map_or(0, |p| p.min(255) as u8);
-        self.broker.put(queue, envelope.clone(), priority, true);
+        let message = StoredMessage::from_envelope(envelope.clone());
+        let priority = message.priority();
+        self.broker.put(queue, message, priority, true);
+        Ok(())
+    }
+
+    async fn requeue_message(
+        &self,
+        queue: &str,
+        _receipt: &Receipt,
+        message: StoredMessage,
+    ) -> Result<()> {
+        let priority = message.priority();
+        self.broker.put(queue, message, priority, true);
         Ok(())
     }
 

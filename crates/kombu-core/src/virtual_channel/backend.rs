@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 use crate::routing::QueueBinding;
 use crate::transport::Capabilities;
 
+use super::StoredMessage;
+
 /// A backend's handle on a fetched, not yet acked message (a Redis delivery
 /// tag, an SQS receipt handle, a beanstalk job id...).
 pub type Receipt = String;
@@ -23,6 +25,9 @@ pub type Receipt = String;
 pub enum FetchedBody {
     /// A readable envelope.
     Envelope(Envelope),
+    /// A message kept as the channel handed it over
+    /// ([`VirtualBackend::put_message`]): an in-process backend's.
+    Message(StoredMessage),
     /// Bytes that are not a kombu envelope, and why.
     Corrupt {
         /// What was stored.
@@ -52,6 +57,19 @@ impl Fetched {
             queue: queue.into(),
             receipt: receipt.into(),
             body: FetchedBody::Envelope(envelope),
+        }
+    }
+
+    /// A fetched message that was kept as the channel handed it over.
+    pub fn message(
+        queue: impl Into<String>,
+        receipt: impl Into<Receipt>,
+        message: StoredMessage,
+    ) -> Self {
+        Fetched {
+            queue: queue.into(),
+            receipt: receipt.into(),
+            body: FetchedBody::Message(message),
         }
     }
 
@@ -168,6 +186,25 @@ pub trait VirtualBackend: Send + Sync + 'static {
     async fn put_owned(&self, queue: &str, envelope: Envelope, priority: u8) -> Result<()> {
         self.put(queue, &envelope, priority).await
     }
+    /// Store a message in a queue: what the channel calls for every
+    /// message it stores. A backend that keeps messages in process keeps
+    /// this one as it is (and hands it back as
+    /// [`FetchedBody::Message`]); by default its kombu envelope goes to
+    /// [`put_owned`](Self::put_owned).
+    async fn put_message(&self, queue: &str, message: StoredMessage, priority: u8) -> Result<()> {
+        self.put_owned(queue, message.into_envelope(), priority)
+            .await
+    }
+    /// Store many messages in one queue: what the channel calls for a
+    /// batch publish. By default their envelopes go to
+    /// [`put_many`](Self::put_many).
+    async fn put_messages(&self, queue: &str, messages: Vec<(StoredMessage, u8)>) -> Result<()> {
+        let envelopes = messages
+            .into_iter()
+            .map(|(message, priority)| (message.into_envelope(), priority))
+            .collect();
+        self.put_many(queue, envelopes).await
+    }
     /// Store many messages (with their priorities) in one queue: what the
     /// channel calls for a batch publish
     /// ([`Channel::basic_publish_many`](crate::transport::Channel::basic_publish_many)).
@@ -260,6 +297,17 @@ pub trait VirtualBackend: Send + Sync + 'static {
     /// Return a fetched message to its queue, to be served next, with the
     /// envelope given (marked redelivered).
     async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()>;
+    /// Return a message fetched as [`FetchedBody::Message`] to its queue
+    /// (marked redelivered). By default its envelope goes to
+    /// [`requeue`](Self::requeue).
+    async fn requeue_message(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        message: StoredMessage,
+    ) -> Result<()> {
+        self.requeue(queue, receipt, &message.into_envelope()).await
+    }
 
     /// Remember an exchange (its type matters to every publisher).
     async fn declare_exchange(&self, exchange: &Exchange) -> Result<()>;

@@ -58,11 +58,19 @@ pub(super) fn spawn_poller<B: VirtualBackend>(state: Weak<State<B>>) {
                 // bring.
                 while let Some((_, _, Ok(batch))) = fetches.next().await {
                     for fetched in batch {
-                        if let FetchedBody::Envelope(envelope) = fetched.body {
-                            let _ = backend
-                                .requeue(&fetched.queue, &fetched.receipt, &envelope)
-                                .await;
-                        }
+                        let _ = match fetched.body {
+                            FetchedBody::Envelope(envelope) => {
+                                backend
+                                    .requeue(&fetched.queue, &fetched.receipt, &envelope)
+                                    .await
+                            }
+                            FetchedBody::Message(message) => {
+                                backend
+                                    .requeue_message(&fetched.queue, &fetched.receipt, message)
+                                    .await
+                            }
+                            _ => Ok(()),
+                        };
                     }
                 }
                 return;
@@ -243,8 +251,7 @@ async fn admit<B: VirtualBackend>(
     let Some((tag, no_ack, _)) = target else {
         let queue = fetched.queue;
         // The consumer left (or the channel closed) while we fetched.
-        if let super::FetchedBody::Envelope(envelope) = fetched.body {
-            let item = Unacked::whole(queue, fetched.receipt, envelope);
+        if let Some(item) = Unacked::fetched(queue, fetched.receipt, fetched.body) {
             state.release(item, false).await?;
         }
         return Ok(None);

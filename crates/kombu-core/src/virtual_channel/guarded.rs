@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::backend::{Fetched, Receipt, StopWaiting, VirtualBackend};
+use super::StoredMessage;
 use crate::entity::{Exchange, Queue};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
@@ -170,6 +171,17 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
         )
         .await
     }
+    async fn put_message(&self, queue: &str, message: StoredMessage, priority: u8) -> Result<()> {
+        self.call(
+            "storing a message",
+            self.inner.put_message(queue, message, priority),
+        )
+        .await
+    }
+    async fn put_messages(&self, queue: &str, messages: Vec<(StoredMessage, u8)>) -> Result<()> {
+        self.call("storing messages", self.inner.put_messages(queue, messages))
+            .await
+    }
     async fn put_many(&self, queue: &str, messages: Vec<(Envelope, u8)>) -> Result<()> {
         self.call("storing messages", self.inner.put_many(queue, messages))
             .await
@@ -234,6 +246,18 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
         self.call(
             "returning a message",
             self.inner.requeue(queue, receipt, envelope),
+        )
+        .await
+    }
+    async fn requeue_message(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        message: StoredMessage,
+    ) -> Result<()> {
+        self.call(
+            "returning a message",
+            self.inner.requeue_message(queue, receipt, message),
         )
         .await
     }

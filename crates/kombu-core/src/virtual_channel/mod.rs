@@ -15,6 +15,7 @@ mod convert;
 mod factory;
 mod guarded;
 mod publish_many;
+mod stored;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +31,7 @@ pub use backend::{Fetched, FetchedBody, Receipt, StopWaiting, VirtualBackend};
 pub use factory::VirtualFactory;
 pub use guarded::DEFAULT_OPERATION_TIMEOUT;
 use guarded::{Guarded, Liveness};
+pub use stored::StoredMessage;
 
 use crate::entity::{Binding, Exchange, ExchangeType, Queue};
 use crate::envelope::Envelope;
@@ -38,10 +40,7 @@ use crate::message::{Delivery, RawMessage};
 use crate::routing::{route, QueueBinding};
 use crate::transport::{Capabilities, Channel, DeliveryStream, QueueInfo, Transport};
 use bytes::Bytes;
-use convert::{
-    from_envelope, from_envelope_with_body, new_delivery_tag, now_ms, priority_and_expiration,
-    published_ms, to_envelope, PUBLISHED_MS,
-};
+use convert::{from_envelope_with_body, now_ms, priority_and_expiration, published_ms};
 
 /// Options of the virtual channel, shared by every virtual transport.
 ///
@@ -210,34 +209,59 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
     }
 }
 
-/// A message delivered and not yet acked.
+/// A message reserved for this channel: delivered and not yet acked, or
+/// fetched for a consumer that left.
 struct Unacked {
     queue: String,
     receipt: Receipt,
-    /// The stored envelope; its body lives in `body` meanwhile (shared with
-    /// the delivery handed out, so it is not copied per message).
-    envelope: Envelope,
-    body: Bytes,
+    held: Held,
 }
 
-impl Unacked {
-    /// A reserved message whose envelope still holds its body.
-    fn whole(queue: String, receipt: Receipt, envelope: Envelope) -> Self {
-        Unacked {
-            queue,
-            receipt,
-            envelope,
-            body: Bytes::new(),
+/// A reserved message as its backend stored it.
+enum Held {
+    /// A kombu envelope (kept as read, so a requeue writes it back as it
+    /// was); its body lives in `body` meanwhile (shared with the delivery
+    /// handed out, so it is not copied per message).
+    Envelope { envelope: Envelope, body: Bytes },
+    /// A message an in-process backend keeps as the channel gave it.
+    Message(StoredMessage),
+}
+
+impl Held {
+    /// The message in either form, for dead-lettering.
+    fn into_stored(self) -> StoredMessage {
+        match self {
+            Held::Envelope { envelope, body } => {
+                StoredMessage::from_envelope(Held::whole_envelope(envelope, body))
+            }
+            Held::Message(message) => message,
         }
     }
 
-    /// The envelope as it was stored, body included.
-    fn into_envelope(self) -> (String, Receipt, Envelope) {
-        let mut envelope = self.envelope;
-        if !self.body.is_empty() {
-            envelope.body = Vec::from(self.body);
+    fn whole_envelope(mut envelope: Envelope, body: Bytes) -> Envelope {
+        if !body.is_empty() {
+            envelope.body = Vec::from(body);
         }
-        (self.queue, self.receipt, envelope)
+        envelope
+    }
+}
+
+impl Unacked {
+    /// A fetched message, as it came.
+    fn fetched(queue: String, receipt: Receipt, body: FetchedBody) -> Option<Self> {
+        let held = match body {
+            FetchedBody::Envelope(envelope) => Held::Envelope {
+                envelope,
+                body: Bytes::new(),
+            },
+            FetchedBody::Message(message) => Held::Message(message),
+            _ => return None,
+        };
+        Some(Unacked {
+            queue,
+            receipt,
+            held,
+        })
     }
 }
 
@@ -378,18 +402,18 @@ impl<B: VirtualBackend> State<B> {
         Ok(found)
     }
 
-    /// Route `envelope` through `exchange` and store a copy in each queue.
+    /// Route `message` through `exchange` and store a copy in each queue.
     async fn route_and_put(
         &self,
         exchange: &str,
         routing_key: &str,
-        envelope: Envelope,
+        message: StoredMessage,
         priority: u8,
         mandatory: bool,
     ) -> Result<()> {
         if exchange.is_empty() {
             // The default exchange routes to the queue named by the key.
-            return self.put_in_queue(routing_key, envelope, priority).await;
+            return self.put_in_queue(routing_key, message, priority).await;
         }
         let queues: Vec<String> = {
             let kind = self
@@ -401,36 +425,36 @@ impl<B: VirtualBackend> State<B> {
             if kind == ExchangeType::Fanout
                 && self
                     .backend
-                    .put_fanout(exchange, routing_key, &envelope)
+                    .put_fanout(exchange, routing_key, &message.to_envelope())
                     .await?
             {
                 return Ok(());
             }
             let bindings = self.backend.bindings(exchange).await?;
-            route(kind, &bindings, routing_key, &envelope.headers)
+            route(kind, &bindings, routing_key, message.headers())
                 .into_iter()
                 .map(str::to_owned)
                 .collect()
         };
         if queues.is_empty() {
             return self
-                .unroutable(exchange, routing_key, envelope, priority, mandatory)
+                .unroutable(exchange, routing_key, message, priority, mandatory)
                 .await;
         }
         let Some((last, others)) = queues.split_last() else {
             return Ok(());
         };
         for queue in others {
-            self.put_in_queue(queue, envelope.clone(), priority).await?;
+            self.put_in_queue(queue, message.clone(), priority).await?;
         }
-        self.put_in_queue(last, envelope, priority).await
+        self.put_in_queue(last, message, priority).await
     }
 
     async fn unroutable(
         &self,
         exchange: &str,
         routing_key: &str,
-        envelope: Envelope,
+        message: StoredMessage,
         priority: u8,
         mandatory: bool,
     ) -> Result<()> {
@@ -447,7 +471,7 @@ impl<B: VirtualBackend> State<B> {
         match &self.options.unroutable_queue {
             Some(queue) => {
                 tracing::warn!(exchange, routing_key, queue = %queue, "unroutable message kept");
-                self.backend.put_owned(queue, envelope, priority).await
+                self.backend.put_message(queue, message, priority).await
             }
             None => {
                 tracing::warn!(exchange, routing_key, "unroutable message dropped");
@@ -456,16 +480,18 @@ impl<B: VirtualBackend> State<B> {
         }
     }
 
-    async fn put_in_queue(&self, queue: &str, mut envelope: Envelope, priority: u8) -> Result<()> {
+    async fn put_in_queue(
+        &self,
+        queue: &str,
+        mut message: StoredMessage,
+        priority: u8,
+    ) -> Result<()> {
         let declaration = self.declaration(queue).await?;
         let queue_ttl = declaration.as_ref().and_then(|q| q.message_ttl);
-        let needs_time = queue_ttl.is_some() || envelope.properties.contains_key("expiration");
-        if needs_time && !envelope.properties.contains_key(PUBLISHED_MS) {
-            envelope
-                .properties
-                .insert(PUBLISHED_MS.into(), now_ms().into());
+        if queue_ttl.is_some() || message.has_expiration() {
+            message.stamp_published(now_ms());
         }
-        self.backend.put_owned(queue, envelope, priority).await?;
+        self.backend.put_message(queue, message, priority).await?;
         if let Some(max) = declaration.as_ref().and_then(|q| q.max_length) {
             self.enforce_max_length(queue, max).await?;
         }
@@ -479,29 +505,31 @@ impl<B: VirtualBackend> State<B> {
             let Some(fetched) = self.backend.fetch(&names, Duration::ZERO).await? else {
                 break;
             };
-            if let FetchedBody::Envelope(envelope) = &fetched.body {
-                self.dead_letter(queue, envelope.clone(), "maxlen").await?;
+            let Fetched { receipt, body, .. } = fetched;
+            if let Some(item) = Unacked::fetched(queue.to_owned(), receipt.clone(), body) {
+                self.dead_letter(queue, item.held.into_stored(), "maxlen")
+                    .await?;
             }
-            self.backend.ack(queue, &fetched.receipt).await?;
+            self.backend.ack(queue, &receipt).await?;
         }
         Ok(())
     }
 
-    /// Send `envelope` to `queue`'s dead-letter exchange, if it has one.
+    /// Send `message` to `queue`'s dead-letter exchange, if it has one.
     /// (Boxed: dead-lettering routes, and routing may dead-letter again.)
     fn dead_letter<'a>(
         &'a self,
         queue: &'a str,
-        envelope: Envelope,
+        message: StoredMessage,
         reason: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<()>> {
-        Box::pin(self.dead_letter_inner(queue, envelope, reason))
+        Box::pin(self.dead_letter_inner(queue, message, reason))
     }
 
     async fn dead_letter_inner(
         &self,
         queue: &str,
-        mut envelope: Envelope,
+        mut message: StoredMessage,
         reason: &str,
     ) -> Result<()> {
         let Some(declaration) = self.declaration(queue).await? else {
@@ -512,35 +540,40 @@ impl<B: VirtualBackend> State<B> {
             tracing::debug!(queue, reason, "message dropped (no dead-letter exchange)");
             return Ok(());
         };
-        let (_, info) = from_envelope(&envelope);
         let routing_key = declaration
             .dead_letter_routing_key
             .clone()
-            .unwrap_or_else(|| info.routing_key.clone());
+            .unwrap_or_else(|| message.routing_key().to_owned());
+        let (exchange, published_key) = (
+            message.exchange().to_owned(),
+            message.routing_key().to_owned(),
+        );
         add_x_death(
-            &mut envelope,
+            message.headers_mut(),
             queue,
             reason,
-            &info.exchange,
-            &info.routing_key,
+            &exchange,
+            &published_key,
         );
-        envelope.properties.shift_remove("expiration");
-        envelope.properties.shift_remove(PUBLISHED_MS);
-        set_delivery_info(&mut envelope, &dlx, &routing_key);
-        envelope
-            .properties
-            .insert("delivery_tag".into(), new_delivery_tag().into());
-        let (priority, _) = priority_and_expiration(&envelope);
+        message.clear_expiry();
+        message.set_destination(&dlx, &routing_key);
+        let priority = message.priority();
         tracing::debug!(queue, reason, exchange = %dlx, "message dead-lettered");
-        self.route_and_put(&dlx, &routing_key, envelope, priority, false)
+        self.route_and_put(&dlx, &routing_key, message, priority, false)
             .await
     }
 
-    fn expired(&self, envelope: &Envelope, declaration: Option<&Queue>) -> bool {
-        let Some(published) = published_ms(envelope) else {
+    /// True when a message published at `published` (ms) with
+    /// `message_ttl` has outlived it or its queue's TTL.
+    fn expired(
+        &self,
+        published: Option<u64>,
+        message_ttl: Option<Duration>,
+        declaration: Option<&Queue>,
+    ) -> bool {
+        let Some(published) = published else {
             return false;
         };
-        let (_, message_ttl) = priority_and_expiration(envelope);
         let queue_ttl = declaration.and_then(|q| q.message_ttl);
         let ttl = match (message_ttl, queue_ttl) {
             (Some(a), Some(b)) => a.min(b),
@@ -563,22 +596,33 @@ impl<B: VirtualBackend> State<B> {
             receipt,
             body,
         } = fetched;
-        let mut envelope = match body {
-            FetchedBody::Envelope(envelope) => envelope,
+        let declaration = self.declaration(&queue).await?;
+        let (message, mut info, held) = match body {
+            FetchedBody::Envelope(mut envelope) => {
+                let ttl = priority_and_expiration(&envelope).1;
+                if self.expired(published_ms(&envelope), ttl, declaration.as_deref()) {
+                    return self
+                        .drop_expired(&queue, &receipt, StoredMessage::from_envelope(envelope))
+                        .await;
+                }
+                let body = Bytes::from(std::mem::take(&mut envelope.body));
+                let (message, info) = from_envelope_with_body(&envelope, body.clone());
+                (message, info, Held::Envelope { envelope, body })
+            }
+            FetchedBody::Message(stored) => {
+                let ttl = stored.expiration();
+                if self.expired(stored.published_ms(), ttl, declaration.as_deref()) {
+                    return self.drop_expired(&queue, &receipt, stored).await;
+                }
+                let (message, info) = (stored.to_raw_message(), stored.delivery_info());
+                (message, info, Held::Message(stored))
+            }
             FetchedBody::Corrupt { raw, error } => {
                 self.reject_corrupt(&queue, &receipt, raw, &error).await?;
                 return Ok(Admitted::Corrupt(error));
             }
         };
-        let declaration = self.declaration(&queue).await?;
-        if self.expired(&envelope, declaration.as_deref()) {
-            self.dead_letter(&queue, envelope, "expired").await?;
-            self.backend.ack(&queue, &receipt).await?;
-            return Ok(Admitted::Skipped);
-        }
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let body = Bytes::from(std::mem::take(&mut envelope.body));
-        let (message, mut info) = from_envelope_with_body(&envelope, body.clone());
         info.consumer_tag = consumer_tag.map(str::to_owned);
         info.queue = Some(queue.clone());
         info.receipt = Some(receipt.clone());
@@ -590,14 +634,25 @@ impl<B: VirtualBackend> State<B> {
                 Unacked {
                     queue,
                     receipt,
-                    envelope,
-                    body,
+                    held,
                 },
             );
         }
         Ok(Admitted::Deliver(Box::new(Delivery::new(
             tag, message, info,
         ))))
+    }
+
+    /// An expired message: dead-lettered (or dropped), then forgotten.
+    async fn drop_expired(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        message: StoredMessage,
+    ) -> Result<Admitted> {
+        self.dead_letter(queue, message, "expired").await?;
+        self.backend.ack(queue, receipt).await?;
+        Ok(Admitted::Skipped)
     }
 
     async fn reject_corrupt(
@@ -610,7 +665,7 @@ impl<B: VirtualBackend> State<B> {
         tracing::warn!(queue, error = %error, "unreadable message rejected");
         let mut headers = Map::new();
         headers.insert("x-kombu-error".into(), error.to_string().into());
-        let mut wrapped = to_envelope(
+        let wrapped = StoredMessage::new(
             RawMessage {
                 body: raw.into(),
                 content_type: Some("application/data".into()),
@@ -620,20 +675,35 @@ impl<B: VirtualBackend> State<B> {
             },
             "",
             queue,
-            new_delivery_tag(),
         );
-        wrapped.properties.shift_remove("delivery_mode");
         self.dead_letter(queue, wrapped, "rejected").await?;
         self.backend.ack(queue, receipt).await
     }
 
     /// Put a reserved message back (redelivered unless it was never handed out).
     async fn release(&self, item: Unacked, redelivered: bool) -> Result<()> {
-        let (queue, receipt, mut envelope) = item.into_envelope();
-        if redelivered {
-            envelope.mark_redelivered();
+        let Unacked {
+            queue,
+            receipt,
+            held,
+        } = item;
+        match held {
+            Held::Envelope { envelope, body } => {
+                let mut envelope = Held::whole_envelope(envelope, body);
+                if redelivered {
+                    envelope.mark_redelivered();
+                }
+                self.backend.requeue(&queue, &receipt, &envelope).await
+            }
+            Held::Message(mut message) => {
+                if redelivered {
+                    message.mark_redelivered();
+                }
+                self.backend
+                    .requeue_message(&queue, &receipt, message)
+                    .await
+            }
         }
-        self.backend.requeue(&queue, &receipt, &envelope).await
     }
 
     async fn close(&self) -> Result<()> {
@@ -668,19 +738,15 @@ impl<B: VirtualBackend> State<B> {
     }
 }
 
-fn set_delivery_info(envelope: &mut Envelope, exchange: &str, routing_key: &str) {
-    let mut info = Map::new();
-    info.insert("exchange".into(), exchange.into());
-    info.insert("routing_key".into(), routing_key.into());
-    envelope
-        .properties
-        .insert("delivery_info".into(), Value::Object(info));
-}
-
 /// Record a dead-lettering in the `x-death` header, as RabbitMQ does.
-fn add_x_death(envelope: &mut Envelope, queue: &str, reason: &str, exchange: &str, rk: &str) {
-    let deaths = envelope
-        .headers
+fn add_x_death(
+    headers: &mut Map<String, Value>,
+    queue: &str,
+    reason: &str,
+    exchange: &str,
+    rk: &str,
+) {
+    let deaths = headers
         .entry("x-death")
         .or_insert_with(|| Value::Array(Vec::new()));
     if !deaths.is_array() {
@@ -704,12 +770,10 @@ fn add_x_death(envelope: &mut Envelope, queue: &str, reason: &str, exchange: &st
     entry.insert("exchange".into(), exchange.into());
     entry.insert("routing-keys".into(), Value::Array(vec![rk.into()]));
     list.insert(0, Value::Object(entry));
-    envelope
-        .headers
+    headers
         .entry("x-first-death-reason")
         .or_insert_with(|| reason.into());
-    envelope
-        .headers
+    headers
         .entry("x-first-death-queue")
         .or_insert_with(|| queue.into());
 }
@@ -821,9 +885,9 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
     ) -> Result<()> {
         self.state.ensure_open()?;
         let priority = message.properties.priority.unwrap_or(0);
-        let envelope = to_envelope(message, exchange, routing_key, new_delivery_tag());
+        let message = StoredMessage::new(message, exchange, routing_key);
         self.state
-            .route_and_put(exchange, routing_key, envelope, priority, mandatory)
+            .route_and_put(exchange, routing_key, message, priority, mandatory)
             .await
     }
 
@@ -840,16 +904,15 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                 .map(|_| Err(publish_many::copy_error(&err)))
                 .collect();
         }
-        let envelopes = messages
+        let messages = messages
             .into_iter()
             .map(|message| {
                 let priority = message.properties.priority.unwrap_or(0);
-                let envelope = to_envelope(message, exchange, routing_key, new_delivery_tag());
-                (envelope, priority)
+                (StoredMessage::new(message, exchange, routing_key), priority)
             })
             .collect();
         self.state
-            .route_and_put_many(exchange, routing_key, envelopes, mandatory)
+            .route_and_put_many(exchange, routing_key, messages, mandatory)
             .await
     }
 
@@ -944,10 +1007,23 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
             if requeue {
                 self.state.release(item, true).await?;
             } else {
-                let (queue, receipt, envelope) = item.into_envelope();
-                self.state
-                    .dead_letter(&queue, envelope.clone(), "rejected")
-                    .await?;
+                let Unacked {
+                    queue,
+                    receipt,
+                    held,
+                } = item;
+                // The backend gets the message as it stored it.
+                let (message, envelope) = match held {
+                    Held::Envelope { envelope, body } => {
+                        let envelope = Held::whole_envelope(envelope, body);
+                        (StoredMessage::from_envelope(envelope.clone()), envelope)
+                    }
+                    Held::Message(message) => {
+                        let envelope = message.to_envelope();
+                        (message, envelope)
+                    }
+                };
+                self.state.dead_letter(&queue, message, "rejected").await?;
                 self.state
                     .backend
                     .discard(&queue, &receipt, &envelope)

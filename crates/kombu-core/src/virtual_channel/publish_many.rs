@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 
-use super::{now_ms, State, VirtualBackend, PUBLISHED_MS};
+use super::{now_ms, State, StoredMessage, VirtualBackend};
 use crate::entity::ExchangeType;
-use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::routing::route;
 
@@ -14,22 +13,22 @@ pub(super) fn copy_error(error: &Error) -> Error {
     Error::new(error.kind(), error.message().to_owned())
 }
 
-/// The messages bound for one queue: (index in the batch, envelope, priority).
-type Share = Vec<(usize, Envelope, u8)>;
+/// The messages bound for one queue: (index in the batch, message, priority).
+type Share = Vec<(usize, StoredMessage, u8)>;
 
 impl<B: VirtualBackend> State<B> {
-    /// Route each envelope through `exchange` with `routing_key` and store
-    /// them, one `put_many` per queue; one result per envelope, in order.
+    /// Route each message through `exchange` with `routing_key` and store
+    /// them, one `put_messages` per queue; one result per message, in order.
     pub(super) async fn route_and_put_many(
         &self,
         exchange: &str,
         routing_key: &str,
-        envelopes: Vec<(Envelope, u8)>,
+        messages: Vec<(StoredMessage, u8)>,
         mandatory: bool,
     ) -> Vec<Result<()>> {
-        let mut results: Vec<Result<()>> = envelopes.iter().map(|_| Ok(())).collect();
+        let mut results: Vec<Result<()>> = messages.iter().map(|_| Ok(())).collect();
         let shares = match self
-            .share_out(exchange, routing_key, envelopes, mandatory, &mut results)
+            .share_out(exchange, routing_key, messages, mandatory, &mut results)
             .await
         {
             Ok(shares) => shares,
@@ -54,15 +53,15 @@ impl<B: VirtualBackend> State<B> {
         &self,
         exchange: &str,
         routing_key: &str,
-        envelopes: Vec<(Envelope, u8)>,
+        messages: Vec<(StoredMessage, u8)>,
         mandatory: bool,
         results: &mut [Result<()>],
     ) -> Result<Vec<(String, Share)>> {
         if exchange.is_empty() {
-            let share = envelopes
+            let share = messages
                 .into_iter()
                 .enumerate()
-                .map(|(index, (envelope, priority))| (index, envelope, priority))
+                .map(|(index, (message, priority))| (index, message, priority))
                 .collect();
             return Ok(vec![(routing_key.to_owned(), share)]);
         }
@@ -75,11 +74,11 @@ impl<B: VirtualBackend> State<B> {
         let bindings = self.backend.bindings(exchange).await?;
         let mut order: Vec<String> = Vec::new();
         let mut shares: HashMap<String, Share> = HashMap::new();
-        for (index, (envelope, priority)) in envelopes.into_iter().enumerate() {
+        for (index, (message, priority)) in messages.into_iter().enumerate() {
             if kind == ExchangeType::Fanout {
                 match self
                     .backend
-                    .put_fanout(exchange, routing_key, &envelope)
+                    .put_fanout(exchange, routing_key, &message.to_envelope())
                     .await
                 {
                     Ok(true) => continue,
@@ -90,10 +89,10 @@ impl<B: VirtualBackend> State<B> {
                     }
                 }
             }
-            let queues = route(kind, &bindings, routing_key, &envelope.headers);
+            let queues = route(kind, &bindings, routing_key, message.headers());
             if queues.is_empty() {
                 results[index] = self
-                    .unroutable(exchange, routing_key, envelope, priority, mandatory)
+                    .unroutable(exchange, routing_key, message, priority, mandatory)
                     .await;
                 continue;
             }
@@ -106,15 +105,16 @@ impl<B: VirtualBackend> State<B> {
                 }
             }
             for queue in others {
-                shares
-                    .entry((*queue).to_owned())
-                    .or_default()
-                    .push((index, envelope.clone(), priority));
+                shares.entry((*queue).to_owned()).or_default().push((
+                    index,
+                    message.clone(),
+                    priority,
+                ));
             }
             shares
                 .entry((*last).to_owned())
                 .or_default()
-                .push((index, envelope, priority));
+                .push((index, message, priority));
         }
         Ok(order
             .into_iter()
@@ -123,25 +123,21 @@ impl<B: VirtualBackend> State<B> {
     }
 
     /// Store one queue's share: the publish time where a TTL needs it,
-    /// then one `put_many`, then the queue's max length.
+    /// then one `put_messages`, then the queue's max length.
     async fn put_share(&self, queue: &str, share: Share) -> Result<()> {
         let declaration = self.declaration(queue).await?;
         let queue_ttl = declaration.as_ref().and_then(|q| q.message_ttl);
         let now = now_ms();
         let messages = share
             .into_iter()
-            .map(|(_, mut envelope, priority)| {
-                let needs_time =
-                    queue_ttl.is_some() || envelope.properties.contains_key("expiration");
-                if needs_time && !envelope.properties.contains_key(PUBLISHED_MS) {
-                    envelope
-                        .properties
-                        .insert(PUBLISHED_MS.into(), now.into());
+            .map(|(_, mut message, priority)| {
+                if queue_ttl.is_some() || message.has_expiration() {
+                    message.stamp_published(now);
                 }
-                (envelope, priority)
+                (message, priority)
             })
             .collect();
-        self.backend.put_many(queue, messages).await?;
+        self.backend.put_messages(queue, messages).await?;
         if let Some(max) = declaration.as_ref().and_then(|q| q.max_length) {
             self.enforce_max_length(queue, max).await?;
         }
