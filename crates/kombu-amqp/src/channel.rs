@@ -427,7 +427,7 @@ impl Channel for AmqpChannel {
                     if no_ack {
                         acks.note_unacked_delivery(d.delivery_tag);
                     }
-                    Ok(to_delivery(d, Some(&tag), &queue))
+                    Ok(Box::new(to_delivery(d, Some(&tag), &queue)))
                 }
                 Err(err) => Err(link.error(err, "receiving a delivery")),
             })

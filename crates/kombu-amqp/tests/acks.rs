@@ -64,7 +64,7 @@ async fn consume(
             .expect("a delivery within 10 s")
             .expect("the stream goes on")
             .unwrap();
-        got.push(next);
+        got.push(*next);
     }
     (stream, got)
 }

@@ -25,7 +25,7 @@ fn message(body: &str) -> RawMessage {
 }
 
 async fn next(stream: &mut kombu_core::DeliveryStream) -> kombu_core::Delivery {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
+    *tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .expect("a delivery in time")
         .expect("stream open")

@@ -49,7 +49,7 @@ const REQUEUED: u8 = 3;
 /// A received message: read it, decode it, then ack, reject or requeue it
 /// (once).
 pub struct Message {
-    delivery: Delivery,
+    delivery: Box<Delivery>,
     channel: Arc<dyn Channel>,
     decoder: Arc<Decoder>,
     no_ack: bool,
@@ -70,7 +70,7 @@ impl std::fmt::Debug for Message {
 
 impl Message {
     pub(crate) fn new(
-        delivery: Delivery,
+        delivery: Box<Delivery>,
         channel: Arc<dyn Channel>,
         decoder: Arc<Decoder>,
         no_ack: bool,
@@ -364,7 +364,7 @@ impl Streams {
         }
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery>>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Box<Delivery>>>> {
         match self {
             Streams::One(slot) => match slot {
                 Some(stream) => {

@@ -170,7 +170,10 @@ impl PublishOptions {
 /// ```
 pub struct Producer {
     connection: Connection,
-    channel: tokio::sync::Mutex<Option<(Arc<dyn Channel>, u64)>>,
+    /// The channel in use and the connection epoch it belongs to.
+    channel: std::sync::Mutex<Option<(Arc<dyn Channel>, u64)>>,
+    /// Held while a channel is being opened (one at a time).
+    opening: tokio::sync::Mutex<()>,
     exchange: Exchange,
     routing_key: String,
     serializer: Option<String>,
@@ -185,7 +188,8 @@ impl Producer {
     pub fn new(connection: &Connection) -> Self {
         Producer {
             connection: connection.clone(),
-            channel: tokio::sync::Mutex::new(None),
+            channel: std::sync::Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
             exchange: Exchange::default_exchange(),
             routing_key: String::new(),
             serializer: None,
@@ -248,14 +252,27 @@ impl Producer {
     }
 
     async fn channel_at(&self) -> Result<(Arc<dyn Channel>, u64)> {
-        let mut slot = self.channel.lock().await;
-        if let Some((channel, epoch)) = slot.as_ref() {
-            if channel.is_open() && *epoch == self.connection.epoch() {
-                return Ok((channel.clone(), *epoch));
-            }
+        if let Some(open) = self.open_channel() {
+            return Ok(open);
+        }
+        // Boxed: opening is rare, and a publish future is moved on every await.
+        Box::pin(self.open_new_channel()).await
+    }
+
+    /// The channel in use, if it is open on the current connection.
+    fn open_channel(&self) -> Option<(Arc<dyn Channel>, u64)> {
+        let slot = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        let (channel, epoch) = slot.as_ref()?;
+        (channel.is_open() && *epoch == self.connection.epoch()).then(|| (channel.clone(), *epoch))
+    }
+
+    async fn open_new_channel(&self) -> Result<(Arc<dyn Channel>, u64)> {
+        let _opening = self.opening.lock().await;
+        if let Some(open) = self.open_channel() {
+            return Ok(open);
         }
         let fresh = self.connection.channel_at().await?;
-        *slot = Some(fresh.clone());
+        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
         Ok(fresh)
     }
 
@@ -267,7 +284,7 @@ impl Producer {
     /// confirmations from the broker a retried message can arrive twice.
     pub async fn publish(&self, body: impl Into<Payload>, options: PublishOptions) -> Result<()> {
         let message = self.prepare(&body.into(), &options)?;
-        self.publish_raw(message, options).await
+        self.send(message, &options).await
     }
 
     /// Publish many bodies with the same options, in batches of
@@ -311,15 +328,13 @@ impl Producer {
         }
         let bodies: Vec<Payload> = bodies.into_iter().map(Into::into).collect();
         let options = &options;
-        // Two batches under way: the next is prepared and sent while the
-        // last one's answers come back.
-        let batches: Vec<Vec<Result<()>>> =
-            futures::stream::iter(bodies.chunks(PUBLISH_MANY_WINDOW))
-                .map(|batch| self.publish_batch(batch, options))
-                .buffered(2)
-                .collect()
-                .await;
-        batches.into_iter().flatten().collect()
+        // One batch after the other, so that messages are stored in the
+        // order given.
+        let mut results = Vec::with_capacity(bodies.len());
+        for batch in bodies.chunks(PUBLISH_MANY_WINDOW) {
+            results.extend(self.publish_batch(batch, options).await);
+        }
+        results
     }
 
     /// One batch of [`publish_many`](Self::publish_many): prepared, then
@@ -383,6 +398,11 @@ impl Producer {
         Ok(sent)
     }
 
+    /// True when [`declare_for`](Self::declare_for) has anything to do.
+    fn declares(&self, exchange: &Exchange, options: &PublishOptions) -> bool {
+        !options.declare.is_empty() || (self.auto_declare && !exchange.is_default())
+    }
+
     /// The queues `options` declares and, unless auto-declaring is off,
     /// the exchange.
     async fn declare_for(
@@ -402,24 +422,36 @@ impl Producer {
 
     /// Publish an already serialized message.
     pub async fn publish_raw(&self, message: RawMessage, options: PublishOptions) -> Result<()> {
+        self.send(message, &options).await
+    }
+
+    /// Publish a prepared message once, or with retries when `options`
+    /// asks for them.
+    async fn send(&self, message: RawMessage, options: &PublishOptions) -> Result<()> {
         if !options.retry {
-            return self.publish_once(message, &options).await;
+            return self.publish_once(message, options).await;
         }
         let policy = options
             .retry_policy
             .clone()
             .unwrap_or_else(RetryPolicy::for_publish);
-        self.connection
-            .ensure(&policy, || self.publish_once(message.clone(), &options))
-            .await
+        // Boxed: the retrying future is large, and most publishes do not
+        // retry (a publish future is moved on every await).
+        Box::pin(
+            self.connection
+                .ensure(&policy, || self.publish_once(message.clone(), options)),
+        )
+        .await
     }
 
     async fn publish_once(&self, message: RawMessage, options: &PublishOptions) -> Result<()> {
         let (channel, epoch) = self.channel_at().await?;
         let result = async {
             let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
-            self.declare_for(channel.as_ref(), exchange, options)
-                .await?;
+            if self.declares(exchange, options) {
+                // Boxed: declaring is rare after the first publish.
+                Box::pin(self.declare_for(channel.as_ref(), exchange, options)).await?;
+            }
             let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
             channel
                 .basic_publish(message, &exchange.name, routing_key, options.mandatory)
@@ -438,6 +470,14 @@ impl Producer {
     /// headers and properties.
     pub fn prepare(&self, body: &Payload, options: &PublishOptions) -> Result<RawMessage> {
         let serializer = options.serializer.as_deref().or(self.serializer.as_deref());
+        let compression = options
+            .compression
+            .as_deref()
+            .or(self.compression.as_deref());
+        if let (Payload::Bytes(bytes), None | Some("raw"), None) = (body, serializer, compression) {
+            // Raw bytes go as they are: shared, not copied.
+            return Ok(Self::raw_message(bytes.clone(), options));
+        }
         let serializers = &self.serializers;
         let (mut bytes, mut content_type, mut content_encoding) =
             serializers.encode_payload(body, serializer)?;
@@ -449,11 +489,7 @@ impl Producer {
                 .unwrap_or_else(|| "binary".into());
         }
         let mut headers = options.headers.clone();
-        if let Some(name) = options
-            .compression
-            .as_deref()
-            .or(self.compression.as_deref())
-        {
+        if let Some(name) = compression {
             let compressor = self.compressors.by_name(name).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidOption,
@@ -474,5 +510,35 @@ impl Producer {
             headers,
             properties,
         })
+    }
+
+    /// [`prepare`](Self::prepare) of raw bytes, neither serialized nor
+    /// compressed: `application/data`, `binary` (or the content type the
+    /// options give).
+    fn raw_message(body: bytes::Bytes, options: &PublishOptions) -> RawMessage {
+        let (content_type, content_encoding) = match &options.content_type {
+            Some(ct) => (
+                ct.clone(),
+                options
+                    .content_encoding
+                    .clone()
+                    .unwrap_or_else(|| "binary".into()),
+            ),
+            None => (
+                crate::serialization::CONTENT_TYPE_DATA.to_owned(),
+                "binary".to_owned(),
+            ),
+        };
+        let mut properties = options.properties.clone();
+        properties
+            .delivery_mode
+            .get_or_insert(DeliveryMode::Persistent);
+        RawMessage {
+            body,
+            content_type: Some(content_type),
+            content_encoding: Some(content_encoding),
+            headers: options.headers.clone(),
+            properties,
+        }
     }
 }

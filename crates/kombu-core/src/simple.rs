@@ -123,7 +123,15 @@ impl SimpleQueue {
         Ok(channel
             .basic_get(&self.queue.name, self.no_ack)
             .await?
-            .map(|d| Message::new(d, channel.clone(), self.decoder.clone(), self.no_ack, epoch)))
+            .map(|d| {
+                Message::new(
+                    Box::new(d),
+                    channel.clone(),
+                    self.decoder.clone(),
+                    self.no_ack,
+                    epoch,
+                )
+            }))
     }
 
     /// Take a message, waiting up to `timeout` (forever with `None`);

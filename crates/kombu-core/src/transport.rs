@@ -190,8 +190,9 @@ impl QueueInfo {
 /// The messages of one consumer, as a stream. An `Err` item reports a
 /// problem (a message that could not be read, a lost connection) without
 /// ending the stream; the stream ends when the consumer is cancelled or the
-/// channel closes.
-pub type DeliveryStream = BoxStream<'static, Result<Delivery>>;
+/// channel closes. Deliveries come boxed: they are handed along (to a
+/// [`Message`](crate::Message)) without being copied.
+pub type DeliveryStream = BoxStream<'static, Result<Box<Delivery>>>;
 
 /// The AMQP-shaped surface every transport offers (kombu's channel).
 ///

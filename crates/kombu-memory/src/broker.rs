@@ -38,7 +38,6 @@ struct State {
     queues: HashMap<String, MemoryQueue>,
     exchanges: HashMap<String, Exchange>,
     bindings: HashMap<String, Vec<QueueBinding>>,
-    next_receipt: u64,
 }
 
 /// One in-process broker, shared by every connection with the same name.
@@ -153,16 +152,13 @@ impl MemoryBroker {
             let Some(queue) = state.queues.get_mut(name) else {
                 continue;
             };
+            out.reserve(max.min(queue.len()));
             while out.len() < max {
                 let Some(message) = queue.pop() else {
                     break;
                 };
-                state.next_receipt += 1;
-                out.push(Fetched::message(
-                    name.clone(),
-                    state.next_receipt.to_string(),
-                    message,
-                ));
+                // No receipt: acks are the channel's own (acks_are_local).
+                out.push(Fetched::message(name.clone(), String::new(), message));
             }
             if !out.is_empty() {
                 return;

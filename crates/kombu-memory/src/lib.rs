@@ -154,6 +154,11 @@ impl VirtualBackend for MemoryBackend {
         1
     }
 
+    fn acks_are_local(&self) -> bool {
+        // A fetched message lives only in the channel that took it.
+        true
+    }
+
     async fn requeue(&self, queue: &str, _receipt: &Receipt, envelope: &Envelope) -> Result<()> {
         let message = StoredMessage::from_envelope(envelope.clone());
         let priority = message.priority();

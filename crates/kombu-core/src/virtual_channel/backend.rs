@@ -279,6 +279,14 @@ pub trait VirtualBackend: Send + Sync + 'static {
                 .await;
         sent.into_iter().find(Result::is_err).unwrap_or(Ok(()))
     }
+    /// True when a fetched message lives only in the channel that took it
+    /// (an in-process store, which forgets a message when it hands it
+    /// out; the channel puts it back on requeue or close): an ack then has
+    /// nothing to tell the backend, and the channel makes no
+    /// [`ack`](Self::ack) call. By default false.
+    fn acks_are_local(&self) -> bool {
+        false
+    }
     /// Most acks the channel coalesces into one
     /// [`ack_many`](Self::ack_many) (it also flushes within about a
     /// millisecond). 1 sends each ack as it is made (a backend whose ack

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use super::{Admitted, Fetched, FetchedBody, State, Unacked, VirtualBackend};
+use super::admit::{Admitted, Prepared};
+use super::{Fetched, FetchedBody, State, Unacked, VirtualBackend};
 use crate::error::Result;
 use crate::message::Delivery;
 
@@ -197,37 +198,94 @@ async fn deliver_batch<B: VirtualBackend>(
     batch: Vec<Fetched>,
 ) -> Result<()> {
     let mut first_error = None;
-    // The consumer of the previous message's queue (a batch usually comes
-    // from one queue): looked up once, not per message; what it gets is
-    // handed over in one send (one wake-up of the consumer per batch).
-    let mut consumer: Option<(String, Option<Target>)> = None;
-    let mut outbox: Vec<Result<Delivery>> = Vec::new();
+    // The consumer of the previous message's queue and that queue's
+    // declaration (a batch usually comes from one queue): looked up once,
+    // not per message. Messages that need nothing awaited are readied in
+    // a row and handed out together (one lock, one send, one wake-up of
+    // the consumer); the others go the slow way, in their turn.
+    let mut group: Option<Group> = None;
+    let mut ready: Vec<Prepared> = Vec::with_capacity(batch.len());
+    let mut outbox: Batch = Vec::with_capacity(batch.len());
     for fetched in batch {
-        if !matches!(&consumer, Some((queue, _)) if *queue == fetched.queue) {
-            if let Some((_, Some(target))) = &consumer {
-                hand_over(state, &target.2, std::mem::take(&mut outbox)).await?;
+        if !matches!(&group, Some(g) if g.queue == fetched.queue) {
+            if let Some(g) = &group {
+                g.flush(state, &mut ready, &mut outbox);
+                if let Some(target) = &g.target {
+                    hand_over(state, &target.2, std::mem::take(&mut outbox)).await?;
+                }
             }
-            consumer = Some((fetched.queue.clone(), consumer_of(state, &fetched.queue)));
+            group = Some(Group {
+                queue: fetched.queue.clone(),
+                target: consumer_of(state, &fetched.queue),
+                declaration: state.known_declaration(&fetched.queue),
+            });
         }
-        let target = consumer.as_ref().and_then(|(_, target)| target.as_ref());
+        let g = group.as_mut().expect("set above");
+        let fetched = match (&g.target, &g.declaration) {
+            (Some((_, false, _)), Some(declaration)) => {
+                match state.prepare(fetched, declaration.as_deref()) {
+                    Ok(prepared) => {
+                        ready.push(prepared);
+                        continue;
+                    }
+                    Err(fetched) => fetched,
+                }
+            }
+            _ => fetched,
+        };
+        // The slow way; what was readied before it goes first.
+        g.flush(state, &mut ready, &mut outbox);
         // Admit every message of the batch even if one fails, so none
         // stays reserved without an owner.
-        match admit(state, fetched, target).await {
+        match admit(state, fetched, g.target.as_ref()).await {
             Ok(Some(item)) => outbox.push(item),
             Ok(None) => {}
             Err(err) => {
                 first_error.get_or_insert(err);
             }
         }
+        g.declaration = state.known_declaration(&g.queue);
     }
-    if let Some((_, Some(target))) = &consumer {
-        hand_over(state, &target.2, outbox).await?;
+    if let Some(g) = &group {
+        g.flush(state, &mut ready, &mut outbox);
+        if let Some(target) = &g.target {
+            hand_over(state, &target.2, outbox).await?;
+        }
     }
     first_error.map_or(Ok(()), Err)
 }
 
+/// The messages of one queue in a fetched batch: who gets them and the
+/// queue's declaration, if at hand.
+struct Group {
+    queue: String,
+    target: Option<Target>,
+    declaration: Option<Option<Arc<crate::entity::Queue>>>,
+}
+
+impl Group {
+    /// Hand out what is readied (tags given, held as unacked) into `outbox`.
+    fn flush<B: VirtualBackend>(
+        &self,
+        state: &State<B>,
+        ready: &mut Vec<Prepared>,
+        outbox: &mut Batch,
+    ) {
+        if ready.is_empty() {
+            return;
+        }
+        let tag = self.target.as_ref().map(|(tag, _, _)| tag.as_str());
+        outbox.extend(
+            state
+                .hand_out(std::mem::take(ready), tag, false)
+                .into_iter()
+                .map(Ok),
+        );
+    }
+}
+
 /// What goes to a consumer in one send: the deliveries of one fetch.
-pub(super) type Batch = Vec<Result<Delivery>>;
+pub(super) type Batch = Vec<Result<Box<Delivery>>>;
 
 /// The consumer a message goes to: its tag, no_ack and sender.
 type Target = (String, bool, tokio::sync::mpsc::Sender<Batch>);
@@ -247,7 +305,7 @@ async fn admit<B: VirtualBackend>(
     state: &Arc<State<B>>,
     fetched: super::Fetched,
     target: Option<&Target>,
-) -> Result<Option<Result<Delivery>>> {
+) -> Result<Option<Result<Box<Delivery>>>> {
     let Some((tag, no_ack, _)) = target else {
         let queue = fetched.queue;
         // The consumer left (or the channel closed) while we fetched.
@@ -257,7 +315,7 @@ async fn admit<B: VirtualBackend>(
         return Ok(None);
     };
     Ok(match state.admit(fetched, *no_ack, Some(tag)).await? {
-        Admitted::Deliver(delivery) => Some(Ok(*delivery)),
+        Admitted::Deliver(delivery) => Some(Ok(delivery)),
         Admitted::Skipped => None,
         Admitted::Corrupt(error) => Some(Err(error)),
     })
@@ -283,7 +341,7 @@ async fn hand_over<B: VirtualBackend>(
             .0
             .into_iter()
             .filter_map(|d| d.ok())
-            .filter_map(|d| inner.unacked.remove(&d.delivery_tag))
+            .filter_map(|d| inner.unacked.remove(d.delivery_tag))
             .collect()
     };
     let mut first_error = None;

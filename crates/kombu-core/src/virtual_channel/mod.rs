@@ -9,6 +9,7 @@
 //! with the `unroutable_queue` option, kept in that queue.
 
 mod acks;
+mod admit;
 mod backend;
 mod consume;
 mod convert;
@@ -16,8 +17,9 @@ mod factory;
 mod guarded;
 mod publish_many;
 mod stored;
+mod unacked;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -27,6 +29,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 
 use acks::AckBatcher;
+use admit::Admitted;
 pub use backend::{Fetched, FetchedBody, Receipt, StopWaiting, VirtualBackend};
 pub use factory::VirtualFactory;
 pub use guarded::DEFAULT_OPERATION_TIMEOUT;
@@ -34,13 +37,12 @@ use guarded::{Guarded, Liveness};
 pub use stored::StoredMessage;
 
 use crate::entity::{Binding, Exchange, ExchangeType, Queue};
-use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Delivery, RawMessage};
 use crate::routing::{route, QueueBinding};
 use crate::transport::{Capabilities, Channel, DeliveryStream, QueueInfo, Transport};
-use bytes::Bytes;
-use convert::{from_envelope_with_body, now_ms, priority_and_expiration, published_ms};
+use convert::now_ms;
+use unacked::{Held, Unacked, UnackedTable};
 
 /// Options of the virtual channel, shared by every virtual transport.
 ///
@@ -209,62 +211,6 @@ impl<B: VirtualBackend> Transport for VirtualTransport<B> {
     }
 }
 
-/// A message reserved for this channel: delivered and not yet acked, or
-/// fetched for a consumer that left.
-struct Unacked {
-    queue: String,
-    receipt: Receipt,
-    held: Held,
-}
-
-/// A reserved message as its backend stored it.
-enum Held {
-    /// A kombu envelope (kept as read, so a requeue writes it back as it
-    /// was); its body lives in `body` meanwhile (shared with the delivery
-    /// handed out, so it is not copied per message).
-    Envelope { envelope: Envelope, body: Bytes },
-    /// A message an in-process backend keeps as the channel gave it.
-    Message(StoredMessage),
-}
-
-impl Held {
-    /// The message in either form, for dead-lettering.
-    fn into_stored(self) -> StoredMessage {
-        match self {
-            Held::Envelope { envelope, body } => {
-                StoredMessage::from_envelope(Held::whole_envelope(envelope, body))
-            }
-            Held::Message(message) => message,
-        }
-    }
-
-    fn whole_envelope(mut envelope: Envelope, body: Bytes) -> Envelope {
-        if !body.is_empty() {
-            envelope.body = Vec::from(body);
-        }
-        envelope
-    }
-}
-
-impl Unacked {
-    /// A fetched message, as it came.
-    fn fetched(queue: String, receipt: Receipt, body: FetchedBody) -> Option<Self> {
-        let held = match body {
-            FetchedBody::Envelope(envelope) => Held::Envelope {
-                envelope,
-                body: Bytes::new(),
-            },
-            FetchedBody::Message(message) => Held::Message(message),
-            _ => return None,
-        };
-        Some(Unacked {
-            queue,
-            receipt,
-            held,
-        })
-    }
-}
-
 /// A registered consumer.
 struct ConsumerEntry {
     tag: String,
@@ -275,7 +221,9 @@ struct ConsumerEntry {
 
 #[derive(Default)]
 struct Inner {
-    unacked: BTreeMap<u64, Unacked>,
+    unacked: UnackedTable,
+    /// The next delivery tag (tags start at 1).
+    next_tag: u64,
     prefetch: u16,
     consumers: Vec<ConsumerEntry>,
     poller_running: bool,
@@ -292,7 +240,6 @@ pub(crate) struct State<B: VirtualBackend> {
     options: VirtualOptions,
     acks: Arc<AckBatcher<B>>,
     inner: Mutex<Inner>,
-    next_tag: AtomicU64,
     /// Woken when an ack, a reject or a QoS change frees prefetch room, or
     /// when consumers change.
     wake_poller: Arc<Notify>,
@@ -300,16 +247,6 @@ pub(crate) struct State<B: VirtualBackend> {
     stop_waiting: Arc<StopWaiting>,
     closed: AtomicBool,
     unroutable: Arc<AtomicU64>,
-}
-
-/// How a fetched message was admitted.
-enum Admitted {
-    /// Hand it to the caller.
-    Deliver(Box<Delivery>),
-    /// Expired (dead-lettered or dropped): nothing to hand out.
-    Skipped,
-    /// Unreadable: rejected, and this says why.
-    Corrupt(Error),
 }
 
 /// The [`Channel`] of every virtual transport.
@@ -335,8 +272,10 @@ impl<B: VirtualBackend> VirtualChannel<B> {
                 backend,
                 options,
                 acks,
-                inner: Mutex::new(Inner::default()),
-                next_tag: AtomicU64::new(1),
+                inner: Mutex::new(Inner {
+                    next_tag: 1,
+                    ..Inner::default()
+                }),
                 wake_poller: Arc::new(Notify::new()),
                 stop_waiting: Arc::new(StopWaiting::default()),
                 closed: AtomicBool::new(false),
@@ -437,8 +376,8 @@ impl<B: VirtualBackend> State<B> {
                 .collect()
         };
         if queues.is_empty() {
-            return self
-                .unroutable(exchange, routing_key, message, priority, mandatory)
+            // Boxed (as below): rare paths stay out of every publish's future.
+            return Box::pin(self.unroutable(exchange, routing_key, message, priority, mandatory))
                 .await;
         }
         let Some((last, others)) = queues.split_last() else {
@@ -493,7 +432,7 @@ impl<B: VirtualBackend> State<B> {
         }
         self.backend.put_message(queue, message, priority).await?;
         if let Some(max) = declaration.as_ref().and_then(|q| q.max_length) {
-            self.enforce_max_length(queue, max).await?;
+            Box::pin(self.enforce_max_length(queue, max)).await?;
         }
         Ok(())
     }
@@ -583,103 +522,6 @@ impl<B: VirtualBackend> State<B> {
         now_ms() >= published.saturating_add(ttl.as_millis() as u64)
     }
 
-    /// Turn a fetched message into a delivery (or skip it when expired,
-    /// or reject it when unreadable).
-    async fn admit(
-        &self,
-        fetched: Fetched,
-        no_ack: bool,
-        consumer_tag: Option<&str>,
-    ) -> Result<Admitted> {
-        let Fetched {
-            queue,
-            receipt,
-            body,
-        } = fetched;
-        let declaration = self.declaration(&queue).await?;
-        let (message, mut info, held) = match body {
-            FetchedBody::Envelope(mut envelope) => {
-                let ttl = priority_and_expiration(&envelope).1;
-                if self.expired(published_ms(&envelope), ttl, declaration.as_deref()) {
-                    return self
-                        .drop_expired(&queue, &receipt, StoredMessage::from_envelope(envelope))
-                        .await;
-                }
-                let body = Bytes::from(std::mem::take(&mut envelope.body));
-                let (message, info) = from_envelope_with_body(&envelope, body.clone());
-                (message, info, Held::Envelope { envelope, body })
-            }
-            FetchedBody::Message(stored) => {
-                let ttl = stored.expiration();
-                if self.expired(stored.published_ms(), ttl, declaration.as_deref()) {
-                    return self.drop_expired(&queue, &receipt, stored).await;
-                }
-                let (message, info) = (stored.to_raw_message(), stored.delivery_info());
-                (message, info, Held::Message(stored))
-            }
-            FetchedBody::Corrupt { raw, error } => {
-                self.reject_corrupt(&queue, &receipt, raw, &error).await?;
-                return Ok(Admitted::Corrupt(error));
-            }
-        };
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        info.consumer_tag = consumer_tag.map(str::to_owned);
-        info.queue = Some(queue.clone());
-        info.receipt = Some(receipt.clone());
-        if no_ack {
-            self.backend.ack(&queue, &receipt).await?;
-        } else {
-            self.lock().unacked.insert(
-                tag,
-                Unacked {
-                    queue,
-                    receipt,
-                    held,
-                },
-            );
-        }
-        Ok(Admitted::Deliver(Box::new(Delivery::new(
-            tag, message, info,
-        ))))
-    }
-
-    /// An expired message: dead-lettered (or dropped), then forgotten.
-    async fn drop_expired(
-        &self,
-        queue: &str,
-        receipt: &Receipt,
-        message: StoredMessage,
-    ) -> Result<Admitted> {
-        self.dead_letter(queue, message, "expired").await?;
-        self.backend.ack(queue, receipt).await?;
-        Ok(Admitted::Skipped)
-    }
-
-    async fn reject_corrupt(
-        &self,
-        queue: &str,
-        receipt: &Receipt,
-        raw: Vec<u8>,
-        error: &Error,
-    ) -> Result<()> {
-        tracing::warn!(queue, error = %error, "unreadable message rejected");
-        let mut headers = Map::new();
-        headers.insert("x-kombu-error".into(), error.to_string().into());
-        let wrapped = StoredMessage::new(
-            RawMessage {
-                body: raw.into(),
-                content_type: Some("application/data".into()),
-                content_encoding: Some("binary".into()),
-                headers,
-                properties: Default::default(),
-            },
-            "",
-            queue,
-        );
-        self.dead_letter(queue, wrapped, "rejected").await?;
-        self.backend.ack(queue, receipt).await
-    }
-
     /// Put a reserved message back (redelivered unless it was never handed out).
     async fn release(&self, item: Unacked, redelivered: bool) -> Result<()> {
         let Unacked {
@@ -720,7 +562,7 @@ impl<B: VirtualBackend> State<B> {
         while self.lock().poller_running && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let unacked = std::mem::take(&mut self.lock().unacked);
+        let unacked = self.lock().unacked.take_all();
         let mut first_error = None;
         // The acks made on it (queued with the other channels' of the
         // connection) go out now.
@@ -728,7 +570,7 @@ impl<B: VirtualBackend> State<B> {
             tracing::warn!(error = %err, "closing: acks could not be sent; those messages will be delivered again");
             first_error.get_or_insert(err);
         }
-        for (_, item) in unacked {
+        for item in unacked {
             if let Err(err) = self.release(item, true).await {
                 tracing::warn!(error = %err, "could not return an unacked message");
                 first_error.get_or_insert(err);
@@ -985,16 +827,29 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
 
     async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
         self.state.ensure_open()?;
+        let local = self.state.backend.acks_are_local();
+        if !multiple {
+            let (item, batch) = {
+                let mut inner = self.state.lock();
+                let item = take_one_unacked(&mut inner, delivery_tag)?;
+                (item, self.state.acks.batch_for(inner.prefetch))
+            };
+            self.state.wake_poller.notify_one();
+            if local {
+                return Ok(());
+            }
+            let ack = std::iter::once((item.queue, item.receipt));
+            return self.state.acks.ack(ack, batch).await;
+        }
         let (items, batch) = {
             let mut inner = self.state.lock();
-            let items = if multiple {
-                take_unacked(&mut inner, delivery_tag, multiple)?
-            } else {
-                vec![take_one_unacked(&mut inner, delivery_tag)?]
-            };
+            let items = take_unacked(&mut inner, delivery_tag, multiple)?;
             (items, self.state.acks.batch_for(inner.prefetch))
         };
         self.state.wake_poller.notify_one();
+        if local {
+            return Ok(());
+        }
         let acks = items.into_iter().map(|item| (item.queue, item.receipt));
         self.state.acks.ack(acks, batch).await
     }
@@ -1058,20 +913,17 @@ fn unknown_tag(delivery_tag: u64) -> Error {
 fn take_one_unacked(inner: &mut Inner, delivery_tag: u64) -> Result<Unacked> {
     inner
         .unacked
-        .remove(&delivery_tag)
+        .remove(delivery_tag)
         .ok_or_else(|| unknown_tag(delivery_tag))
 }
 
 fn take_unacked(inner: &mut Inner, delivery_tag: u64, multiple: bool) -> Result<Vec<Unacked>> {
-    if !inner.unacked.contains_key(&delivery_tag) {
+    if !inner.unacked.contains(delivery_tag) {
         return Err(unknown_tag(delivery_tag));
     }
     if multiple {
-        let rest = inner.unacked.split_off(&(delivery_tag + 1));
-        Ok(std::mem::replace(&mut inner.unacked, rest)
-            .into_values()
-            .collect())
+        Ok(inner.unacked.remove_up_to(delivery_tag))
     } else {
-        Ok(inner.unacked.remove(&delivery_tag).into_iter().collect())
+        Ok(inner.unacked.remove(delivery_tag).into_iter().collect())
     }
 }

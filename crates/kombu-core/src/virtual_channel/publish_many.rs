@@ -139,7 +139,7 @@ impl<B: VirtualBackend> State<B> {
             .collect();
         self.backend.put_messages(queue, messages).await?;
         if let Some(max) = declaration.as_ref().and_then(|q| q.max_length) {
-            self.enforce_max_length(queue, max).await?;
+            Box::pin(self.enforce_max_length(queue, max)).await?;
         }
         Ok(())
     }
