@@ -13,10 +13,12 @@ use tokio::sync::Notify;
 
 use crate::chunks;
 use crate::pool::{Pool, Server};
-use crate::protocol::{check_tube_name, PeekState};
+use crate::protocol::{check_tube_name, Conn, PeekState, PutJob};
 use crate::reserver::Reserver;
 use crate::settings::Settings;
 use crate::table::{BindingEntry, ExchangeEntry, TableStore};
+
+mod batch;
 
 /// Header set on every delivered message: the beanstalk job id (for
 /// [`BeanstalkBackend::touch`], `kick-job`, `stats-job`).
@@ -334,6 +336,36 @@ impl BeanstalkBackend {
     }
 }
 
+impl BeanstalkBackend {
+    /// The beanstalk priority, delay and ttr of a message.
+    fn job_params(&self, envelope: &Envelope, priority: u8) -> (u32, u32, u32) {
+        let pri = self.settings.priority.to_beanstalk(priority);
+        let delay = delay_seconds(envelope);
+        let ttr = envelope
+            .properties
+            .get("ttr")
+            .and_then(Value::as_u64)
+            .map_or(self.settings.ttr, |t| {
+                t.clamp(1, u64::from(u32::MAX)) as u32
+            });
+        (pri, delay, ttr)
+    }
+
+    /// Put one job into `queue` through `conn`, in chunks when it is
+    /// larger than the server's `max-job-size`.
+    async fn put_one(&self, conn: &mut Conn, queue: &str, job: PutJob<'_>) -> Result<()> {
+        let stored = chunks::store(conn, job.body, self.max_job_size).await?;
+        if let Err(err) = conn
+            .put_in(queue, job.pri, job.delay, job.ttr, &stored)
+            .await
+        {
+            chunks::discard(conn, &stored).await;
+            return Err(err);
+        }
+        Ok(())
+    }
+}
+
 /// The beanstalk job id of a delivered message (its [`JOB_ID_HEADER`]).
 ///
 /// ```
@@ -445,32 +477,32 @@ impl VirtualBackend for BeanstalkBackend {
     async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
         self.ensure_open()?;
         check_queue(queue)?;
-        let pri = self.settings.priority.to_beanstalk(priority);
-        let delay = delay_seconds(envelope);
-        let ttr = envelope
-            .properties
-            .get("ttr")
-            .and_then(Value::as_u64)
-            .map_or(self.settings.ttr, |t| {
-                t.clamp(1, u64::from(u32::MAX)) as u32
-            });
-        let mut clean;
-        let envelope = if envelope.headers.contains_key(JOB_ID_HEADER) {
-            clean = envelope.clone();
+        let (pri, delay, ttr) = self.job_params(envelope, priority);
+        let body = if envelope.headers.contains_key(JOB_ID_HEADER) {
+            let mut clean = envelope.clone();
             clean.headers.shift_remove(JOB_ID_HEADER);
-            &clean
+            clean.to_json()
         } else {
-            envelope
+            envelope.to_json()
         };
-        let body = envelope.to_json();
         let mut taken = self.pool.get().await?;
-        let conn = taken.conn();
-        let stored = chunks::store(conn, &body, self.max_job_size).await?;
-        if let Err(err) = conn.put_in(queue, pri, delay, ttr, &stored).await {
-            chunks::discard(conn, &stored).await;
-            return Err(err);
-        }
-        Ok(())
+        let job = PutJob {
+            pri,
+            delay,
+            ttr,
+            body: &body,
+        };
+        self.put_one(taken.conn(), queue, job).await
+    }
+
+    /// Pipelined puts on one connection (the `batch` module): one round
+    /// trip for up to 256 messages; a message that needs chunks goes
+    /// alone, in its turn. Any job not stored is an error (the others stay
+    /// stored).
+    async fn put_many(&self, queue: &str, messages: Vec<(Envelope, u8)>) -> Result<()> {
+        self.ensure_open()?;
+        check_queue(queue)?;
+        self.put_batch(queue, messages).await
     }
 
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
@@ -557,6 +589,14 @@ impl VirtualBackend for BeanstalkBackend {
             }
         }
         Ok(())
+    }
+
+    /// Pipelined deletes on each reserving connection that holds some of
+    /// the jobs (the `batch` module), with the outcomes of
+    /// [`ack`](Self::ack) for each; every one is tried, the first error is
+    /// returned.
+    async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
+        self.ack_batch(acks).await
     }
 
     async fn requeue(&self, _queue: &str, receipt: &Receipt, _envelope: &Envelope) -> Result<()> {

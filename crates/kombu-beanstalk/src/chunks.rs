@@ -34,10 +34,16 @@ pub(crate) fn chunk_ids(stored: &[u8]) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// True when `body` is stored in chunks: larger than `max` bytes, or
+/// looking like a manifest itself.
+pub(crate) fn needs_chunks(body: &[u8], max: usize) -> bool {
+    body.len() > max || body.starts_with(MANIFEST_PREFIX)
+}
+
 /// What to store for `body`: the body itself when it fits in `max`
 /// bytes, else a manifest of chunks written through `conn` now.
 pub(crate) async fn store(conn: &mut Conn, body: &[u8], max: usize) -> Result<Vec<u8>> {
-    if body.len() <= max && !body.starts_with(MANIFEST_PREFIX) {
+    if !needs_chunks(body, max) {
         return Ok(body.to_vec());
     }
     let mut chunks = Vec::new();

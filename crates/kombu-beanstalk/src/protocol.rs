@@ -13,6 +13,9 @@ use kombu_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+mod pipeline;
+pub use pipeline::PutJob;
+
 /// Longest tube name beanstalkd accepts, in bytes.
 pub const MAX_TUBE_NAME: usize = 200;
 
@@ -217,22 +220,28 @@ impl Conn {
         Error::new(kind, format!("beanstalkd answered {line:?} to {command}"))
     }
 
-    async fn send(&mut self, line: &str, data: Option<&[u8]>) -> Result<()> {
+    /// An error unless the connection is usable.
+    fn check_usable(&self) -> Result<()> {
         if self.broken {
             return Err(Error::new(
                 ErrorKind::ConnectionLost,
                 "beanstalkd connection is broken",
             ));
         }
+        Ok(())
+    }
+
+    async fn send(&mut self, line: &str, data: Option<&[u8]>) -> Result<()> {
+        self.check_usable()?;
         let mut buf = Vec::with_capacity(line.len() + 4 + data.map_or(0, |d| d.len() + 2));
-        buf.extend_from_slice(line.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-        if let Some(data) = data {
-            buf.extend_from_slice(data);
-            buf.extend_from_slice(b"\r\n");
-        }
+        push_command(&mut buf, line, data);
+        self.write_all(&buf).await
+    }
+
+    /// Write `buf` within the I/O timeout.
+    async fn write_all(&mut self, buf: &[u8]) -> Result<()> {
         let limit = self.io_timeout;
-        let writing = self.stream.get_mut().write_all(&buf);
+        let writing = self.stream.get_mut().write_all(buf);
         let result = match limit {
             Some(limit) => match tokio::time::timeout(limit, writing).await {
                 Ok(result) => result,
@@ -364,27 +373,10 @@ impl Conn {
         let command = format!("put {pri} {delay} {ttr} {}", body.len());
         self.send(&command, Some(body)).await?;
         let line = self.read_line().await?;
-        if line.starts_with("INSERTED ") {
-            return self.number_after("put", &line, "INSERTED ");
+        match put_answer(&line, body.len()) {
+            Some(answer) => answer,
+            None => Err(self.unexpected("put", &line)),
         }
-        if line.starts_with("BURIED ") {
-            // The server ran out of memory growing its priority queue.
-            return Err(Error::new(
-                ErrorKind::LimitExceeded,
-                "beanstalkd buried the new job (out of memory)",
-            ));
-        }
-        if line == "JOB_TOO_BIG" {
-            // The server read (and dropped) the body: the connection stays usable.
-            return Err(Error::new(
-                ErrorKind::Rejected,
-                format!(
-                    "job of {} bytes is larger than beanstalkd's max-job-size",
-                    body.len()
-                ),
-            ));
-        }
-        Err(self.unexpected("put", &line))
     }
 
     /// `use` then `put`.
@@ -614,6 +606,50 @@ impl Conn {
             .filter_map(|l| l.strip_prefix("- "))
             .map(|t| t.trim().trim_matches('"').to_owned())
             .collect())
+    }
+}
+
+/// What the answer `line` to a `put` of `len` bytes means: the new job's
+/// id, or why it was not stored; `None` for an answer out of protocol
+/// (the connection is then out of step: break it). The answers here are
+/// the ones after which the server reads the next command as usual (it
+/// read or skipped the body): the connection stays usable.
+fn put_answer(line: &str, len: usize) -> Option<Result<u64>> {
+    if let Some(id) = line.strip_prefix("INSERTED ") {
+        return id.trim().parse().ok().map(Ok);
+    }
+    if line.starts_with("BURIED ") {
+        // The server ran out of memory growing its priority queue.
+        return Some(Err(Error::new(
+            ErrorKind::LimitExceeded,
+            "beanstalkd buried the new job (out of memory)",
+        )));
+    }
+    let refused = |kind, message: String| Some(Err(Error::new(kind, message)));
+    match line {
+        "JOB_TOO_BIG" => refused(
+            ErrorKind::Rejected,
+            format!("job of {len} bytes is larger than beanstalkd's max-job-size"),
+        ),
+        "DRAINING" => refused(
+            ErrorKind::LimitExceeded,
+            "beanstalkd is draining: it takes no new jobs".into(),
+        ),
+        "OUT_OF_MEMORY" => refused(
+            ErrorKind::LimitExceeded,
+            "beanstalkd is out of memory: the job was not stored".into(),
+        ),
+        _ => None,
+    }
+}
+
+/// Append a command line (and its data block) to `buf`.
+fn push_command(buf: &mut Vec<u8>, line: &str, data: Option<&[u8]>) {
+    buf.extend_from_slice(line.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    if let Some(data) = data {
+        buf.extend_from_slice(data);
+        buf.extend_from_slice(b"\r\n");
     }
 }
 

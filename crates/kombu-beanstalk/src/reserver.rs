@@ -192,7 +192,8 @@ impl Reserver {
         }
     }
 
-    fn gone(id: u64, what: &str) -> Error {
+    /// The error for a settle of a job this connection no longer holds.
+    pub(crate) fn gone(id: u64, what: &str) -> Error {
         Error::new(
             ErrorKind::NotFound,
             format!(
@@ -210,6 +211,22 @@ impl Reserver {
         } else {
             Err(Self::gone(id, "delete"))
         }
+    }
+
+    /// Delete jobs this reserver holds, pipelined (up to `most` a round
+    /// trip): for each, true when deleted, false when no longer held.
+    pub(crate) async fn delete_many(
+        &self,
+        generation: u64,
+        ids: &[u64],
+        most: usize,
+    ) -> Result<Vec<bool>> {
+        let mut taken = self.for_settle(generation).await?;
+        let mut deleted = Vec::with_capacity(ids.len());
+        for some in ids.chunks(most.max(1)) {
+            deleted.extend(taken.conn().delete_pipelined(some).await?);
+        }
+        Ok(deleted)
     }
 
     /// Release a job this reserver holds.

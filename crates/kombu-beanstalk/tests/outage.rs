@@ -170,3 +170,97 @@ async fn a_killed_server_fails_heartbeat_with_a_connection_error() {
     assert!(took < BOUND, "heartbeat failed after {took:?}");
     assert!(!transport.is_connected());
 }
+
+/// A server that takes no new jobs (drain mode, SIGUSR1) answers every
+/// put of a batch with `DRAINING`: every message of the batch fails, and
+/// the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_fails_every_message_of_a_batch() {
+    if kombu_testkit::test_url("beanstalk").is_none() {
+        return;
+    }
+    let server = Server::start().await;
+    let conn = server.connection();
+    let q = Queue::new(kombu_testkit::unique("drain"));
+    let producer = Producer::new(&conn);
+    let options = PublishOptions::new().routing_key(&q.name);
+    producer
+        .publish("before", options.clone().declare(q.clone()))
+        .await
+        .unwrap();
+    signal(server.pid(), "USR1");
+    let results = producer
+        .publish_many((0..10).map(|n| n.to_string()), options)
+        .await;
+    assert_eq!(results.len(), 10);
+    for result in results {
+        let err = result.expect_err("draining: nothing stored");
+        assert_eq!(err.kind(), kombu_core::ErrorKind::LimitExceeded, "{err}");
+        assert!(err.to_string().contains("10 of 10"), "{err}");
+        assert!(err.to_string().contains("draining"), "{err}");
+    }
+    let channel = conn.channel().await.unwrap();
+    assert_eq!(channel.queue_size(&q.name).await.unwrap(), 1);
+    assert!(conn.transport().await.unwrap().is_connected());
+}
+
+/// A batch sent to a stopped server fails within the socket timeout, and
+/// its connection is dropped (it is out of step with the server): once the
+/// server runs again, the next batch is stored and reads back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_short_leaves_no_stale_answers() {
+    if kombu_testkit::test_url("beanstalk").is_none() {
+        return;
+    }
+    let server = Server::start().await;
+    let conn = server.connection();
+    let q = Queue::new(kombu_testkit::unique("cut"));
+    let producer = Producer::new(&conn);
+    let options = PublishOptions::new().routing_key(&q.name);
+    producer
+        .publish("before", options.clone().declare(q.clone()))
+        .await
+        .unwrap();
+
+    signal(server.pid(), "STOP");
+    let (results, took) = within(
+        "publish_many",
+        producer.publish_many((0..100).map(|n| format!("lost? {n}")), options.clone()),
+    )
+    .await;
+    assert!(took < BOUND, "publish_many failed after {took:?}");
+    for result in results {
+        let err = result.expect_err("a stopped server fails the batch");
+        assert!(err.is_connection_error(), "{err}");
+    }
+    signal(server.pid(), "CONT");
+
+    let results = producer
+        .publish_many((0..100).map(|n| format!("after {n}")), options)
+        .await;
+    for result in results {
+        result.unwrap();
+    }
+    // The batch cut short may have been stored once the server went on
+    // (at least once); every job is a whole message.
+    let channel = conn.channel().await.unwrap();
+    let size = channel.queue_size(&q.name).await.unwrap();
+    assert!((101..=201).contains(&size), "{size} messages");
+    let mut after = Vec::new();
+    for _ in 0..size {
+        let delivery = channel.basic_get(&q.name, true).await.unwrap().unwrap();
+        let body = String::from_utf8(delivery.message.body.to_vec()).unwrap();
+        assert!(
+            body == "before" || body.starts_with("lost? ") || body.starts_with("after "),
+            "{body:?}"
+        );
+        if let Some(n) = body.strip_prefix("after ") {
+            after.push(n.parse::<u32>().unwrap());
+        }
+    }
+    assert_eq!(
+        after,
+        (0..100).collect::<Vec<_>>(),
+        "the next batch, in order"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kombu_beanstalk::protocol::{check_tube_name, Conn, PeekState, Reserved};
+use kombu_beanstalk::protocol::{check_tube_name, Conn, PeekState, PutJob, Reserved};
 
 async fn conn() -> Option<Conn> {
     let url = kombu_testkit::test_url("beanstalk")?;
@@ -145,6 +145,106 @@ async fn job_too_big_is_rejected_and_connection_survives() {
     assert_eq!(err.kind(), kombu_core::ErrorKind::Rejected);
     let id = c.put(0, 0, 30, b"small").await.unwrap();
     assert!(c.delete(id).await.unwrap());
+}
+
+/// Pipelined puts answer each job in order: a job too big is refused
+/// alone, the ones around it are stored, in order, and the connection
+/// stays usable; pipelined deletes say which jobs were there.
+#[tokio::test]
+async fn pipelined_puts_and_deletes_answer_each_job_in_order() {
+    let Some(mut c) = conn().await else { return };
+    let max = c.stats().await.unwrap().number("max-job-size") as usize;
+    let t = tube("proto-pipe");
+    c.use_tube(&t).await.unwrap();
+    let too_big = vec![b'x'; max + 1];
+    let bodies: Vec<Vec<u8>> = (0..300)
+        .map(|n| format!("job {n}\r\n").into_bytes())
+        .collect();
+    let mut jobs: Vec<PutJob<'_>> = bodies
+        .iter()
+        .map(|body| PutJob {
+            pri: 10,
+            delay: 0,
+            ttr: 30,
+            body,
+        })
+        .collect();
+    jobs.insert(
+        2,
+        PutJob {
+            pri: 10,
+            delay: 0,
+            ttr: 30,
+            body: &too_big,
+        },
+    );
+    let answers = c.put_pipelined(&jobs).await.unwrap();
+    assert_eq!(answers.len(), 301);
+    assert_eq!(
+        answers[2].as_ref().unwrap_err().kind(),
+        kombu_core::ErrorKind::Rejected
+    );
+    assert!(!c.is_broken());
+    let ids: Vec<u64> = answers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, answer)| *answer.as_ref().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order");
+    c.set_watched(std::slice::from_ref(&t)).await.unwrap();
+    for (n, id) in ids.iter().enumerate().take(3) {
+        let Reserved::Job(job) = c.reserve_with_timeout(0).await.unwrap() else {
+            panic!("no job")
+        };
+        assert_eq!(
+            (job.id, job.body),
+            (*id, format!("job {n}\r\n").into_bytes())
+        );
+    }
+    let stats = c.stats_tube(&t).await.unwrap().unwrap();
+    assert_eq!(stats.number("current-jobs-ready"), 297);
+    let mut doomed = ids.clone();
+    doomed.push(u64::MAX);
+    let deleted = c.delete_pipelined(&doomed).await.unwrap();
+    assert_eq!(deleted.len(), 301);
+    assert!(deleted[..300].iter().all(|d| *d), "every job was there");
+    assert!(!deleted[300], "no such job");
+    let stats = c.stats_tube(&t).await.unwrap().unwrap();
+    assert_eq!(stats.number("current-jobs-ready"), 0);
+    assert_eq!(stats.number("current-jobs-reserved"), 0);
+    assert!(c.put_pipelined(&[]).await.unwrap().is_empty());
+}
+
+/// A pipelined exchange stopped midway (its future dropped, as an outer
+/// timeout does) leaves the connection broken: its answers are never read
+/// as the answers of later commands.
+#[tokio::test]
+async fn a_pipeline_dropped_midway_breaks_the_connection() {
+    let Some(mut c) = conn().await else { return };
+    let t = tube("proto-cancel");
+    c.use_tube(&t).await.unwrap();
+    let body = vec![b'x'; 1000];
+    let jobs: Vec<PutJob<'_>> = (0..200)
+        .map(|_| PutJob {
+            pri: 0,
+            delay: 0,
+            ttr: 30,
+            body: &body,
+        })
+        .collect();
+    // Polled once (the write goes out), then dropped at the deadline.
+    let outcome = tokio::time::timeout(Duration::ZERO, c.put_pipelined(&jobs)).await;
+    assert!(outcome.is_err(), "the exchange was cut short");
+    assert!(c.is_broken(), "out of step: broken");
+    let err = c.list_tube_used().await.unwrap_err();
+    assert_eq!(err.kind(), kombu_core::ErrorKind::ConnectionLost);
+    // Clean up with a new connection: whatever was stored.
+    let Some(mut c) = conn().await else { return };
+    c.use_tube(&t).await.unwrap();
+    while let Some(job) = c.peek_state(PeekState::Ready).await.unwrap() {
+        c.delete(job.id).await.unwrap();
+    }
 }
 
 #[test]

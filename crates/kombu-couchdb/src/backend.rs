@@ -13,6 +13,7 @@ use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Resu
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::bulk::{self, Outcome};
 use crate::changes::ChangesFeed;
 use crate::client::{status_error, CouchClient};
 use crate::config::CouchConfig;
@@ -305,19 +306,39 @@ impl CouchBackend {
         if deletions.is_empty() {
             return Ok(0);
         }
-        let body = self
-            .client
-            .send(
-                Method::POST,
-                &["_bulk_docs"],
-                &[],
-                Some(&json!({ "docs": deletions })),
-                None,
-            )
-            .await?
-            .ok("delete messages")?;
-        let results = body.as_array().map(Vec::as_slice).unwrap_or_default();
-        Ok(results.iter().filter(|r| r.get("error").is_none()).count() as u64)
+        let outcomes = bulk::write(&self.client, deletions, "delete messages").await?;
+        Ok(outcomes.iter().filter(|o| **o == Outcome::Stored).count() as u64)
+    }
+
+    /// Delete the leased messages of `leases` in one request each
+    /// [`bulk::MAX_DOCS`] (acks); the first failure. A message whose lease
+    /// ran out and that another consumer claimed since (a `conflict`) is
+    /// logged and counts as acked, as in [`VirtualBackend::ack`].
+    async fn delete_leased(&self, leases: Vec<(&str, Lease)>) -> Result<()> {
+        for batch in bulk::batches(leases, |_| 0) {
+            let docs = batch
+                .iter()
+                .map(|(_, lease)| json!({"_id": lease.id, "_rev": lease.rev, "_deleted": true}))
+                .collect();
+            let outcomes = bulk::write(&self.client, docs, "ack messages").await?;
+            let mut refusals = Vec::new();
+            for ((queue, lease), outcome) in batch.iter().zip(&outcomes) {
+                match outcome {
+                    Outcome::Stored => {}
+                    Outcome::Refused { error, .. } if error == "not_found" => {}
+                    Outcome::Refused { error, .. } if error == "conflict" => {
+                        late_ack(queue, &lease.id)
+                    }
+                    Outcome::Refused { error, reason } => {
+                        refusals.push((error.as_str(), reason.as_str()))
+                    }
+                }
+            }
+            if !refusals.is_empty() {
+                return Err(bulk::refused("ack messages", &refusals, batch.len()));
+            }
+        }
+        Ok(())
     }
 
     /// Delete the messages of `queue` (only the ready ones when
@@ -413,6 +434,16 @@ impl Row {
         let doc = row.get_mut("doc").map(Value::take).filter(Value::is_object);
         Some(Row { id, rev, doc })
     }
+}
+
+/// Log an ack that came after the message's lease ran out.
+fn late_ack(queue: &str, id: &str) {
+    tracing::warn!(
+        queue,
+        id,
+        "couchdb: ack after the lease ran out: another consumer has the message \
+         and it will be delivered again (raise visibility_timeout)"
+    );
 }
 
 /// A document's `_id` and `_rev`.
@@ -514,6 +545,40 @@ impl VirtualBackend for CouchBackend {
         Ok(())
     }
 
+    /// The same documents as [`put`](Self::put), written with
+    /// `POST /{db}/_bulk_docs`, 256 documents (or 4 MiB of payload) a
+    /// request, one request after another. Their sequences follow the
+    /// order of `messages`, so they are delivered in that order (within a
+    /// priority). Any document refused is an error (the others of its
+    /// request stay written); no request follows a failed one.
+    async fn put_many(&self, queue: &str, messages: Vec<(Envelope, u8)>) -> Result<()> {
+        let now = now_ms();
+        let docs = messages
+            .iter()
+            .map(|(envelope, priority)| {
+                let seq = self.seqs.next(now);
+                layout::message_doc(queue, &seq, envelope, *priority, now)
+            })
+            .collect();
+        drop(messages);
+        let payload_bytes = |doc: &Value| doc["payload"].as_str().map_or(0, str::len);
+        for batch in bulk::batches(docs, payload_bytes) {
+            let count = batch.len();
+            let outcomes = bulk::write(&self.client, batch, "store messages").await?;
+            let refusals: Vec<(&str, &str)> = outcomes
+                .iter()
+                .filter_map(|outcome| match outcome {
+                    Outcome::Stored => None,
+                    Outcome::Refused { error, reason } => Some((error.as_str(), reason.as_str())),
+                })
+                .collect();
+            if !refusals.is_empty() {
+                return Err(bulk::refused("store messages", &refusals, count));
+            }
+        }
+        Ok(())
+    }
+
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
         if wait.is_zero() {
             return self.claim_any(queues).await;
@@ -568,16 +633,37 @@ impl VirtualBackend for CouchBackend {
         match reply.status.as_u16() {
             200 | 202 | 404 => Ok(()),
             409 => {
-                tracing::warn!(
-                    queue,
-                    id = %lease.id,
-                    "couchdb: ack after the lease ran out: another consumer has the message \
-                     and it will be delivered again (raise visibility_timeout)"
-                );
+                late_ack(queue, &lease.id);
                 Ok(())
             }
             _ => Err(status_error(reply.status, &reply.body, "ack a message")),
         }
+    }
+
+    /// Every lease deleted at its revision with `_bulk_docs` (one request
+    /// per 256), with the outcomes of [`ack`](Self::ack)
+    /// for each. A receipt that cannot be read is an error; the others are
+    /// still sent.
+    async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
+        let mut bad = None;
+        let mut ids = HashSet::with_capacity(acks.len());
+        let mut leases = Vec::with_capacity(acks.len());
+        for (queue, receipt) in acks {
+            match Lease::from_receipt(receipt) {
+                Some(lease) => {
+                    if ids.insert(lease.id.clone()) {
+                        leases.push((queue.as_str(), lease));
+                    }
+                }
+                None => {
+                    bad.get_or_insert_with(|| {
+                        Error::protocol(format!("couchdb: bad receipt {receipt:?}"))
+                    });
+                }
+            }
+        }
+        self.delete_leased(leases).await?;
+        bad.map_or(Ok(()), Err)
     }
 
     async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
+mod bulk;
 mod changes;
 mod client;
 mod config;
