@@ -1,38 +1,30 @@
 //! [`SqsBackend`]: the [`VirtualBackend`] of `sqs://`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
-};
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, VirtualBackend};
 use kombu_core::{
     Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result, TransportKind,
 };
 
 use crate::batch::{Batcher, MAX_BATCH};
+use crate::bulk::{self, DeleteItem, SendItem};
 use crate::catalog;
 use crate::clients::AwsClients;
 use crate::codec::{decode_body, encode_body, Outgoing};
-use crate::errors::{code_of, error_kind_for_code, from_sdk, is_missing_queue};
+use crate::errors::{code_of, from_sdk, is_missing_queue};
 use crate::fanout::policy_allowing;
 use crate::lease;
 use crate::names::{canonical, exchange_marker, is_fifo};
+use crate::pace::{self, Pace};
 use crate::settings::SqsSettings;
 
 /// How long a queue's redrive policy is reused before it is read again
 /// (kombu: 5 minutes).
 const REDRIVE_CACHE: Duration = Duration::from_secs(300);
-
-/// The long poll of a queue that is not known to be quiet (the first poll
-/// of a consumer, the one after a receive that brought messages): closing
-/// a consumer waits for its poll to end, and a consumer usually closes
-/// right after it started or took what it wanted, so this one is short.
-/// Once a poll came back empty, polls wait the full `wait_time_seconds`.
-const SETTLE_POLL_SECONDS: i32 = 1;
 
 /// What closing a channel waits beyond its long poll: the round trips that
 /// put back what the poll took, with room for a slow endpoint.
@@ -85,16 +77,6 @@ struct ExchangeEntry {
     bindings: Vec<QueueBinding>,
 }
 
-struct SendItem {
-    client: aws_sdk_sqs::Client,
-    outgoing: Outgoing,
-}
-
-struct DeleteItem {
-    client: aws_sdk_sqs::Client,
-    receipt: String,
-}
-
 #[derive(Default)]
 struct Caches {
     urls: HashMap<String, String>,
@@ -111,9 +93,9 @@ struct Caches {
     held: HashMap<String, (String, String)>,
     /// The receipt the channel knows -> the SQS message id.
     held_ids: HashMap<String, String>,
-    /// Queues whose last long poll came back empty: their next poll waits
-    /// the full `wait_time_seconds` (see [`SETTLE_POLL_SECONDS`]).
-    quiet: HashSet<String>,
+    /// What the last receive of each queue said about it, which sets how
+    /// long the next one waits (see [`crate::pace`]); no entry: unknown.
+    paces: HashMap<String, Pace>,
 }
 
 /// The storage primitives of `sqs://` over the AWS SDK (see the crate docs
@@ -134,145 +116,6 @@ impl std::fmt::Debug for SqsBackend {
             .field("region", &self.clients.region())
             .field("queue_name_prefix", &self.settings.queue_name_prefix)
             .finish_non_exhaustive()
-    }
-}
-
-fn attribute(value: &str) -> Result<MessageAttributeValue> {
-    MessageAttributeValue::builder()
-        .data_type("String")
-        .string_value(value)
-        .build()
-        .map_err(|e| Error::invalid_option(format!("bad message attribute: {e}")))
-}
-
-async fn flush_sends(url: String, items: Vec<SendItem>) -> Vec<Result<()>> {
-    let client = items[0].client.clone();
-    if items.len() == 1 {
-        let o = &items[0].outgoing;
-        let mut req = client
-            .send_message()
-            .queue_url(&url)
-            .message_body(&o.body)
-            .set_message_group_id(o.group_id.clone())
-            .set_message_deduplication_id(o.dedup_id.clone())
-            .set_delay_seconds(o.delay_seconds);
-        for (k, v) in &o.attributes {
-            match attribute(v) {
-                Ok(a) => req = req.message_attributes(k, a),
-                Err(e) => return vec![Err(e)],
-            }
-        }
-        return vec![req
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| from_sdk("sending a message to SQS", e))];
-    }
-    let mut req = client.send_message_batch().queue_url(&url);
-    for (i, item) in items.iter().enumerate() {
-        let o = &item.outgoing;
-        let mut entry = SendMessageBatchRequestEntry::builder()
-            .id(i.to_string())
-            .message_body(&o.body)
-            .set_message_group_id(o.group_id.clone())
-            .set_message_deduplication_id(o.dedup_id.clone())
-            .set_delay_seconds(o.delay_seconds);
-        for (k, v) in &o.attributes {
-            match attribute(v) {
-                Ok(a) => entry = entry.message_attributes(k, a),
-                Err(e) => return items.iter().map(|_| Err(e.clone_kind())).collect(),
-            }
-        }
-        match entry.build() {
-            Ok(entry) => req = req.entries(entry),
-            Err(e) => {
-                let err = Error::invalid_option(format!("bad SQS batch entry: {e}"));
-                return items.iter().map(|_| Err(err.clone_kind())).collect();
-            }
-        }
-    }
-    match req.send().await {
-        Err(e) => {
-            let err = from_sdk("sending messages to SQS", e);
-            items.iter().map(|_| Err(err.clone_kind())).collect()
-        }
-        Ok(out) => {
-            let mut results: Vec<Result<()>> = items.iter().map(|_| Ok(())).collect();
-            for failed in out.failed() {
-                if let Ok(i) = failed.id().parse::<usize>() {
-                    if let Some(slot) = results.get_mut(i) {
-                        *slot = Err(Error::new(
-                            error_kind_for_code(failed.code()),
-                            format!(
-                                "SQS refused a message: {} {}",
-                                failed.code(),
-                                failed.message().unwrap_or_default()
-                            ),
-                        ));
-                    }
-                }
-            }
-            results
-        }
-    }
-}
-
-async fn flush_deletes(url: String, items: Vec<DeleteItem>) -> Vec<Result<()>> {
-    let client = items[0].client.clone();
-    if items.len() == 1 {
-        return vec![client
-            .delete_message()
-            .queue_url(&url)
-            .receipt_handle(&items[0].receipt)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| from_sdk("deleting an SQS message", e))];
-    }
-    let mut req = client.delete_message_batch().queue_url(&url);
-    for (i, item) in items.iter().enumerate() {
-        match DeleteMessageBatchRequestEntry::builder()
-            .id(i.to_string())
-            .receipt_handle(&item.receipt)
-            .build()
-        {
-            Ok(entry) => req = req.entries(entry),
-            Err(e) => {
-                let err = Error::invalid_option(format!("bad SQS batch entry: {e}"));
-                return items.iter().map(|_| Err(err.clone_kind())).collect();
-            }
-        }
-    }
-    match req.send().await {
-        Err(e) => {
-            let err = from_sdk("deleting SQS messages", e);
-            items.iter().map(|_| Err(err.clone_kind())).collect()
-        }
-        Ok(out) => {
-            let mut results: Vec<Result<()>> = items.iter().map(|_| Ok(())).collect();
-            for failed in out.failed() {
-                if let Ok(i) = failed.id().parse::<usize>() {
-                    if let Some(slot) = results.get_mut(i) {
-                        *slot = Err(Error::new(
-                            error_kind_for_code(failed.code()),
-                            format!("SQS could not delete a message: {}", failed.code()),
-                        ));
-                    }
-                }
-            }
-            results
-        }
-    }
-}
-
-/// Copying an error's kind and text (errors are not `Clone`).
-trait CloneKind {
-    fn clone_kind(&self) -> Error;
-}
-
-impl CloneKind for Error {
-    fn clone_kind(&self) -> Error {
-        Error::new(self.kind(), self.message().to_owned())
     }
 }
 
@@ -325,8 +168,10 @@ impl SqsBackend {
             clients,
             predefined_clients,
             caches: Mutex::new(Caches::default()),
-            sender: Batcher::new(budget, |url, items| Box::pin(flush_sends(url, items))),
-            deleter: Batcher::new(usize::MAX, |url, items| Box::pin(flush_deletes(url, items))),
+            sender: Batcher::new(budget, |url, items| Box::pin(bulk::flush_sends(url, items))),
+            deleter: Batcher::new(usize::MAX, |url, items| {
+                Box::pin(bulk::flush_deletes(url, items))
+            }),
         }
     }
 
@@ -752,27 +597,38 @@ impl SqsBackend {
         Ok(fetched)
     }
 
-    /// How long the next long poll of `queue` waits, at most `long_poll`:
-    /// the full wait once the queue is known to be quiet, else a short one
-    /// (see [`SETTLE_POLL_SECONDS`]).
+    /// How long the next receive of `queue` waits, at most `long_poll`
+    /// (see [`crate::pace`]).
     fn poll_seconds(&self, queue: &str, long_poll: i32) -> i32 {
-        if self.caches().quiet.contains(queue) {
-            long_poll
-        } else {
-            long_poll.min(SETTLE_POLL_SECONDS)
-        }
+        pace::poll_seconds(self.caches().paces.get(queue).copied(), long_poll)
     }
 
-    /// Remember whether a long poll of `queue` came back empty.
-    fn note_poll(&self, queue: &str, empty: bool) {
-        let mut caches = self.caches();
-        if empty {
-            if !caches.quiet.contains(queue) {
-                caches.quiet.insert(queue.to_owned());
+    /// Receive up to `max` from `queue`, waiting as its pace says (at most
+    /// `long_poll`, and at most `cap` seconds), and remember what it found.
+    async fn paced_receive(
+        &self,
+        queue: &str,
+        max: usize,
+        long_poll: i32,
+        cap: i32,
+    ) -> Result<(Vec<Fetched>, i32)> {
+        let wait = self.poll_seconds(queue, long_poll).min(cap);
+        let found = self.receive(queue, max, wait).await?;
+        if long_poll > 0 {
+            let next = pace::after(max, found.len(), wait);
+            let mut caches = self.caches();
+            match next {
+                Some(pace) => {
+                    if caches.paces.get(queue) != Some(&pace) {
+                        caches.paces.insert(queue.to_owned(), pace);
+                    }
+                }
+                None => {
+                    caches.paces.remove(queue);
+                }
             }
-        } else {
-            caches.quiet.remove(queue);
         }
+        Ok((found, wait))
     }
 
     /// Forget a held message; returns its latest receipt.
@@ -953,7 +809,7 @@ impl VirtualBackend for SqsBackend {
         caches.declarations.remove(queue);
         caches.queue_arns.remove(&q.url);
         caches.redrive.remove(&q.url);
-        caches.quiet.remove(queue);
+        caches.paces.remove(queue);
         Ok(())
     }
 
@@ -1005,6 +861,38 @@ impl VirtualBackend for SqsBackend {
         self.send_to_url(&q.client, &q.url, outgoing).await
     }
 
+    /// `SendMessageBatch` requests of at most 10 messages and
+    /// `max_message_size` bytes (256 KiB by default) each; a FIFO queue's
+    /// go one after another (in order), a standard queue's a few at once.
+    /// Every message is checked against the size limit before anything is
+    /// sent; any entry SQS refuses makes the call an error.
+    async fn put_many(&self, queue: &str, messages: Vec<(Envelope, u8)>) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        // Like kombu, publishing to a queue that does not exist creates it.
+        let q = self.ensure_queue(queue, &[]).await?;
+        let mut outgoing = messages
+            .iter()
+            .map(|(envelope, _)| {
+                Outgoing::new(
+                    envelope,
+                    &q.sqs_name,
+                    self.settings.base64_encoding,
+                    &self.settings.message_attributes,
+                    self.settings.max_message_size,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if outgoing.len() == 1 {
+            // Alone: it may share a request with concurrent publishes.
+            let lone = outgoing.remove(0);
+            return self.send_to_url(&q.client, &q.url, lone).await;
+        }
+        let budget = self.settings.max_message_size;
+        bulk::send_all(&q.client, &q.url, outgoing, budget, is_fifo(&q.sqs_name)).await
+    }
+
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
         let mut batch = self.fetch_batch(queues, wait, 1).await?;
         Ok(batch.pop())
@@ -1025,29 +913,27 @@ impl VirtualBackend for SqsBackend {
         } else {
             self.settings.wait_time_seconds
         };
-        let found = if queues.len() == 1 {
-            let queue = &queues[0];
-            let wait = self.poll_seconds(queue, long_poll);
-            let found = self.receive(queue, max, wait).await?;
-            if wait > 0 {
-                self.note_poll(queue, found.is_empty());
-            }
-            found
+        let (found, waited) = if queues.len() == 1 {
+            self.paced_receive(&queues[0], max, long_poll, i32::MAX)
+                .await?
         } else {
             // Poll several queues at once, sharing out `max` so the total
-            // stays within the prefetch; a shorter wait so one quiet queue
-            // does not hold up the others.
+            // stays within the prefetch; at most a short wait so one quiet
+            // queue does not hold up the others.
             let k = queues.len().min(max);
-            let wait = long_poll.min(1);
             let polls = queues[..k].iter().enumerate().map(|(i, q)| {
                 let share = max / k + usize::from(i < max % k);
-                self.receive(q, share, wait)
+                self.paced_receive(q, share, long_poll, pace::SETTLE_POLL_SECONDS)
             });
             let mut all = Vec::new();
+            let mut waited = 0;
             let mut first_error = None;
             for result in futures::future::join_all(polls).await {
                 match result {
-                    Ok(batch) => all.extend(batch),
+                    Ok((batch, wait)) => {
+                        all.extend(batch);
+                        waited = waited.max(wait);
+                    }
                     Err(e) => {
                         first_error.get_or_insert(e);
                     }
@@ -1058,12 +944,52 @@ impl VirtualBackend for SqsBackend {
                     return Err(e);
                 }
             }
-            all
+            (all, waited)
         };
-        if found.is_empty() && !wait.is_zero() && !self.settings.polling_interval.is_zero() {
+        // kombu's polling_interval: a pause after a poll that waited and
+        // found nothing (not after one that did not wait: the next waits).
+        if found.is_empty() && waited > 0 && !self.settings.polling_interval.is_zero() {
             tokio::time::sleep(self.settings.polling_interval).await;
         }
         Ok(found)
+    }
+
+    /// The channel's coalesced acks: per queue, `DeleteMessageBatch`
+    /// requests of 10, a few at once (a lone ack joins whatever request to
+    /// its queue overlaps it). Every one is tried; any entry SQS refuses
+    /// makes the call an error (that message comes back after its
+    /// visibility timeout).
+    async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
+        // Per queue, in order: the latest receipt of each message.
+        let mut by_queue: Vec<(&str, Vec<String>)> = Vec::new();
+        for (queue, receipt) in acks {
+            let latest = self.let_go(receipt);
+            match by_queue.iter_mut().find(|(q, _)| *q == queue.as_str()) {
+                Some((_, receipts)) => receipts.push(latest),
+                None => by_queue.push((queue.as_str(), vec![latest])),
+            }
+        }
+        let mut outcomes = Vec::with_capacity(by_queue.len());
+        for (queue, mut receipts) in by_queue {
+            let q = match self.existing(queue).await {
+                Ok(q) => q,
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            };
+            outcomes.push(if receipts.len() == 1 {
+                // Alone: it may share a request with concurrent acks.
+                let item = DeleteItem {
+                    client: q.client.clone(),
+                    receipt: receipts.remove(0),
+                };
+                self.deleter.submit(&q.url, item, 0).await
+            } else {
+                bulk::delete_all(&q.client, &q.url, receipts).await
+            });
+        }
+        bulk::first_error(outcomes)
     }
 
     async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {

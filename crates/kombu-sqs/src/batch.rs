@@ -20,6 +20,49 @@ struct Lane<T> {
     pending: Vec<(T, usize, oneshot::Sender<Result<()>>)>,
 }
 
+/// How many of the items (weighing `sizes`, in order) go in the next batch
+/// request: at most [`MAX_BATCH`] and at most `budget` bytes together, but
+/// always at least one (a lone item larger than the budget goes alone: its
+/// own size was checked against the message limit before).
+pub(crate) fn batch_len(sizes: impl IntoIterator<Item = usize>, budget: usize) -> usize {
+    let mut take = 0;
+    let mut bytes = 0usize;
+    for size in sizes {
+        if !fits(take, bytes, size, budget) {
+            break;
+        }
+        take += 1;
+        bytes = bytes.saturating_add(size);
+    }
+    take
+}
+
+/// Whether one more item of `size` joins a batch of `count` items and
+/// `bytes` bytes (an empty batch takes anything).
+fn fits(count: usize, bytes: usize, size: usize, budget: usize) -> bool {
+    count == 0 || (count < MAX_BATCH && bytes.saturating_add(size) <= budget)
+}
+
+/// Cut `items` into batch requests, in order, by the rule of [`batch_len`].
+pub(crate) fn split<T>(items: Vec<T>, size: impl Fn(&T) -> usize, budget: usize) -> Vec<Vec<T>> {
+    let mut chunks: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0usize;
+    for item in items {
+        let weight = size(&item);
+        match chunks.last_mut() {
+            Some(chunk) if fits(chunk.len(), bytes, weight, budget) => {
+                bytes = bytes.saturating_add(weight);
+                chunk.push(item);
+            }
+            _ => {
+                bytes = weight;
+                chunks.push(vec![item]);
+            }
+        }
+    }
+    chunks
+}
+
 /// Batches items per queue URL; `flush` sends one batch and returns one
 /// result per item, in order.
 pub(crate) struct Batcher<T> {
@@ -72,15 +115,10 @@ impl<T: Send + 'static> Batcher<T> {
                     lanes.remove(&url);
                     return;
                 }
-                let mut take = 0;
-                let mut bytes = 0;
-                for (_, size, _) in &lane.pending {
-                    if take == MAX_BATCH || (take > 0 && bytes + size > self.byte_budget) {
-                        break;
-                    }
-                    take += 1;
-                    bytes += size;
-                }
+                let take = batch_len(
+                    lane.pending.iter().map(|(_, size, _)| *size),
+                    self.byte_budget,
+                );
                 lane.pending.drain(..take).collect::<Vec<_>>()
             };
             let mut items = Vec::with_capacity(batch.len());
@@ -107,6 +145,43 @@ impl<T: Send + 'static> Batcher<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn batches_hold_ten_entries_and_the_byte_budget() {
+        assert_eq!(batch_len([1; 25], 100), 10);
+        assert_eq!(batch_len([60, 40, 1], 100), 2, "exactly the budget fits");
+        assert_eq!(batch_len([60, 50, 10], 100), 1);
+        assert_eq!(batch_len([500, 1], 100), 1, "a lone large item still goes");
+        assert_eq!(batch_len(std::iter::empty(), 100), 0);
+
+        let sizes: Vec<usize> = (0..25).collect();
+        let chunks = split(sizes.clone(), |n| *n, usize::MAX);
+        let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(lens, [10, 10, 5]);
+        assert_eq!(chunks.concat(), sizes, "every item once, in order");
+
+        // Near the limit: 256 KiB of budget, bodies of 100 KiB and 30 KiB.
+        let kib = 1024;
+        let mix = vec![
+            100 * kib,
+            100 * kib,
+            30 * kib,
+            100 * kib,
+            30 * kib,
+            30 * kib,
+            256 * kib,
+            1,
+        ];
+        let chunks = split(mix.clone(), |n| *n, 256 * kib);
+        for chunk in &chunks {
+            let total: usize = chunk.iter().sum();
+            assert!(chunk.len() == 1 || total <= 256 * kib, "{chunk:?}");
+            assert!(chunk.len() <= MAX_BATCH);
+        }
+        assert_eq!(chunks.concat(), mix);
+        let lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(lens, [3, 3, 1, 1]);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_items_share_requests() {

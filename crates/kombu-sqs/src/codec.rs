@@ -150,12 +150,14 @@ impl Outgoing {
             }
             other => other,
         };
-        let body = encode_body(&envelope, base64);
-        let size = body.len()
-            + attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + "String".len())
-                .sum::<usize>();
+        let outgoing = Outgoing {
+            body: encode_body(&envelope, base64),
+            group_id,
+            dedup_id,
+            delay_seconds,
+            attributes,
+        };
+        let size = outgoing.wire_size();
         if size > max_size {
             return Err(Error::new(
                 ErrorKind::LimitExceeded,
@@ -167,13 +169,18 @@ impl Outgoing {
                 ),
             ));
         }
-        Ok(Outgoing {
-            body,
-            group_id,
-            dedup_id,
-            delay_seconds,
-            attributes,
-        })
+        Ok(outgoing)
+    }
+
+    /// What SQS counts against its size limits: the body and the message
+    /// attributes (names, type and values).
+    pub(crate) fn wire_size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + "String".len())
+                .sum::<usize>()
     }
 }
 

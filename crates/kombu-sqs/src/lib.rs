@@ -2,6 +2,7 @@
 
 mod backend;
 mod batch;
+mod bulk;
 mod catalog;
 mod clients;
 mod codec;
@@ -9,6 +10,7 @@ mod errors;
 mod fanout;
 mod lease;
 mod names;
+mod pace;
 mod settings;
 
 use kombu_core::spi::VirtualFactory;
