@@ -323,6 +323,22 @@ async fn publish_phase(args: &BenchArgs, queue: &str, body: &Bytes) -> Outcome<T
             let (body, queue, published) = (body.clone(), queue.to_owned(), published.clone());
             let in_flight = args.in_flight;
             tokio::spawn(async move {
+                if in_flight <= 1 {
+                    // Each publish awaited before the next.
+                    for _ in 0..count {
+                        producer
+                            .publish(
+                                Payload::from(body.clone()),
+                                PublishOptions::new().routing_key(queue.as_str()),
+                            )
+                            .await?;
+                        published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Ok(channel) = producer.channel().await {
+                        let _ = channel.close().await;
+                    }
+                    return conn.close().await;
+                }
                 // `in_flight` concurrent publishes on the one producer: each
                 // still gets its own result.
                 let mut results = futures::stream::iter(0..count)
@@ -373,10 +389,13 @@ async fn consume_phase(args: &BenchArgs, queue: &str) -> Outcome<Took> {
         let (consumed, done_tx, mut done_rx) = (consumed.clone(), done_tx.clone(), done_rx.clone());
         tasks.push(tokio::spawn(async move {
             let result = async {
+                // Set up once, polled (first) with every message.
+                let done = done_rx.wait_for(|done| *done);
+                tokio::pin!(done);
                 loop {
                     let next = tokio::select! {
                         biased;
-                        _ = done_rx.wait_for(|done| *done) => return Ok(()),
+                        _ = &mut done => return Ok(()),
                         next = consumer.next() => next,
                     };
                     let Some(message) = next else { return Ok(()) };

@@ -460,7 +460,8 @@ impl Producer {
         .await;
         if let Err(err) = &result {
             if err.is_connection_error() {
-                self.connection.mark_lost(epoch, err).await;
+                // Boxed: rare, and kept out of every publish's future.
+                Box::pin(self.connection.mark_lost(epoch, err)).await;
             }
         }
         result

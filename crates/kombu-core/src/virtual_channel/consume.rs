@@ -38,6 +38,20 @@ fn refill_at(prefetch: u16) -> usize {
     (usize::from(prefetch) / 4).max(1)
 }
 
+/// True when acks that took the unacked count from `before` to `after`
+/// should wake the loop: the room they free reaches the low-water mark
+/// (below it the loop fetches on its own after [`REFILL_DELAY`]), or the
+/// window emptied, or there is no window. Waking on every ack cost a task
+/// switch per message.
+pub(super) fn room_reached(prefetch: u16, before: usize, after: usize) -> bool {
+    if prefetch == 0 || after == 0 {
+        return true;
+    }
+    let window = usize::from(prefetch);
+    let mark = refill_at(prefetch);
+    window.saturating_sub(before) < mark && window.saturating_sub(after) >= mark
+}
+
 /// One fetch under way: what it asked for and its outcome.
 type InFlight = futures::future::BoxFuture<'static, (Vec<String>, usize, Result<Vec<Fetched>>)>;
 
@@ -366,5 +380,24 @@ async fn report<B: VirtualBackend>(state: &Arc<State<B>>, queues: &[String], err
     for sender in senders {
         let copy = crate::Error::new(err.kind(), err.message().to_owned());
         let _ = sender.try_send(vec![Err(copy)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_reached;
+
+    #[test]
+    fn acks_wake_the_loop_at_the_low_water_mark() {
+        // Window 100, mark 25: full until 75 are unacked.
+        assert!(!room_reached(100, 100, 99));
+        assert!(!room_reached(100, 77, 76));
+        assert!(room_reached(100, 76, 75), "the 25th free slot");
+        assert!(!room_reached(100, 75, 74), "already past the mark");
+        assert!(room_reached(100, 90, 10), "a multiple ack across it");
+        assert!(room_reached(100, 1, 0), "the window emptied");
+        assert!(room_reached(0, 5, 4), "no window");
+        assert!(room_reached(1, 1, 0));
+        assert!(room_reached(4, 4, 3), "mark 1");
     }
 }

@@ -829,24 +829,32 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         self.state.ensure_open()?;
         let local = self.state.backend.acks_are_local();
         if !multiple {
-            let (item, batch) = {
+            let (item, batch, wake) = {
                 let mut inner = self.state.lock();
                 let item = take_one_unacked(&mut inner, delivery_tag)?;
-                (item, self.state.acks.batch_for(inner.prefetch))
+                let after = inner.unacked.len();
+                let wake = consume::room_reached(inner.prefetch, after + 1, after);
+                (item, self.state.acks.batch_for(inner.prefetch), wake)
             };
-            self.state.wake_poller.notify_one();
+            if wake {
+                self.state.wake_poller.notify_one();
+            }
             if local {
                 return Ok(());
             }
             let ack = std::iter::once((item.queue, item.receipt));
             return self.state.acks.ack(ack, batch).await;
         }
-        let (items, batch) = {
+        let (items, batch, wake) = {
             let mut inner = self.state.lock();
             let items = take_unacked(&mut inner, delivery_tag, multiple)?;
-            (items, self.state.acks.batch_for(inner.prefetch))
+            let after = inner.unacked.len();
+            let wake = consume::room_reached(inner.prefetch, after + items.len(), after);
+            (items, self.state.acks.batch_for(inner.prefetch), wake)
         };
-        self.state.wake_poller.notify_one();
+        if wake {
+            self.state.wake_poller.notify_one();
+        }
         if local {
             return Ok(());
         }

@@ -148,10 +148,10 @@ impl UnackedTable {
 
     /// Drop the settled slots at the front.
     fn trim(&mut self) {
-        while matches!(self.slots.front(), Some(None)) {
-            self.slots.pop_front();
-            self.first += 1;
-        }
+        // Counted, then dropped in place (popping moved each slot out).
+        let settled = self.slots.iter().take_while(|slot| slot.is_none()).count();
+        self.slots.drain(..settled);
+        self.first += settled as u64;
         if self.slots.is_empty() {
             self.first = 0;
         }
