@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -44,6 +45,9 @@ struct State {
 pub(crate) struct MemoryBroker {
     state: Mutex<State>,
     arrived: Notify,
+    /// Fetches waiting for `arrived` (a put with none skips the notify,
+    /// which takes a lock).
+    waiting: AtomicUsize,
 }
 
 impl MemoryBroker {
@@ -56,6 +60,7 @@ impl MemoryBroker {
                 Arc::new(MemoryBroker {
                     state: Mutex::new(State::default()),
                     arrived: Notify::new(),
+                    waiting: AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -122,7 +127,16 @@ impl MemoryBroker {
                 level.push_back(message);
             }
         }
-        self.arrived.notify_waiters();
+        self.wake_fetches();
+    }
+
+    /// Wake the fetches waiting for a message, if any. A fetch counts
+    /// itself waiting before it looks at the queues (and a put stores
+    /// before it reads the count), so none misses a message.
+    fn wake_fetches(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.arrived.notify_waiters();
+        }
     }
 
     /// Store messages at the back of their priority levels, under one lock.
@@ -140,7 +154,7 @@ impl MemoryBroker {
                     .push_back(message);
             }
         }
-        self.arrived.notify_waiters();
+        self.wake_fetches();
     }
 
     /// Take up to `max` messages from the first of `queues` that has any
@@ -178,8 +192,15 @@ impl MemoryBroker {
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            self.take(queues, max, &mut out);
+            if !out.is_empty() {
+                return out;
+            }
+            // Nothing there: count ourselves waiting, then look again (a
+            // put from now on wakes us).
             let notified = self.arrived.notified();
             tokio::pin!(notified);
+            let _waiting = Waiting::enter(&self.waiting);
             notified.as_mut().enable();
             self.take(queues, max, &mut out);
             if !out.is_empty() {
@@ -227,5 +248,22 @@ impl MemoryBroker {
             .get(exchange)
             .cloned()
             .unwrap_or_default()
+    }
+}
+
+/// A fetch counted as waiting for as long as this lives (also when the
+/// fetch is dropped midway).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
