@@ -1,17 +1,18 @@
 //! The [`VirtualBackend`] of `mongodb://`: kombu 5.7's collections and
 //! documents, with leases instead of kombu's pop-before-ack.
 
+mod claim;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use kombu_core::routing::QueueBinding;
-use kombu_core::spi::{async_trait, Fetched, FetchedBody, Receipt, VirtualBackend};
+use kombu_core::spi::{async_trait, Fetched, Receipt, StopWaiting, VirtualBackend};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result};
-use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
-use mongodb::options::ReturnDocument;
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::{Collection, Database};
 use tokio::task::AbortHandle;
 
@@ -19,11 +20,13 @@ use crate::broadcast::{Broadcast, RECEIPT_PREFIX};
 use crate::config::MongoConfig;
 use crate::documents::{
     after_millis, arguments_from_bson, arguments_to_bson, binding_pattern, exchange_document,
-    exchange_from_document, lease, message_document, payload_bytes, payload_of,
-    queue_from_document, queue_options, stored_priority,
+    exchange_from_document, lease, message_document, payload_of, queue_from_document,
+    queue_options, stored_priority,
 };
 use crate::error::driver;
 use crate::lease::{spawn_renewal, LeaseCounter};
+use crate::wakeup::{IdleBackoff, Wakeups};
+use crate::watch::{ChangeWatch, WANTED_AFTER_IDLE};
 
 /// Receipts of stored messages: `m:<_id hex>:<lease id>`.
 const MESSAGE_RECEIPT: &str = "m:";
@@ -31,6 +34,24 @@ const MESSAGE_RECEIPT: &str = "m:";
 /// How long a fetch remembers which fanout exchanges a queue is bound to
 /// (for queues bound by other processes).
 const FANOUT_LOOKUP_TTL: Duration = Duration::from_secs(5);
+
+/// The shortest pause of an idle fetch without a change stream (after a
+/// poll that found messages; doubled after each that found none, up to
+/// `polling_interval`).
+const SHORTEST_PAUSE: Duration = Duration::from_millis(1);
+
+/// The longest pause of an idle fetch is at least this: a
+/// `polling_interval` of 0 does not make a busy loop.
+const LONGEST_PAUSE_FLOOR: Duration = Duration::from_millis(10);
+
+/// The most messages one fetch claims (a consumer without a prefetch
+/// limit asks for as many as the backend likes).
+const MOST_PER_FETCH: usize = 256;
+
+/// With a change stream open, an idle fetch still polls this often (or
+/// every `polling_interval` if longer): for leases that lapse, which no
+/// event reports.
+const STREAM_POLL: Duration = Duration::from_secs(1);
 
 /// The collections of one database.
 #[derive(Clone)]
@@ -85,6 +106,12 @@ pub struct MongoBackend {
     fanout_checked: Mutex<HashMap<String, Instant>>,
     renewal: Option<AbortHandle>,
     fetched: AtomicU64,
+    /// Wakes fetches waiting on a queue.
+    wakeups: Arc<Wakeups>,
+    /// The change stream that wakes them for other processes' messages.
+    watch: ChangeWatch,
+    /// The pause of idle fetches when no change stream runs.
+    idle: IdleBackoff,
 }
 
 impl std::fmt::Debug for MongoBackend {
@@ -116,6 +143,16 @@ impl MongoBackend {
             config.lease_renew_interval,
         );
         let retry_pause = config.polling_interval.max(Duration::from_millis(100));
+        let wakeups = Arc::new(Wakeups::default());
+        let watch = ChangeWatch::new(
+            collections.messages.clone(),
+            &wakeups,
+            config.socket_timeout,
+        );
+        let idle = IdleBackoff::new(
+            SHORTEST_PAUSE,
+            config.polling_interval.max(LONGEST_PAUSE_FLOOR),
+        );
         MongoBackend {
             broadcast: Broadcast::new(collections.broadcast.clone(), retry_pause),
             config,
@@ -126,6 +163,9 @@ impl MongoBackend {
             fanout_checked: Mutex::new(HashMap::new()),
             renewal,
             fetched: AtomicU64::new(0),
+            wakeups,
+            watch,
+            idle,
         }
     }
 
@@ -134,70 +174,19 @@ impl MongoBackend {
         &self.owner
     }
 
+    /// True while a change stream on the `messages` collection wakes this
+    /// transport's waiting consumers when another process stores or
+    /// releases a message. It is opened once a consumer has waited for a
+    /// while (when the server has change streams: a replica set, not a
+    /// standalone MongoDB) and closed when no consumer waits any more;
+    /// without it idle consumers poll, backing off up to `polling_interval`.
+    pub fn change_stream_open(&self) -> bool {
+        self.watch.is_live()
+    }
+
     /// The database's collections, for tools and tests.
     pub fn messages_collection(&self) -> &Collection<Document> {
         &self.collections.messages
-    }
-
-    /// The claim filter: the queue's messages nobody holds, or whose
-    /// holder's lease lapsed.
-    fn claimable(queue: &str, now: DateTime) -> Document {
-        doc! {
-            "queue": queue,
-            "$or": [
-                { lease::UNTIL: Bson::Null },
-                { lease::UNTIL: { "$lte": now } },
-            ],
-        }
-    }
-
-    /// Claim the next message of `queue` (lowest stored priority, then
-    /// oldest) with a lease.
-    async fn claim(&self, queue: &str) -> Result<Option<Fetched>> {
-        let now = DateTime::now();
-        let lease_id = ObjectId::new().to_hex();
-        let until = after_millis(now, self.config.lease_timeout.as_millis() as u64);
-        let before = self
-            .collections
-            .messages
-            .find_one_and_update(
-                Self::claimable(queue, now),
-                doc! { "$set": {
-                    lease::OWNER: &self.owner,
-                    lease::ID: &lease_id,
-                    lease::UNTIL: until,
-                } },
-            )
-            .sort(doc! { "priority": 1, "_id": 1 })
-            .return_document(ReturnDocument::Before)
-            .await
-            .map_err(driver("claiming a message"))?;
-        let Some(document) = before else {
-            return Ok(None);
-        };
-        let Ok(id) = document.get_object_id("_id") else {
-            // Not written by kombu: no ObjectId to ack it by. Drop it.
-            tracing::warn!(queue, "message without an ObjectId _id removed");
-            self.collections
-                .messages
-                .delete_one(doc! { "_id": document.get("_id").cloned().unwrap_or(Bson::Null) })
-                .await
-                .map_err(driver("removing a message"))?;
-            return Ok(None);
-        };
-        self.leases.add(&lease_id);
-        self.fetched.fetch_add(1, Ordering::Relaxed);
-        let receipt = format!("{MESSAGE_RECEIPT}{}:{lease_id}", id.to_hex());
-        let mut fetched = Fetched::from_json(queue, receipt, &payload_bytes(&document));
-        // A lease that lapsed: its holder died before ack or requeue.
-        let reclaimed = matches!(document.get(lease::UNTIL), Some(Bson::DateTime(_)));
-        if reclaimed {
-            if let FetchedBody::Envelope(envelope) = &mut fetched.body {
-                envelope.mark_redelivered();
-            }
-            tracing::info!(queue, id = %id, "reclaimed a message whose lease lapsed");
-        }
-        Ok(Some(fetched))
     }
 
     /// Make sure `queue` is subscribed to the fanout exchanges it is bound
@@ -242,57 +231,118 @@ impl MongoBackend {
         Ok(self.exchange(name).await?.map(|e| e.kind))
     }
 
-    /// One pass over `queues`: a buffered broadcast or a claimed message.
-    async fn poll(&self, queues: &[String]) -> Result<Option<Fetched>> {
+    /// One pass over `queues`, in order: up to `max` buffered broadcasts
+    /// and claimed messages of the first queue that has any.
+    async fn poll(&self, queues: &[String], max: usize) -> Result<Vec<Fetched>> {
         for queue in queues {
             self.refresh_fanout(queue).await?;
-            if let Some(fetched) = self.broadcast.take(queue) {
-                return Ok(Some(fetched));
+            let mut taken = self.broadcast.take_up_to(queue, max);
+            if taken.len() < max {
+                taken.extend(self.claim_up_to(queue, max - taken.len()).await?);
             }
-            if let Some(fetched) = self.claim(queue).await? {
-                return Ok(Some(fetched));
+            if !taken.is_empty() {
+                return Ok(taken);
             }
         }
-        Ok(None)
+        Ok(Vec::new())
     }
 
-    /// `expire_at` for a message put in `queue` when `ttl` is on (kombu's
-    /// `_put`): the earlier of the queue's `x-message-ttl` and the
-    /// message's `expiration`.
-    async fn message_expiry(&self, queue: &str, envelope: &Envelope) -> Result<Option<DateTime>> {
-        let now = DateTime::now();
+    /// Take up to `max` messages of `queues`, waiting up to `wait` (or
+    /// until `stop` is raised) for the first. Between two polls that find
+    /// nothing the fetch waits for a wake-up of its queues (a put by this
+    /// transport, an insert or release the change stream reports, a
+    /// broadcast) or the end of its pause: the idle back-off, or with a
+    /// change stream open the safety poll of [`STREAM_POLL`].
+    async fn fetch_until(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+        stop: Option<&StopWaiting>,
+    ) -> Result<Vec<Fetched>> {
+        let max = max.clamp(1, MOST_PER_FETCH);
+        let deadline = tokio::time::Instant::now() + wait;
+        let wakeups = self.wakeups.of(queues);
+        // Since when this fetch has found nothing.
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        // False after a pause that ended without a wake-up.
+        let mut woken = true;
+        loop {
+            // Listen before looking: a message that arrives after the poll
+            // looked wakes the wait below.
+            let signals = self.wakeups.listen(&wakeups, &self.broadcast.arrived);
+            // A pause ended, but this transport is putting a message into
+            // one of the queues: its end wakes us, and a poll now would
+            // only slow it down.
+            let skip = !woken && self.wakeups.putting_into(queues);
+            let taken = if skip {
+                Vec::new()
+            } else {
+                self.poll(queues, max).await?
+            };
+            if let Some(first) = taken.first() {
+                self.idle.reset();
+                if self.config.ttl {
+                    self.touch_queue_expiry(&first.queue).await?;
+                }
+                return Ok(taken);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline || stop.is_some_and(StopWaiting::is_raised) {
+                return Ok(Vec::new());
+            }
+            let live = self.watch.is_live();
+            // An open stream is kept while fetches wait; a closed one is
+            // opened once this fetch has waited a while.
+            if live || now.duration_since(*idle_since.get_or_insert(now)) >= WANTED_AFTER_IDLE {
+                self.watch.want();
+            }
+            let pause = if skip {
+                self.idle.shortest()
+            } else if live {
+                self.config.polling_interval.max(STREAM_POLL)
+            } else {
+                self.idle.next()
+            }
+            .min(deadline - now);
+            let signalled = async {
+                futures::future::select_all(signals).await;
+                true
+            };
+            woken = match stop {
+                Some(stop) => {
+                    let mut woken = false;
+                    let signalled = async { woken = signalled.await };
+                    if stop.wait_or(pause, signalled).await {
+                        return Ok(Vec::new());
+                    }
+                    woken
+                }
+                None => tokio::time::timeout(pause, signalled).await.is_ok(),
+            };
+        }
+    }
+
+    /// The `expire_at` of messages put in `queue` when `ttl` is on
+    /// (kombu's `_put`), or `None` when it is off: the queue's
+    /// `x-message-ttl` is read once for all of `envelopes`.
+    async fn expiries(
+        &self,
+        queue: &str,
+        envelopes: &[&Envelope],
+    ) -> Result<Vec<Option<Option<DateTime>>>> {
+        if !self.config.ttl {
+            return Ok(vec![None; envelopes.len()]);
+        }
         let queue_ttl = self
             .queue_declaration(queue)
             .await?
-            .and_then(|q| q.message_ttl)
-            .map(|ttl| after_millis(now, ttl.as_millis() as u64));
-        let message_ttl = envelope
-            .properties
-            .get("expiration")
-            .and_then(|v| {
-                v.as_u64().or_else(|| {
-                    v.as_str()
-                        .and_then(|s| s.trim().parse::<f64>().ok().map(|f| f as u64))
-                })
-            })
-            .map(|ms| after_millis(now, ms));
-        Ok(match (queue_ttl, message_ttl) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
-    }
-
-    /// Parse a message receipt into its `_id` and lease id.
-    fn parse_receipt(receipt: &str) -> Result<(ObjectId, &str)> {
-        let bad = || {
-            Error::new(
-                ErrorKind::Other,
-                format!("mongodb: not a receipt: {receipt:?}"),
-            )
-        };
-        let rest = receipt.strip_prefix(MESSAGE_RECEIPT).ok_or_else(bad)?;
-        let (id, lease_id) = rest.split_once(':').ok_or_else(bad)?;
-        Ok((ObjectId::parse_str(id).map_err(|_| bad())?, lease_id))
+            .and_then(|q| q.message_ttl);
+        let now = DateTime::now();
+        Ok(envelopes
+            .iter()
+            .map(|envelope| Some(message_expiry(now, queue_ttl, envelope)))
+            .collect())
     }
 
     /// With `ttl` on, push back the expiry of `queue` and its bindings
@@ -325,6 +375,31 @@ impl Drop for MongoBackend {
             renewal.abort();
         }
         self.broadcast.shutdown();
+        self.watch.stop();
+    }
+}
+
+/// `expire_at` of a message put with `ttl` on (kombu's `_put`): the earlier
+/// of the queue's `x-message-ttl` and the message's `expiration`.
+fn message_expiry(
+    now: DateTime,
+    queue_ttl: Option<Duration>,
+    envelope: &Envelope,
+) -> Option<DateTime> {
+    let queue_ttl = queue_ttl.map(|ttl| after_millis(now, ttl.as_millis() as u64));
+    let message_ttl = envelope
+        .properties
+        .get("expiration")
+        .and_then(|v| {
+            v.as_u64().or_else(|| {
+                v.as_str()
+                    .and_then(|s| s.trim().parse::<f64>().ok().map(|f| f as u64))
+            })
+        })
+        .map(|ms| after_millis(now, ms));
+    match (queue_ttl, message_ttl) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -453,12 +528,11 @@ impl VirtualBackend for MongoBackend {
     }
 
     async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
-        let expire_at = if self.config.ttl {
-            Some(self.message_expiry(queue, envelope).await?)
-        } else {
-            None
-        };
+        let expire_at = self.expiries(queue, &[envelope]).await?.pop().flatten();
         let document = message_document(queue, payload_of(envelope), priority, expire_at);
+        let _wake = self
+            .wakeups
+            .inserting(queue, document.get_object_id("_id").ok());
         self.collections
             .messages
             .insert_one(document)
@@ -467,25 +541,56 @@ impl VirtualBackend for MongoBackend {
         Ok(())
     }
 
-    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let arrived = self.broadcast.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            if let Some(fetched) = self.poll(queues).await? {
-                if self.config.ttl {
-                    self.touch_queue_expiry(&fetched.queue).await?;
-                }
-                return Ok(Some(fetched));
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let pause = self.config.polling_interval.min(deadline - now);
-            let _ = tokio::time::timeout(pause, arrived).await;
+    /// One ordered `insert_many` of the documents [`put`](Self::put)
+    /// writes, in order.
+    async fn put_many(&self, queue: &str, messages: Vec<(Envelope, u8)>) -> Result<()> {
+        if messages.is_empty() {
+            return Ok(());
         }
+        let envelopes: Vec<&Envelope> = messages.iter().map(|(envelope, _)| envelope).collect();
+        let expiries = self.expiries(queue, &envelopes).await?;
+        let documents: Vec<Document> = messages
+            .iter()
+            .zip(expiries)
+            .map(|((envelope, priority), expire_at)| {
+                message_document(queue, payload_of(envelope), *priority, expire_at)
+            })
+            .collect();
+        let ids: Vec<_> = documents
+            .iter()
+            .filter_map(|d| d.get_object_id("_id").ok())
+            .collect();
+        let _wake = self.wakeups.inserting(queue, ids);
+        self.collections
+            .messages
+            .insert_many(documents)
+            .ordered(true)
+            .await
+            .map_err(driver("storing messages"))?;
+        Ok(())
+    }
+
+    async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
+        Ok(self.fetch_until(queues, wait, 1, None).await?.pop())
+    }
+
+    async fn fetch_batch(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+    ) -> Result<Vec<Fetched>> {
+        self.fetch_until(queues, wait, max, None).await
+    }
+
+    async fn fetch_batch_until(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+        stop: &StopWaiting,
+    ) -> Result<Vec<Fetched>> {
+        self.fetch_until(queues, wait, max, Some(stop)).await
     }
 
     async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
@@ -499,7 +604,7 @@ impl VirtualBackend for MongoBackend {
             .delete_one(doc! { "_id": id, lease::ID: lease_id })
             .await
             .map_err(driver("acknowledging a message"))?;
-        self.leases.remove(lease_id);
+        self.leases.remove(id, lease_id);
         if deleted.deleted_count == 0 {
             tracing::warn!(
                 queue,
@@ -509,6 +614,11 @@ impl VirtualBackend for MongoBackend {
             );
         }
         Ok(())
+    }
+
+    /// One `delete_many` for the whole batch.
+    async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
+        self.delete_acked(acks).await
     }
 
     async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
@@ -532,7 +642,8 @@ impl VirtualBackend for MongoBackend {
             )
             .await
             .map_err(driver("returning a message to its queue"))?;
-        self.leases.remove(lease_id);
+        self.wakeups.wake(queue);
+        self.leases.remove(id, lease_id);
         if updated.matched_count == 0 {
             tracing::warn!(
                 queue,
@@ -689,6 +800,7 @@ impl VirtualBackend for MongoBackend {
             renewal.abort();
         }
         self.broadcast.shutdown();
+        self.watch.stop();
         self.client.clone().shutdown().immediate(true).await;
         Ok(())
     }

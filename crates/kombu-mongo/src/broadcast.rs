@@ -175,13 +175,22 @@ impl Broadcast {
         }
     }
 
-    /// The next buffered broadcast message of `queue`.
-    pub(crate) fn take(&self, queue: &str) -> Option<Fetched> {
+    /// Up to `max` buffered broadcast messages of `queue`, oldest first.
+    pub(crate) fn take_up_to(&self, queue: &str, max: usize) -> Vec<Fetched> {
         let mut state = self.lock();
-        let payload = state.buffers.get_mut(queue)?.pop_front()?;
-        state.next_receipt += 1;
-        let receipt = format!("{RECEIPT_PREFIX}{}", state.next_receipt);
-        Some(Fetched::from_json(queue, receipt, &payload))
+        let state = &mut *state;
+        let Some(buffer) = state.buffers.get_mut(queue) else {
+            return Vec::new();
+        };
+        let count = max.min(buffer.len());
+        buffer
+            .drain(..count)
+            .map(|payload| {
+                state.next_receipt += 1;
+                let receipt = format!("{RECEIPT_PREFIX}{}", state.next_receipt);
+                Fetched::from_json(queue, receipt, &payload)
+            })
+            .collect()
     }
 
     /// Put a fetched broadcast message back at the front of its buffer.

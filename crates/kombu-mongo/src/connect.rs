@@ -4,12 +4,10 @@
 use futures::TryStreamExt;
 use kombu_core::{Error, Result, SslOptions};
 use mongodb::bson::{doc, Document};
-use mongodb::options::{ClientOptions, IndexOptions, Tls, TlsOptions};
-use mongodb::{Client, Database, IndexModel};
+use mongodb::options::{ClientOptions, Tls, TlsOptions};
+use mongodb::{Client, Database};
 
-use crate::backend::Collections;
 use crate::config::MongoConfig;
-use crate::documents::lease;
 use crate::error::map_driver;
 
 /// Error code of "collection already exists".
@@ -88,12 +86,9 @@ fn apply_ssl(options: &mut ClientOptions, ssl: &SslOptions) -> Result<()> {
 }
 
 /// kombu's collections and indexes (its `_create_broadcast` and
-/// `_ensure_indexes`), plus the lease index kombu-rs uses.
-pub(crate) async fn prepare(
-    database: &Database,
-    config: &MongoConfig,
-    collections: &Collections,
-) -> Result<()> {
+/// `_ensure_indexes`). kombu-rs adds no index of its own: lease renewal
+/// looks its messages up by `_id`.
+pub(crate) async fn prepare(database: &Database, config: &MongoConfig) -> Result<()> {
     let secret = config.secret();
     let names = &config.collections;
     let existing = database
@@ -156,19 +151,6 @@ pub(crate) async fn prepare(
                 ));
             }
         }
-    }
-    // Lease renewal looks messages up by owner: index only leased ones.
-    let lease_index = IndexModel::builder()
-        .keys(doc! { lease::OWNER: 1 })
-        .options(
-            IndexOptions::builder()
-                .name("lease_owner_1".to_owned())
-                .sparse(true)
-                .build(),
-        )
-        .build();
-    if let Err(err) = collections.messages.create_index(lease_index).await {
-        tracing::warn!(error = %err, "mongodb: could not create the lease_owner index");
     }
     Ok(())
 }

@@ -1,41 +1,55 @@
 //! Leases on claimed messages: a live transport renews the leases it holds;
 //! a dead one's lapse, and its messages become claimable again.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mongodb::bson::{doc, DateTime, Document};
+use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 use mongodb::Collection;
 use tokio::task::AbortHandle;
 
 use crate::documents::{after_millis, lease};
 
-/// The leases this transport holds (claimed, handed to the channel, not
-/// yet acked or requeued), by lease id: renewal pushes back these and no
-/// others. A claim whose answer never reached the channel (a fetch given up
-/// on by a timeout) is not among them, so its lease lapses and the message
-/// is claimed again, instead of being renewed for as long as the
-/// transport lives.
+/// The messages this transport holds (claimed, handed to the channel, not
+/// yet acked or requeued), by `_id`, with the lease each is held under (a
+/// batch claim leases several messages under one id): renewal pushes back
+/// these and no others, looking them up by `_id` (no index on the lease
+/// fields to maintain on every claim and ack). A claim whose answer never
+/// reached the channel (a fetch given up on by a timeout) is not among
+/// them, so its lease lapses and the message is claimed again, instead of
+/// being renewed for as long as the transport lives.
 #[derive(Debug, Default)]
-pub(crate) struct LeaseCounter(Mutex<HashSet<String>>);
+pub(crate) struct LeaseCounter(Mutex<HashMap<ObjectId, String>>);
 
 impl LeaseCounter {
-    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectId, String>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn add(&self, lease_id: &str) {
-        self.set().insert(lease_id.to_owned());
+    /// The messages `ids` are held under `lease_id`.
+    pub(crate) fn add(&self, lease_id: &str, ids: impl IntoIterator<Item = ObjectId>) {
+        let mut map = self.map();
+        for id in ids {
+            map.insert(id, lease_id.to_owned());
+        }
     }
 
-    pub(crate) fn remove(&self, lease_id: &str) {
-        self.set().remove(lease_id);
+    /// The message `id` was acked or requeued (under `lease_id`).
+    pub(crate) fn remove(&self, id: ObjectId, lease_id: &str) {
+        let mut map = self.map();
+        if map.get(&id).is_some_and(|held| held == lease_id) {
+            map.remove(&id);
+        }
     }
 
-    /// The lease ids held now.
-    pub(crate) fn held(&self) -> Vec<String> {
-        self.set().iter().cloned().collect()
+    /// The messages held now and the lease ids they are held under.
+    pub(crate) fn held(&self) -> (Vec<ObjectId>, Vec<String>) {
+        let map = self.map();
+        let mut leases: Vec<String> = map.values().cloned().collect();
+        leases.sort_unstable();
+        leases.dedup();
+        (map.keys().copied().collect(), leases)
     }
 }
 
@@ -57,14 +71,18 @@ pub(crate) fn spawn_renewal(
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            let held = leases.held();
-            if held.is_empty() {
+            let (ids, lease_ids) = leases.held();
+            if ids.is_empty() {
                 continue;
             }
             let until = after_millis(DateTime::now(), timeout.as_millis() as u64);
             let renewed = messages
                 .update_many(
-                    doc! { lease::OWNER: &owner, lease::ID: { "$in": held } },
+                    doc! {
+                        "_id": { "$in": ids },
+                        lease::OWNER: &owner,
+                        lease::ID: { "$in": lease_ids },
+                    },
                     doc! { "$set": { lease::UNTIL: until } },
                 )
                 .await;
@@ -77,4 +95,29 @@ pub(crate) fn spawn_renewal(
         }
     });
     Some(handle.abort_handle())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LeaseCounter;
+    use mongodb::bson::oid::ObjectId;
+
+    #[test]
+    fn a_message_is_held_until_acked_or_requeued_under_its_lease() {
+        let leases = LeaseCounter::default();
+        let (a, b, c) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        leases.add("batch", [a, b]);
+        leases.add("single", [c]);
+        leases.remove(a, "batch");
+        leases.remove(c, "another lease");
+        let (mut ids, leases_held) = leases.held();
+        ids.sort();
+        let mut expected = vec![b, c];
+        expected.sort();
+        assert_eq!(ids, expected);
+        assert_eq!(leases_held, ["batch", "single"]);
+        leases.remove(b, "batch");
+        leases.remove(c, "single");
+        assert!(leases.held().0.is_empty());
+    }
 }

@@ -7,6 +7,8 @@ mod connect;
 mod documents;
 mod error;
 mod lease;
+mod wakeup;
+mod watch;
 
 use std::sync::Arc;
 
@@ -103,6 +105,6 @@ pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<MongoBac
     let config = Arc::new(config::MongoConfig::new(url, options)?);
     let (client, database) = connect::open(&config).await?;
     let collections = backend::Collections::new(&database, &config);
-    connect::prepare(&database, &config, &collections).await?;
+    connect::prepare(&database, &config).await?;
     Ok(MongoBackend::new(config, client, collections))
 }
