@@ -30,9 +30,9 @@ pub mod spi {
     pub use crate::routing::{route, QueueBinding};
     pub use crate::transport::{Transport, TransportFactory};
     pub use crate::virtual_channel::{
-        Fetched, FetchedBody, Receipt, StopWaiting, StoredMessage, VirtualBackend, VirtualChannel,
-        VirtualFactory, VirtualOptions, VirtualTransport, DEFAULT_OPERATION_TIMEOUT,
-        VIRTUAL_OPTIONS,
+        new_delivery_tag, Fetched, FetchedBody, Receipt, StopWaiting, StoredMessage,
+        VirtualBackend, VirtualChannel, VirtualFactory, VirtualOptions, VirtualTransport,
+        DEFAULT_OPERATION_TIMEOUT, VIRTUAL_OPTIONS,
     };
     pub use async_trait::async_trait;
 }

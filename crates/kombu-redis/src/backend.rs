@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kombu_core::routing::{kombu_topic_regex, route, QueueBinding};
 use kombu_core::spi::async_trait;
-use kombu_core::spi::{Fetched, FetchedBody, Receipt, StopWaiting, VirtualBackend};
+use kombu_core::spi::{
+    new_delivery_tag, Fetched, FetchedBody, Receipt, StopWaiting, StoredMessage, VirtualBackend,
+};
 use kombu_core::{
     Arguments, Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result,
 };
@@ -326,6 +328,36 @@ impl Shared {
         (copy.to_json(), wire)
     }
 
+    /// Put a fetched message's JSON back at the head of its queue (and
+    /// forget its unacked entry, in one script).
+    async fn requeue_json(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        json: Vec<u8>,
+        wire: u8,
+    ) -> Result<()> {
+        if receipt.starts_with(PUBSUB_RECEIPT) {
+            if let Some(hub) = &self.hub {
+                hub.push_front(queue, json);
+            }
+            return Ok(());
+        }
+        let _: i64 = self
+            .scripts
+            .requeue
+            .key(self.keys.unacked())
+            .key(self.keys.unacked_index())
+            .key(self.keys.list_for_wire(queue, wire))
+            .arg(receipt)
+            .arg(json)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        self.arrived.notify_waiters();
+        Ok(())
+    }
+
     /// LPUSH a stored message (one command; concurrent publishes share the
     /// multiplexed connection, which pipelines them).
     async fn put_json(self: &Arc<Self>, queue: &str, json: Vec<u8>, wire: u8) -> Result<()> {
@@ -565,7 +597,8 @@ impl Shared {
             }
         }
         let queues = self.order(queues);
-        let tags: Vec<String> = (0..max).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        // Receipts are kombu delivery tags (uuid4s; no syscall per tag).
+        let tags: Vec<String> = (0..max).map(|_| new_delivery_tag()).collect();
         let mut invocation = self.scripts.fetch_many.prepare_invoke();
         invocation
             .key(self.keys.unacked())
@@ -976,6 +1009,24 @@ impl VirtualBackend for RedisBackend {
         s.put_json(queue, envelope.to_json(), wire).await
     }
 
+    /// The envelope written straight from the message (no maps built).
+    async fn put_message(&self, queue: &str, message: StoredMessage, priority: u8) -> Result<()> {
+        let wire = wire_priority(priority);
+        self.shared
+            .put_json(queue, message.to_kombu_json(wire), wire)
+            .await
+    }
+
+    async fn put_messages(&self, queue: &str, messages: Vec<(StoredMessage, u8)>) -> Result<()> {
+        let stored = futures::future::join_all(
+            messages
+                .into_iter()
+                .map(|(message, priority)| self.put_message(queue, message, priority)),
+        )
+        .await;
+        stored.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    }
+
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
         Ok(self.fetch_batch(queues, wait, 1).await?.pop())
     }
@@ -1057,25 +1108,18 @@ impl VirtualBackend for RedisBackend {
             .unwrap_or(0)
             .min(255) as u8;
         let (json, wire) = s.wire_json(envelope, priority);
-        if receipt.starts_with(PUBSUB_RECEIPT) {
-            if let Some(hub) = &s.hub {
-                hub.push_front(queue, json);
-            }
-            return Ok(());
-        }
-        let _: i64 = s
-            .scripts
-            .requeue
-            .key(s.keys.unacked())
-            .key(s.keys.unacked_index())
-            .key(s.keys.list_for_wire(queue, wire))
-            .arg(receipt)
-            .arg(json)
-            .invoke_async(&mut s.conn())
-            .await
-            .map_err(map_redis)?;
-        s.arrived.notify_waiters();
-        Ok(())
+        s.requeue_json(queue, receipt, json, wire).await
+    }
+
+    async fn requeue_message(
+        &self,
+        queue: &str,
+        receipt: &Receipt,
+        message: StoredMessage,
+    ) -> Result<()> {
+        let wire = wire_priority(message.priority());
+        let json = message.to_kombu_json(wire);
+        self.shared.requeue_json(queue, receipt, json, wire).await
     }
 
     async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {

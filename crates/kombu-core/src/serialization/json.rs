@@ -41,6 +41,14 @@ pub(crate) fn to_kombu_json_of<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Append `value` to `out` as [`to_kombu_json`] writes it (for writers that
+/// put a document together piece by piece).
+pub(crate) fn write_kombu_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let mut serializer = serde_json::Serializer::with_formatter(&mut *out, KombuFormatter);
+    // Strings and `Value`s into a `Vec` cannot fail (keys are strings).
+    let _ = value.serialize(&mut serializer);
+}
+
 /// A `serde_json` formatter that writes Python's `json.dumps` default layout.
 struct KombuFormatter;
 
@@ -82,6 +90,13 @@ impl serde_json::ser::Formatter for KombuFormatter {
         w: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
+        // Mostly ASCII: find the first byte to escape without decoding chars.
+        let Some(first) = fragment.bytes().position(|b| b >= 0x7f) else {
+            return w.write_all(fragment.as_bytes());
+        };
+        w.write_all(&fragment.as_bytes()[..first])?;
+        // Bytes before `first` are ASCII, so `first` starts a char.
+        let fragment = &fragment[first..];
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
             if c.is_ascii() && c != '\x7f' {

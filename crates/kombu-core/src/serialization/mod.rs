@@ -43,8 +43,8 @@ mod registry;
 mod yaml;
 
 pub use accept::Accept;
-pub(crate) use json::to_kombu_json_of;
 pub use json::{tag, tagged_bytes, tagged_datetime, to_kombu_json, untag_bytes, JsonSerializer};
+pub(crate) use json::{to_kombu_json_of, write_kombu_json};
 pub use msgpack::MsgpackSerializer;
 pub use payload::Payload;
 pub use registry::SerializerRegistry;

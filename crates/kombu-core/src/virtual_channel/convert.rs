@@ -26,7 +26,12 @@ pub(crate) fn now_ms() -> u64 {
 /// kombu only needs these to be unique, not secret: each thread seeds a
 /// SplitMix64 sequence once from the OS (one `getrandom` per thread rather
 /// than one per message) and draws the 122 random bits from it.
-pub(crate) fn new_delivery_tag() -> String {
+///
+/// ```
+/// let tag = kombu_core::spi::new_delivery_tag();
+/// assert_eq!(uuid::Uuid::parse_str(&tag).unwrap().get_version_num(), 4);
+/// ```
+pub fn new_delivery_tag() -> String {
     thread_local! {
         static NEXT: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
     }

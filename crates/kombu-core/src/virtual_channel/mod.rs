@@ -17,6 +17,7 @@ mod factory;
 mod guarded;
 mod publish_many;
 mod stored;
+mod stored_json;
 mod unacked;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, Notify};
 use acks::AckBatcher;
 use admit::Admitted;
 pub use backend::{Fetched, FetchedBody, Receipt, StopWaiting, VirtualBackend};
+pub use convert::new_delivery_tag;
 pub use factory::VirtualFactory;
 pub use guarded::DEFAULT_OPERATION_TIMEOUT;
 use guarded::{Guarded, Liveness};

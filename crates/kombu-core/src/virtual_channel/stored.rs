@@ -58,22 +58,22 @@ const MODELLED: &[&str] = &[
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredMessage {
-    body: Bytes,
-    content_type: Option<Box<str>>,
-    content_encoding: Option<Box<str>>,
+    pub(super) body: Bytes,
+    pub(super) content_type: Option<Box<str>>,
+    pub(super) content_encoding: Option<Box<str>>,
     /// `None` when empty.
-    headers: Option<Box<Headers>>,
+    pub(super) headers: Option<Box<Headers>>,
     /// `None` when every property but the two below is unset.
-    properties: Option<Box<Properties>>,
-    delivery_mode: Option<DeliveryMode>,
-    priority: Option<u8>,
-    exchange: Box<str>,
-    routing_key: Box<str>,
-    redelivered: bool,
-    published_ms: Option<u64>,
+    pub(super) properties: Option<Box<Properties>>,
+    pub(super) delivery_mode: Option<DeliveryMode>,
+    pub(super) priority: Option<u8>,
+    pub(super) exchange: Box<str>,
+    pub(super) routing_key: Box<str>,
+    pub(super) redelivered: bool,
+    pub(super) published_ms: Option<u64>,
     /// Envelope properties kombu-rs does not model (from a stored
     /// envelope), kept through dead-lettering.
-    extra: Option<Box<Map<String, Value>>>,
+    pub(super) extra: Option<Box<Map<String, Value>>>,
 }
 
 fn boxed_text(text: Option<String>) -> Option<Box<str>> {
