@@ -4,7 +4,7 @@
 mod claim;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use kombu_core::routing::QueueBinding;
 use kombu_core::spi::{async_trait, Fetched, Receipt, StopWaiting, VirtualBackend};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result};
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::{Collection, Database};
 use tokio::task::AbortHandle;
 
@@ -24,6 +24,7 @@ use crate::documents::{
     queue_options, stored_priority,
 };
 use crate::error::driver;
+use crate::handoff::{Handed, Handoffs};
 use crate::lease::{spawn_renewal, LeaseCounter};
 use crate::wakeup::{IdleBackoff, Wakeups};
 use crate::watch::{ChangeWatch, WANTED_AFTER_IDLE};
@@ -101,6 +102,8 @@ pub struct MongoBackend {
     /// This transport's lease owner id.
     owner: String,
     leases: Arc<LeaseCounter>,
+    /// This transport's fetches waiting for its own publishes.
+    handoffs: Handoffs,
     broadcast: Arc<Broadcast>,
     /// Queue -> when its fanout bindings were last looked up.
     fanout_checked: Mutex<HashMap<String, Instant>>,
@@ -159,6 +162,7 @@ impl MongoBackend {
             client,
             collections,
             owner,
+            handoffs: Handoffs::new(leases.clone()),
             leases,
             fanout_checked: Mutex::new(HashMap::new()),
             renewal,
@@ -182,6 +186,13 @@ impl MongoBackend {
     /// without it idle consumers poll, backing off up to `polling_interval`.
     pub fn change_stream_open(&self) -> bool {
         self.watch.is_live()
+    }
+
+    /// How many messages this transport's publishes handed straight to
+    /// one of its own waiting fetches (stored leased to it: no claim
+    /// request), since it opened.
+    pub fn handed_over(&self) -> u64 {
+        self.handoffs.handed_over()
     }
 
     /// The database's collections, for tools and tests.
@@ -271,25 +282,32 @@ impl MongoBackend {
             // Listen before looking: a message that arrives after the poll
             // looked wakes the wait below.
             let signals = self.wakeups.listen(&wakeups, &self.broadcast.arrived);
+            // From here on this transport's puts into `queues` hand their
+            // message over (during the poll too: the message is then stored
+            // leased to us, and the poll does not see it).
+            let waiting = self.handoffs.wait_on(queues);
             // A pause ended, but this transport is putting a message into
             // one of the queues: its end wakes us, and a poll now would
             // only slow it down.
             let skip = !woken && self.wakeups.putting_into(queues);
-            let taken = if skip {
+            let mut taken = if skip {
                 Vec::new()
             } else {
                 self.poll(queues, max).await?
             };
-            if let Some(first) = taken.first() {
-                self.idle.reset();
-                if self.config.ttl {
-                    self.touch_queue_expiry(&first.queue).await?;
+            let now = tokio::time::Instant::now();
+            let over = now >= deadline || stop.is_some_and(StopWaiting::is_raised);
+            if !taken.is_empty() || over {
+                if let Some(handed) = waiting.close() {
+                    self.take_handed(&mut taken, handed, max).await;
+                }
+                if let Some(first) = taken.first() {
+                    self.idle.reset();
+                    if self.config.ttl {
+                        self.touch_queue_expiry(&first.queue).await?;
+                    }
                 }
                 return Ok(taken);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline || stop.is_some_and(StopWaiting::is_raised) {
-                return Ok(Vec::new());
             }
             let live = self.watch.is_live();
             // An open stream is kept while fetches wait; a closed one is
@@ -309,17 +327,39 @@ impl MongoBackend {
                 futures::future::select_all(signals).await;
                 true
             };
-            woken = match stop {
+            let stopped;
+            (woken, stopped) = match stop {
                 Some(stop) => {
                     let mut woken = false;
                     let signalled = async { woken = signalled.await };
-                    if stop.wait_or(pause, signalled).await {
-                        return Ok(Vec::new());
-                    }
-                    woken
+                    let stopped = stop.wait_or(pause, signalled).await;
+                    (woken, stopped)
                 }
-                None => tokio::time::timeout(pause, signalled).await.is_ok(),
+                None => (tokio::time::timeout(pause, signalled).await.is_ok(), false),
             };
+            if let Some(handed) = waiting.close() {
+                self.handoffs.took_one();
+                self.idle.reset();
+                if self.config.ttl {
+                    self.touch_queue_expiry(&handed.fetched.queue).await?;
+                }
+                return Ok(vec![handed.fetched]);
+            }
+            if stopped {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// A message handed over while a poll found others: one more when
+    /// `max` has room, else its lease is given back.
+    async fn take_handed(&self, taken: &mut Vec<Fetched>, handed: Box<Handed>, max: usize) {
+        if taken.len() < max {
+            self.handoffs.took_one();
+            taken.push(handed.fetched);
+        } else {
+            self.release(&handed.fetched.queue, handed.id, &handed.lease_id)
+                .await;
         }
     }
 
@@ -527,17 +567,45 @@ impl VirtualBackend for MongoBackend {
         Ok(stored + self.broadcast.buffered(queue))
     }
 
+    /// One insert. When a fetch of this transport waits on the queue, the
+    /// message is inserted leased to it and handed over (see
+    /// [`crate::handoff`]): a round trip of one request.
     async fn put(&self, queue: &str, envelope: &Envelope, priority: u8) -> Result<()> {
         let expire_at = self.expiries(queue, &[envelope]).await?.pop().flatten();
-        let document = message_document(queue, payload_of(envelope), priority, expire_at);
-        let _wake = self
-            .wakeups
-            .inserting(queue, document.get_object_id("_id").ok());
+        let mut document = message_document(queue, payload_of(envelope), priority, expire_at);
+        let id = document.get_object_id("_id").ok();
+        let handoff = id
+            .and_then(|id| Some((id, self.handoffs.reserve(queue)?)))
+            .map(|(id, slot)| {
+                let lease_id = ObjectId::new().to_hex();
+                if let Ok(fields) = self
+                    .lease_fields(&lease_id, DateTime::now())
+                    .get_document("$set")
+                {
+                    document.extend(fields.clone());
+                }
+                (id, slot, lease_id)
+            });
+        let _wake = self.wakeups.inserting(queue, id);
         self.collections
             .messages
             .insert_one(document)
             .await
             .map_err(driver("storing a message"))?;
+        if let Some((id, slot, lease_id)) = handoff {
+            self.leases.add(&lease_id, [id]);
+            self.fetched.fetch_add(1, Ordering::Relaxed);
+            let receipt = format!("{MESSAGE_RECEIPT}{}:{lease_id}", id.to_hex());
+            let handed = Box::new(Handed {
+                fetched: Fetched::new(queue, receipt, envelope.clone()),
+                id,
+                lease_id,
+            });
+            if let Err(handed) = slot.fill(handed) {
+                // The fetch stopped waiting: the message goes back to the queue.
+                self.release(queue, handed.id, &handed.lease_id).await;
+            }
+        }
         Ok(())
     }
 

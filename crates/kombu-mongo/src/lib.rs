@@ -6,6 +6,7 @@ mod config;
 mod connect;
 mod documents;
 mod error;
+mod handoff;
 mod lease;
 mod wakeup;
 mod watch;

@@ -20,6 +20,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use support::*;
 
 const CHILD_ENV: &str = "KOMBU_MONGO_CRASH_CHILD";
+/// Set for a child that publishes its own messages while its consumer
+/// waits (each handed over, stored leased to it).
+const HANDOFF_ENV: &str = "KOMBU_MONGO_CRASH_HANDOFF";
 const PUBLISHED: usize = 30;
 const CHILD_ACKS: usize = 5;
 const CHILD_HOLDS: usize = 10;
@@ -45,6 +48,35 @@ async fn crash_child() {
         .await
         .expect("consumer");
     let mut held = Vec::new();
+    if std::env::var(HANDOFF_ENV).is_ok() {
+        // Publish each message itself while its consumer waits: handed over.
+        let producer = Producer::new(&conn);
+        for i in 0..CHILD_HOLDS {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let id = format!("h{i}");
+            producer
+                .publish(json!(id), PublishOptions::new().routing_key(queue))
+                .await
+                .expect("publish");
+            let message = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+                .await
+                .expect("a message within 30 s")
+                .expect("stream open")
+                .expect("message");
+            let id: String = message.decode().expect("body");
+            println!("HELD {id}");
+            held.push(message);
+        }
+        let backend = conn
+            .extension::<kombu_mongo::MongoBackend>()
+            .await
+            .expect("backend");
+        println!("HANDED {}", backend.handed_over());
+        println!("WAITING");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        drop(held);
+        return;
+    }
     for i in 0..CHILD_ACKS + CHILD_HOLDS {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
@@ -89,37 +121,8 @@ async fn sigkilled_consumer_loses_nothing() {
             .unwrap();
     }
 
-    let exe = std::env::current_exe().unwrap();
-    let mut child = tokio::process::Command::new(exe)
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{url}|{queue}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("child consumer");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acked = HashSet::new();
-    let mut held = HashSet::new();
-    let waited = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            // libtest may print "test crash_child ... " before the first line.
-            let after = |tag: &str| line.find(tag).map(|at| line[at + tag.len()..].to_owned());
-            if let Some(id) = after("ACKED ") {
-                acked.insert(id);
-            } else if let Some(id) = after("HELD ") {
-                held.insert(id);
-            } else if line.ends_with("WAITING") {
-                return;
-            }
-        }
-        panic!("the child consumer ended before holding its messages");
-    })
-    .await;
-    assert!(waited.is_ok(), "child consumer not ready within 60 s");
-    child.start_kill().unwrap(); // SIGKILL
-    let status = child.wait().await.unwrap();
-    assert!(!status.success(), "the child was killed");
+    let killed = run_and_kill_child(&url, queue, false).await;
+    let (acked, held) = (killed.acked, killed.held);
     let stored = documents(&raw, "messages").await.len();
 
     // Everything not acked comes back: the held ones once their leases lapse.
@@ -174,6 +177,119 @@ async fn sigkilled_consumer_loses_nothing() {
         redelivered, CHILD_HOLDS,
         "held messages come back flagged redelivered"
     );
+    let _ = conn.close().await;
+    drop_database(&raw).await;
+}
+
+/// What a killed child reported.
+struct Killed {
+    acked: HashSet<String>,
+    held: HashSet<String>,
+    handed: Option<u64>,
+}
+
+/// Run `crash_child` on `queue` (handing over its own publishes when
+/// `handoff`), wait until it holds its messages, SIGKILL it.
+async fn run_and_kill_child(url: &str, queue: &str, handoff: bool) -> Killed {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{url}|{queue}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if handoff {
+        command.env(HANDOFF_ENV, "1");
+    }
+    let mut child = command.spawn().expect("child consumer");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked = HashSet::new();
+    let mut held = HashSet::new();
+    let mut handed = None;
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            // libtest may print "test crash_child ... " before the first line.
+            let after = |tag: &str| line.find(tag).map(|at| line[at + tag.len()..].to_owned());
+            if let Some(id) = after("ACKED ") {
+                acked.insert(id);
+            } else if let Some(id) = after("HELD ") {
+                held.insert(id);
+            } else if let Some(n) = after("HANDED ") {
+                handed = n.trim().parse().ok();
+            } else if line.ends_with("WAITING") {
+                return;
+            }
+        }
+        panic!("the child consumer ended before holding its messages");
+    })
+    .await;
+    assert!(waited.is_ok(), "child consumer not ready within 60 s");
+    child.start_kill().unwrap(); // SIGKILL
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "the child was killed");
+    Killed {
+        acked,
+        held,
+        handed,
+    }
+}
+
+/// Messages a killed consumer's transport published and had handed over
+/// to its own waiting consumer come back too (they were stored leased).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_consumer_loses_no_handed_over_message() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let Some(base) = base_url() else { return };
+    let database = fresh_database("kcrashho");
+    let url = with_database(&base, &database);
+    let raw = raw_database(&base, &database).await;
+    let queue = "crashhq";
+    let conn = connection(&url, lease_options());
+    let channel = conn.channel().await.unwrap();
+    Queue::new(queue).declare(channel.as_ref()).await.unwrap();
+    let killed = run_and_kill_child(&url, queue, true).await;
+    let handed = killed.handed.expect("the child reported its handovers");
+    assert!(handed >= 1, "no publish was handed over (handed {handed})");
+    assert_eq!(killed.held.len(), CHILD_HOLDS);
+    assert_eq!(
+        documents(&raw, "messages").await.len(),
+        CHILD_HOLDS,
+        "every held message is stored"
+    );
+    let mut consumer = Consumer::builder(&conn)
+        .queue(Queue::new(queue))
+        .prefetch_count(10)
+        .build()
+        .await
+        .unwrap();
+    let mut recovered = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while recovered.len() < CHILD_HOLDS && tokio::time::Instant::now() < deadline {
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
+        else {
+            continue;
+        };
+        let message = message.unwrap();
+        assert!(
+            message.redelivered(),
+            "a held message comes back redelivered"
+        );
+        recovered.insert(message.decode::<String>().unwrap());
+        message.ack().await.unwrap();
+    }
+    println!(
+        "child held {} ({handed} handed over), recovered {}",
+        killed.held.len(),
+        recovered.len()
+    );
+    assert_eq!(
+        recovered, killed.held,
+        "every handed-over message recovered"
+    );
+    consumer.close().await.unwrap();
     let _ = conn.close().await;
     drop_database(&raw).await;
 }

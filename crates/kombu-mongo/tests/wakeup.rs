@@ -160,3 +160,53 @@ async fn idle_consumer_is_woken_by_another_process_requeue() {
     let _ = holder.close().await;
     drop_database(&raw).await;
 }
+
+/// A consumer waiting on a queue gets this transport's publish handed
+/// over: stored already leased to it (no claim request), deleted by the ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_publish_is_handed_to_the_waiting_consumer_leased() {
+    let Some(base) = base_url() else { return };
+    let database = fresh_database("khand");
+    let url = with_database(&base, &database);
+    let raw = raw_database(&base, &database).await;
+    let queue = "handq";
+    let conn = connection(&url, slow_polling());
+    let backend: Arc<MongoBackend> = conn.extension::<MongoBackend>().await.unwrap();
+    let channel = conn.channel().await.unwrap();
+    Queue::new(queue).declare(channel.as_ref()).await.unwrap();
+    let mut consumer = Consumer::builder(&conn)
+        .queue(Queue::new(queue))
+        .prefetch_count(1)
+        .build()
+        .await
+        .unwrap();
+    // Idle long enough for its fetch to wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Producer::new(&conn)
+        .publish(json!("handed"), PublishOptions::new().routing_key(queue))
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(ARRIVAL, consumer.next())
+        .await
+        .expect("delivered")
+        .expect("stream open")
+        .expect("message");
+    assert_eq!(message.decode::<String>().unwrap(), "handed");
+    assert!(!message.redelivered());
+    assert_eq!(backend.handed_over(), 1, "the publish was handed over");
+    let stored = documents(&raw, "messages").await;
+    assert_eq!(stored.len(), 1, "stored before the ack: {stored:?}");
+    assert_eq!(
+        stored[0].get_str("lease_owner").ok(),
+        Some(backend.lease_owner()),
+        "stored leased to this transport"
+    );
+    message.ack().await.unwrap();
+    consumer.close().await.unwrap();
+    assert!(
+        documents(&raw, "messages").await.is_empty(),
+        "the ack deleted it"
+    );
+    let _ = conn.close().await;
+    drop_database(&raw).await;
+}

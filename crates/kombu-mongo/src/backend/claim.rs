@@ -50,7 +50,7 @@ impl MongoBackend {
     }
 
     /// The `$set` of a claim.
-    fn lease_fields(&self, lease_id: &str, now: DateTime) -> Document {
+    pub(super) fn lease_fields(&self, lease_id: &str, now: DateTime) -> Document {
         let until = after_millis(now, self.config.lease_timeout.as_millis() as u64);
         doc! { "$set": {
             lease::OWNER: &self.owner,
@@ -167,6 +167,23 @@ impl MongoBackend {
             tracing::info!(queue, id = %id, "reclaimed a message whose lease lapsed");
         }
         fetched
+    }
+
+    /// Give back the lease of a message nobody took (it becomes
+    /// claimable); on failure it lapses instead.
+    pub(super) async fn release(&self, queue: &str, id: ObjectId, lease_id: &str) {
+        self.leases.remove(id, lease_id);
+        let released = self
+            .collections
+            .messages
+            .update_one(
+                doc! { "_id": id, lease::ID: lease_id },
+                doc! { "$unset": { lease::OWNER: "", lease::ID: "", lease::UNTIL: "" } },
+            )
+            .await;
+        if let Err(err) = released {
+            tracing::warn!(queue, id = %id, error = %err, "giving back a lease failed; it lapses");
+        }
     }
 
     /// A message not written by kombu: no ObjectId to ack it by. Drop it.
