@@ -146,7 +146,7 @@ async fn quorum_queue_with_per_consumer_qos() {
     let Some(url) = common::url() else { return };
     let conn = common::connection(&url, ConnectionOptions::new());
     let channel = conn.channel().await.unwrap();
-    let q = Queue::new(unique("quorum-q")).argument("x-queue-type", "quorum");
+    let q = Queue::new(unique("quorum-q")).quorum();
     // Quorum queues refuse global QoS; the consumer's prefetch is per consumer.
     let mut consumer = Consumer::builder(&conn)
         .queue(q.clone())
@@ -182,6 +182,58 @@ async fn quorum_queue_with_per_consumer_qos() {
     seen.sort();
     assert_eq!(seen, [0, 1]);
     channel.queue_delete(&q.name).await.unwrap();
+}
+
+/// A quorum queue with a delivery limit dead-letters a message returned
+/// too often (at least once) instead of delivering it round and round.
+#[tokio::test]
+async fn quorum_queue_delivery_limit_dead_letters() {
+    let Some(url) = common::url() else { return };
+    let conn = common::connection(&url, ConnectionOptions::new());
+    let channel = conn.channel().await.unwrap();
+    let dead = Queue::new(unique("quorum-dead")).quorum();
+    channel.queue_declare(&dead).await.unwrap();
+    let q = Queue::new(unique("quorum-limit"))
+        .quorum()
+        .delivery_limit(1)
+        .dead_letter_exchange("")
+        .dead_letter_routing_key(&dead.name)
+        .dead_letter_at_least_once();
+    let mut consumer = Consumer::builder(&conn)
+        .queue(q.clone())
+        .prefetch_count(1)
+        .build()
+        .await
+        .unwrap();
+    Producer::new(&conn)
+        .publish(json!("poison"), PublishOptions::new().routing_key(&q.name))
+        .await
+        .unwrap();
+    let mut deliveries = 0;
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
+    {
+        let message = message.unwrap();
+        deliveries += 1;
+        assert!(deliveries <= 3, "delivered past its limit");
+        message.requeue().await.unwrap();
+    }
+    assert_eq!(deliveries, 2, "the first delivery and one redelivery");
+    consumer.close().await.unwrap();
+    // Dead-lettering is asynchronous: look for a few seconds.
+    let mut got = None;
+    for _ in 0..50 {
+        got = channel.basic_get(&dead.name, true).await.unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = got.expect("dead-lettered within 5 s");
+    assert_eq!(got.message.body.as_ref(), b"\"poison\"");
+    for name in [&q.name, &dead.name] {
+        channel.queue_delete(name).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -343,6 +343,44 @@ impl Queue {
         self
     }
 
+    /// A RabbitMQ quorum queue (`x-queue-type: quorum`, durable): replicated
+    /// across a cluster's nodes, what Celery 5.5 recommends. Consumers of
+    /// it get per-consumer QoS (kombu-amqp always sets it so); quorum
+    /// queues refuse exclusive and non-durable declarations and
+    /// `x-max-priority`. Other transports keep the argument and ignore it.
+    ///
+    /// ```
+    /// use kombu_core::Queue;
+    /// let q = Queue::new("tasks").quorum().delivery_limit(5);
+    /// assert_eq!(q.queue_type(), Some("quorum"));
+    /// assert_eq!(q.declare_arguments()["x-delivery-limit"], 5);
+    /// ```
+    pub fn quorum(self) -> Self {
+        self.durable(true).argument("x-queue-type", "quorum")
+    }
+
+    /// The `x-queue-type` argument (`"quorum"`, `"stream"`, `"classic"`),
+    /// when one is set.
+    pub fn queue_type(&self) -> Option<&str> {
+        self.arguments.get("x-queue-type").and_then(Value::as_str)
+    }
+
+    /// Dead-letter (or drop) a message after it was delivered `limit` times
+    /// and returned (`x-delivery-limit`; RabbitMQ honours it on quorum
+    /// queues), so a message no consumer can handle does not loop forever.
+    pub fn delivery_limit(self, limit: u32) -> Self {
+        self.argument("x-delivery-limit", limit)
+    }
+
+    /// Dead-letter at least once (`x-dead-letter-strategy: at-least-once`
+    /// with `x-overflow: reject-publish`, which RabbitMQ requires for it):
+    /// a quorum queue keeps a dead-lettered message until the dead-letter
+    /// queue has confirmed it, instead of RabbitMQ's default at-most-once.
+    pub fn dead_letter_at_least_once(self) -> Self {
+        self.argument("x-dead-letter-strategy", "at-least-once")
+            .argument("x-overflow", "reject-publish")
+    }
+
     /// The AMQP arguments of the declaration: the typed fields as `x-` keys
     /// plus [`Queue::arguments`].
     pub fn declare_arguments(&self) -> Arguments {
@@ -412,6 +450,25 @@ mod tests {
             .argument("x-queue-type", "quorum");
         let back = Queue::from_arguments("q", &q.declare_arguments());
         assert_eq!(back, q);
+    }
+
+    #[test]
+    fn quorum_queues_as_celery_declares_them() {
+        let q = Queue::new("celery")
+            .durable(false)
+            .quorum()
+            .delivery_limit(3)
+            .dead_letter_exchange("dlx")
+            .dead_letter_at_least_once();
+        assert!(q.durable, "quorum queues are durable");
+        assert_eq!(q.queue_type(), Some("quorum"));
+        let args = q.declare_arguments();
+        assert_eq!(args["x-queue-type"], "quorum");
+        assert_eq!(args["x-delivery-limit"], 3);
+        assert_eq!(args["x-dead-letter-strategy"], "at-least-once");
+        assert_eq!(args["x-overflow"], "reject-publish");
+        assert_eq!(args["x-dead-letter-exchange"], "dlx");
+        assert_eq!(Queue::new("c").queue_type(), None);
     }
 
     #[test]
