@@ -39,7 +39,11 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "binding_cache_ttl",
     "polling_interval",
     "db",
+    "master_name",
 ];
+
+/// The port of a Redis Sentinel when a `sentinel://` URL gives none.
+pub const SENTINEL_PORT: u16 = 26379;
 
 /// Where the server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +166,9 @@ pub struct RedisConfig {
     /// `polling_interval` (0.02 s): the longest pause between two looks at
     /// empty queues.
     pub polling_interval: Duration,
+    /// `sentinel://`: the master's name (`master_name`); `address` is then
+    /// the sentinel to ask for the master's address.
+    pub master_name: Option<String>,
 }
 
 /// How long a command waits for its answer when `socket_timeout` is not
@@ -266,7 +273,22 @@ impl RedisConfig {
         let scheme = url.scheme();
         let tls = scheme == "rediss" || options.ssl.is_enabled() && scheme != "redis+socket";
         let host = url.hostname().unwrap_or("localhost").to_owned();
-        let port = url.port().unwrap_or(6379);
+        let sentinel = scheme == "sentinel";
+        let port = url
+            .port()
+            .unwrap_or(if sentinel { SENTINEL_PORT } else { 6379 });
+        // kombu's sentinel transport option (other schemes ignore it, as
+        // kombu does).
+        let master_name = to
+            .get_str("master_name")?
+            .filter(|name| sentinel && !name.is_empty())
+            .map(str::to_owned);
+        if sentinel && master_name.is_none() {
+            return Err(invalid(
+                "sentinel:// needs the master's name: the transport option \
+                 master_name (or ?master_name= in the URL)",
+            ));
+        }
         let (address, vhost_db) = if scheme == "redis+socket" {
             if url.path().is_empty() || url.path() == "/" {
                 return Err(Error::new(
@@ -381,6 +403,7 @@ impl RedisConfig {
             fanout_mode,
             binding_cache_ttl: secs("binding_cache_ttl")?.unwrap_or(Duration::from_secs(1)),
             polling_interval: secs("polling_interval")?.unwrap_or(Duration::from_millis(20)),
+            master_name,
         })
     }
 }
@@ -535,5 +558,32 @@ mod tests {
         )
         .is_err());
         assert!(config("redis://", TransportOptions::new().set("fanout_mode", "x")).is_err());
+    }
+
+    #[test]
+    fn sentinel_urls_need_the_master_name() {
+        let err = config("sentinel://127.0.0.1:26380", TransportOptions::new()).unwrap_err();
+        assert!(err.to_string().contains("master_name"), "{err}");
+        let c = config(
+            "sentinel://:pw@127.0.0.1:26380/2",
+            TransportOptions::new().set("master_name", "mymaster"),
+        )
+        .unwrap();
+        assert_eq!(c.master_name.as_deref(), Some("mymaster"));
+        assert_eq!(c.db, 2);
+        assert_eq!(
+            c.address,
+            Address::Tcp {
+                host: "127.0.0.1".into(),
+                port: 26380
+            }
+        );
+        // Other schemes ignore it, as kombu does.
+        let plain = config(
+            "redis://127.0.0.1",
+            TransportOptions::new().set("master_name", "mymaster"),
+        )
+        .unwrap();
+        assert_eq!(plain.master_name, None);
     }
 }

@@ -119,9 +119,80 @@ async fn manager(client: &redis::Client, config: &RedisConfig) -> Result<Connect
     })
 }
 
+/// The master's address, from the sentinel `config.address` names
+/// (`SENTINEL get-master-addr-by-name`), within the connect timeout.
+async fn master_address(config: &RedisConfig, master: &str) -> Result<Address> {
+    let Address::Tcp { host, port } = &config.address else {
+        return Err(Error::invalid_option(
+            "sentinel://: a sentinel is reached over TCP (host:port)",
+        ));
+    };
+    let bound = config.connect_timeout() + config.response_timeout();
+    let ask = async {
+        let client = redis::Client::open(
+            ConnectionAddr::Tcp(host.clone(), *port)
+                .into_connection_info()
+                .map_err(map_redis)?,
+        )
+        .map_err(map_redis)?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(map_redis)?;
+        let answer: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_redis)?;
+        answer.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("redis sentinel {host}:{port} monitors no master named {master:?}"),
+            )
+        })
+    };
+    let (master_host, master_port) = tokio::time::timeout(bound, ask)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("redis sentinel {host}:{port}: no answer within {bound:?}"),
+            ))
+        })
+        .map_err(|err| {
+            Error::new(
+                err.kind(),
+                format!("asking sentinel {host}:{port} for master {master:?}: {err}"),
+            )
+        })?;
+    tracing::debug!(
+        sentinel = %format!("{host}:{port}"),
+        master,
+        address = %format!("{master_host}:{master_port}"),
+        "redis sentinel named the master"
+    );
+    Ok(Address::Tcp {
+        host: master_host,
+        port: master_port,
+    })
+}
+
 /// The command connection and the client (for PUB/SUB), with the login
-/// the URL gives (sent as written, on the first attempt).
+/// the URL gives (sent as written, on the first attempt). A `sentinel://`
+/// URL is resolved to its master first (on every open, so a reconnect
+/// follows a failover).
 pub(crate) async fn open(config: &RedisConfig) -> Result<(ConnectionManager, redis::Client)> {
+    let resolved;
+    let config = match &config.master_name {
+        Some(master) => {
+            let mut direct = config.clone();
+            direct.address = master_address(config, master).await?;
+            resolved = direct;
+            &resolved
+        }
+        None => config,
+    };
     let creds = config.credentials.as_ref();
     let client = client(config, creds)?;
     let conn = manager(&client, config).await.map_err(|err| {

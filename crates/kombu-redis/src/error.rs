@@ -19,6 +19,10 @@ pub fn map_redis(err: RedisError) -> Error {
             RedisKind::InvalidClientConfig => ErrorKind::InvalidOption,
             RedisKind::Parse | RedisKind::UnexpectedReturnType => ErrorKind::Protocol,
             _ if is_auth_code(err.code()) => ErrorKind::Auth,
+            // A master demoted to a replica (a Sentinel failover, this
+            // connection still on the old address): connect again, through
+            // the sentinels.
+            _ if matches!(err.code(), Some("READONLY" | "MASTERDOWN")) => ErrorKind::ConnectionLost,
             _ => ErrorKind::Other,
         }
     };

@@ -50,7 +50,30 @@ pub const INFO: TransportInfo = TransportInfo::new("redis", SCHEMES, TransportKi
 /// ```
 pub fn register(registry: &mut Registry) {
     registry.register(VirtualFactory::shared(&INFO, open));
+    registry.register(VirtualFactory::shared(&SENTINEL_INFO, open));
 }
+
+/// Redis behind Sentinel, kombu's `sentinel://` transport:
+/// `sentinel://[:password@]host:26379[;sentinel://host2:26380...]` with the
+/// transport option (or query value) `master_name`. Each connect asks a
+/// sentinel for the master's address and connects to the master with the
+/// URL's password and database; a failover list of sentinels is tried in
+/// order, and a reconnect after a failover asks again, so it reaches the
+/// promoted replica. Same key layout as `redis://` (Python kombu's
+/// `sentinel://` clients share the queues).
+///
+/// ```
+/// assert_eq!(kombu_redis::SENTINEL_INFO.port_for(false), Some(26379));
+/// assert_eq!(kombu_redis::SENTINEL_INFO.feature, "redis");
+/// let mut registry = kombu_core::Registry::new();
+/// kombu_redis::register(&mut registry);
+/// assert!(registry.resolve("sentinel").is_ok());
+/// ```
+pub const SENTINEL_INFO: TransportInfo =
+    TransportInfo::new("sentinel", &["sentinel"], TransportKind::Virtual)
+        .feature("redis")
+        .port(config::SENTINEL_PORT)
+        .capabilities(capabilities);
 
 /// What the Redis transport can do (the same in both fanout modes).
 ///

@@ -13,7 +13,7 @@ use kombu_core::Registry;
 pub const TRANSPORT_FEATURES: &[(&str, &[&str])] = &[
     ("memory", &["memory"]),
     ("amqp", &["amqp", "amqps", "pyamqp", "amqplib", "pika"]),
-    ("redis", &["redis", "rediss", "redis+socket"]),
+    ("redis", &["redis", "rediss", "redis+socket", "sentinel"]),
     ("sqs", &["sqs"]),
     ("mongodb", &["mongodb", "mongodb+srv"]),
     ("beanstalk", &["beanstalk"]),
