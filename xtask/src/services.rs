@@ -72,6 +72,22 @@ pub const SERVICES: &[Service] = &[
         ready_timeout: Duration::from_secs(30),
     },
     Service {
+        // One sentinel watching the redis service as master `kombu`: what
+        // `sentinel://` URLs connect through. (No replica: the failover
+        // test starts a master, a replica and three sentinels of its own.)
+        name: "redis-sentinel",
+        port: 26379,
+        env_var: "KOMBU_TEST_REDIS_SENTINEL_URL",
+        url: "sentinel://127.0.0.1:26379/0?master_name=kombu",
+        docker_url: "sentinel://127.0.0.1:26379/0?master_name=kombu",
+        install: Install::Apt {
+            package: "redis-server",
+            binary: "/usr/bin/redis-server",
+        },
+        readiness: Readiness::Tcp,
+        ready_timeout: Duration::from_secs(30),
+    },
+    Service {
         name: "beanstalkd",
         port: 11300,
         env_var: "KOMBU_TEST_BEANSTALK_URL",
@@ -135,6 +151,17 @@ pub fn log_path(root: &Path, service: &Service) -> PathBuf {
     services_dir(root).join(format!("{}.log", service.name))
 }
 
+/// The redis-sentinel service's configuration file (a sentinel rewrites
+/// its own): written fresh on every start.
+fn sentinel_conf(root: &Path) -> PathBuf {
+    services_dir(root).join("redis-sentinel.conf")
+}
+
+/// What the sentinel starts from: it watches the redis service as `kombu`.
+const SENTINEL_CONF: &str = "bind 127.0.0.1\n\
+    sentinel monitor kombu 127.0.0.1 6379 1\n\
+    sentinel down-after-milliseconds kombu 5000\n";
+
 /// Look up services by name; no names means all of them.
 pub fn select(names: &[String]) -> Result<Vec<&'static Service>> {
     if names.is_empty() {
@@ -195,6 +222,23 @@ impl Service {
                         "no",
                         "--dir",
                         &dir.display().to_string(),
+                        "--logfile",
+                        &log.display().to_string(),
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    "/".into(),
+                    true,
+                ),
+                "redis-sentinel" => (
+                    "redis-server".into(),
+                    [
+                        &sentinel_conf(root).display().to_string(),
+                        "--sentinel",
+                        "--port",
+                        &port,
+                        "--daemonize",
+                        "yes",
                         "--logfile",
                         &log.display().to_string(),
                     ]
@@ -325,6 +369,9 @@ fn start_native(root: &Path, services: &[&'static Service]) -> Result<()> {
     let mut failures = Vec::new();
     for &service in services {
         let launch = service.launch(root);
+        if service.name == "redis-sentinel" {
+            std::fs::write(sentinel_conf(root), SENTINEL_CONF)?;
+        }
         if service.name == "mongodb" {
             // A fresh, empty store on every start (SERVICES.md uses mktemp -d).
             let data = services_dir(root).join("secantus-data");

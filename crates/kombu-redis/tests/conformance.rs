@@ -1,5 +1,5 @@
 //! The conformance suite on `redis://` (KOMBU_TEST_REDIS_URL), in both
-//! fanout modes.
+//! fanout modes, and on `sentinel://` through the redis-sentinel service.
 
 kombu_testkit::conformance_tests!(connect);
 
@@ -20,5 +20,17 @@ mod durable_fanout {
             kombu_core::Connection::with_registry(&url, std::sync::Arc::new(registry))
                 .expect("redis URL"),
         )
+    }
+}
+
+/// The suite over `sentinel://` (KOMBU_TEST_REDIS_SENTINEL_URL: the
+/// redis-sentinel service, a sentinel watching the redis service).
+mod sentinel {
+    kombu_testkit::conformance_tests!(connect);
+
+    fn connect() -> Option<kombu_core::Connection> {
+        let conn = kombu_testkit::connection_for("redis-sentinel", kombu_redis::register)?;
+        assert_eq!(conn.transport_name(), "sentinel");
+        Some(conn)
     }
 }
