@@ -45,6 +45,8 @@ from kombu import Connection, Exchange, Queue, Producer, Consumer
 URL = os.environ['URL']
 TO = {'global_keyprefix': os.environ['PREFIX'],
       'visibility_timeout': float(os.environ.get('VT', '3600'))}
+if os.environ.get('MASTER_NAME'):
+    TO['master_name'] = os.environ['MASTER_NAME']
 
 def conn():
     return Connection(URL, transport_options=TO)
