@@ -335,3 +335,107 @@ async fn sentinel_finds_the_master_and_follows_a_failover() {
     let _ = consumer.close().await;
     let _ = conn.close().await;
 }
+
+/// A publisher awaiting each publish keeps going while the master is
+/// SIGKILLed: every message whose publish returned after the promotion is
+/// consumed. Those acknowledged by the old master shortly before the kill
+/// may be lost (Redis replicates asynchronously); the test prints how
+/// many, for docs/reliability.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_under_load_loses_nothing_published_after_the_promotion() {
+    let Some(program) = redis_server() else {
+        return;
+    };
+    let mut topology = start(&program).await;
+    let conn = connect(&topology);
+    let queue = kombu_testkit::unique("sentinel-load");
+    let channel = conn.channel().await.unwrap();
+    Queue::new(&queue).declare(channel.as_ref()).await.unwrap();
+    drop(channel);
+
+    let promoted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (conn, queue, promoted) = (conn.clone(), queue.clone(), promoted.clone());
+        tokio::spawn(async move {
+            // (id, returned after the promotion was seen)
+            let mut returned = Vec::new();
+            let producer = Producer::new(&conn);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut after = 0;
+            let mut i = 0u64;
+            while after < 200 && tokio::time::Instant::now() < deadline {
+                let body = format!("m{i}");
+                let was_promoted = promoted.load(std::sync::atomic::Ordering::Acquire);
+                if producer
+                    .publish(json!(body), PublishOptions::new().routing_key(&queue))
+                    .await
+                    .is_ok()
+                {
+                    returned.push((body, was_promoted));
+                    after += usize::from(was_promoted);
+                    i += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            returned
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    topology.master.start_kill().unwrap(); // SIGKILL under load
+    let _ = topology.master.wait().await;
+    let replica = topology.replica_port;
+    let sentinel = topology.sentinel_ports[0];
+    until(
+        "the sentinels promote the replica",
+        Duration::from_secs(30),
+        || async move { master_port(sentinel).await == Some(replica) },
+    )
+    .await;
+    promoted.store(true, std::sync::atomic::Ordering::Release);
+    let returned = publisher.await.unwrap();
+
+    let mut consumer = Consumer::builder(&conn)
+        .queue(Queue::new(&queue))
+        .prefetch_count(100)
+        .build()
+        .await
+        .unwrap();
+    let mut got = HashSet::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
+    {
+        let message = message.unwrap();
+        got.insert(message.decode::<String>().unwrap());
+        message.ack().await.unwrap();
+    }
+    let before: Vec<&String> = returned
+        .iter()
+        .filter(|(_, p)| !p)
+        .map(|(b, _)| b)
+        .collect();
+    let after: Vec<&String> = returned
+        .iter()
+        .filter(|(_, p)| *p)
+        .map(|(b, _)| b)
+        .collect();
+    let lost_before = before.iter().filter(|b| !got.contains(**b)).count();
+    let lost_after: Vec<&&String> = after.iter().filter(|b| !got.contains(**b)).collect();
+    println!(
+        "sentinel failover under load: {} publishes returned before the promotion was seen, \
+         {lost_before} of them lost to asynchronous replication; {} returned after it, {} lost",
+        before.len(),
+        after.len(),
+        lost_after.len()
+    );
+    assert!(
+        !after.is_empty(),
+        "nothing was published after the promotion"
+    );
+    assert!(
+        lost_after.is_empty(),
+        "published after the promotion, then lost: {lost_after:?}"
+    );
+    let _ = consumer.close().await;
+    let _ = conn.close().await;
+}
