@@ -103,12 +103,20 @@ pub struct PrivateBroker {
     child: Option<Child>,
     server_pid: Option<u32>,
     stopped: bool,
+    /// More server arguments (a redis replica's `--replicaof`).
+    extra_args: Vec<String>,
 }
 
 impl PrivateBroker {
     /// Start a broker of `kind` on a free port and wait until it accepts
     /// TCP connections.
     pub fn start(kind: BrokerKind) -> io::Result<Self> {
+        Self::start_with(kind, Vec::new())
+    }
+
+    /// [`start`](Self::start) with more server arguments, e.g. a redis
+    /// replica's `--replicaof 127.0.0.1 <port>`.
+    pub fn start_with(kind: BrokerKind, extra_args: Vec<String>) -> io::Result<Self> {
         let dir = scratch_dir(kind.name())?;
         let mut broker = PrivateBroker {
             kind,
@@ -123,6 +131,7 @@ impl PrivateBroker {
             child: None,
             server_pid: None,
             stopped: false,
+            extra_args,
         };
         broker.launch()?;
         Ok(broker)
@@ -166,7 +175,8 @@ impl PrivateBroker {
             BrokerKind::Redis => {
                 cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dir", dir])
                     .args(["--appendonly", "yes", "--appendfsync", "always"])
-                    .args(["--save", "", "--daemonize", "no"]);
+                    .args(["--save", "", "--daemonize", "no"])
+                    .args(&self.extra_args);
             }
             BrokerKind::Beanstalk => {
                 cmd.args(["-l", "127.0.0.1", "-p", &port, "-b", dir, "-f", "0"]);

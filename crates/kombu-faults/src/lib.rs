@@ -19,3 +19,4 @@ pub mod body;
 pub mod broker;
 pub mod ledger;
 pub mod peer;
+pub mod sentinel;

@@ -19,6 +19,37 @@ use std::time::{Duration, Instant};
 use kombu_faults::broker::{BrokerKind, PrivateBroker};
 use kombu_faults::ledger::Tally;
 use kombu_faults::peer::{count_lines, Peer};
+use kombu_faults::sentinel::SentinelGroup;
+
+/// What a scenario strikes: one broker, or a Redis Sentinel group.
+enum Target {
+    Broker(PrivateBroker),
+    Sentinel(SentinelGroup),
+}
+
+impl Target {
+    fn start(kind: BrokerKind, fault: Fault) -> Target {
+        if fault == Fault::KillMaster {
+            Target::Sentinel(SentinelGroup::start().expect("start a sentinel group"))
+        } else {
+            Target::Broker(PrivateBroker::start(kind).expect("start a private broker"))
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            Target::Broker(broker) => broker.dir(),
+            Target::Sentinel(group) => group.dir(),
+        }
+    }
+
+    fn broker(&mut self) -> &mut PrivateBroker {
+        match self {
+            Target::Broker(broker) => broker,
+            Target::Sentinel(_) => panic!("a sentinel group is not one broker"),
+        }
+    }
+}
 
 const COUNT: u64 = 300;
 /// Heartbeat asked of every connection.
@@ -33,6 +64,8 @@ enum Fault {
     KillBroker,
     StopBroker,
     KillConsumer,
+    /// Redis Sentinel: SIGKILL the master; the replica is promoted.
+    KillMaster,
 }
 
 impl Fault {
@@ -41,6 +74,7 @@ impl Fault {
             Fault::KillBroker => "kill-broker",
             Fault::StopBroker => "stop-broker",
             Fault::KillConsumer => "kill-consumer",
+            Fault::KillMaster => "kill-master",
         }
     }
 }
@@ -80,12 +114,19 @@ fn available(kind: BrokerKind) -> bool {
 /// core has dropped that connection, so nobody releases the lock and with
 /// 300 s no connection restores the consumer's unacked prefetch window
 /// within the peers' deadline. amqp publishes wait for the broker's confirm.
-fn peer_url(broker: &PrivateBroker) -> String {
+/// The redis query of [`peer_url`].
+const REDIS_QUERY: &str = "visibility_timeout=10&unacked_restore_interval=1&unacked_mutex_expire=5";
+
+fn peer_url(target: &Target) -> String {
+    let broker = match target {
+        Target::Broker(broker) => broker,
+        Target::Sentinel(group) => {
+            return group.url(&format!("heartbeat={HEARTBEAT_S}&{REDIS_QUERY}"));
+        }
+    };
     let base = broker.url();
     match broker.kind() {
-        BrokerKind::Redis => format!(
-            "{base}?heartbeat={HEARTBEAT_S}&visibility_timeout=10&unacked_restore_interval=1&unacked_mutex_expire=5"
-        ),
+        BrokerKind::Redis => format!("{base}?heartbeat={HEARTBEAT_S}&{REDIS_QUERY}"),
         BrokerKind::Amqp => format!("{base}?heartbeat={HEARTBEAT_S}&confirm_publish=1"),
         BrokerKind::Beanstalk => format!("{base}?heartbeat={HEARTBEAT_S}"),
     }
@@ -146,10 +187,10 @@ fn run(kind: BrokerKind, fault: Fault) {
     }
     let scenario = format!("{} {}", kind.name(), fault.name());
     let started = Instant::now();
-    let mut broker = PrivateBroker::start(kind).expect("start a private broker");
+    let mut target = Target::start(kind, fault);
     let first_start = started.elapsed();
-    let url = peer_url(&broker);
-    let dir = broker.dir().to_path_buf();
+    let url = peer_url(&target);
+    let dir = target.dir().to_path_buf();
     let queue = kombu_testkit::unique("fault");
     let exe = env!("CARGO_BIN_EXE_fault-peer");
     let pub_log = dir.join("publisher.log");
@@ -189,16 +230,25 @@ fn run(kind: BrokerKind, fault: Fault) {
     );
     let note = match fault {
         Fault::KillBroker => {
+            let broker = target.broker();
             broker.kill();
             std::thread::sleep(Duration::from_millis(500));
             let took = broker.restart().expect("restart the broker");
             format!("restart {:.1}s", took.as_secs_f64())
         }
         Fault::StopBroker => {
+            let broker = target.broker();
             broker.stop().expect("SIGSTOP");
             std::thread::sleep(STOP_FOR);
             broker.cont().expect("SIGCONT");
             format!("stopped {}s", STOP_FOR.as_secs())
+        }
+        Fault::KillMaster => {
+            let Target::Sentinel(group) = &mut target else {
+                unreachable!("kill-master runs on a sentinel group")
+            };
+            let took = group.kill_master().expect("the replica promoted");
+            format!("replica promoted {:.1}s after the kill", took.as_secs_f64())
         }
         Fault::KillConsumer => {
             // Mid-batch: with a message in hand (received, its ack not begun).
@@ -299,6 +349,15 @@ fn redis_consumer_killed_mid_batch() {
     run(BrokerKind::Redis, Fault::KillConsumer);
 }
 
+/// Redis Sentinel: the master SIGKILLed under load; the peers reconnect
+/// through the sentinels to the promoted replica. Nothing is lost here:
+/// the replica on loopback has every write the master acknowledged (see
+/// docs/reliability.md for when asynchronous replication would lose some).
+#[test]
+fn redis_sentinel_master_killed() {
+    run(BrokerKind::Redis, Fault::KillMaster);
+}
+
 #[test]
 fn amqp_broker_killed_and_restarted() {
     run(BrokerKind::Amqp, Fault::KillBroker);
@@ -344,9 +403,9 @@ fn killed_with_acks_pending(kind: BrokerKind) {
         return;
     }
     let scenario = format!("{} acks-pending", kind.name());
-    let broker = PrivateBroker::start(kind).expect("start a private broker");
-    let url = peer_url(&broker);
-    let dir = broker.dir().to_path_buf();
+    let target = Target::Broker(PrivateBroker::start(kind).expect("start a private broker"));
+    let url = peer_url(&target);
+    let dir = target.dir().to_path_buf();
     let queue = kombu_testkit::unique("acks-pending");
     let exe = env!("CARGO_BIN_EXE_fault-peer");
     let count = HELD.to_string();
