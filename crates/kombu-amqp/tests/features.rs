@@ -67,6 +67,40 @@ async fn confirm_publish_waits_and_reports_nacks() {
     channel.queue_delete(&q.name).await.unwrap();
 }
 
+/// A producer whose publish was nacked opens a fresh channel for the next
+/// one (RabbitMQ 3.10 can keep nacking on a channel after a quorum queue
+/// lost its leader; kombu-faults' kill-quorum-leader scenario needs this).
+#[tokio::test]
+async fn a_nacked_producer_publishes_next_on_a_fresh_channel() {
+    let Some(url) = common::url() else { return };
+    let options = ConnectionOptions::new().transport_option("confirm_publish", true);
+    let conn = common::connection(&url, options);
+    let q = Queue::new(unique("nack-fresh-q"))
+        .max_length(1)
+        .argument("x-overflow", "reject-publish");
+    let producer = Producer::new(&conn);
+    let publish = |body: &'static str| {
+        producer.publish(
+            json!(body),
+            PublishOptions::new()
+                .routing_key(&q.name)
+                .declare(q.clone()),
+        )
+    };
+    publish("first").await.unwrap();
+    let before = producer.channel().await.unwrap();
+    let err = publish("second").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err:?}");
+    let after = producer.channel().await.unwrap();
+    assert!(
+        !std::sync::Arc::ptr_eq(&before, &after),
+        "the nacked channel was kept"
+    );
+    after.queue_purge(&q.name).await.unwrap();
+    publish("third").await.unwrap();
+    after.queue_delete(&q.name).await.unwrap();
+}
+
 #[tokio::test]
 async fn mandatory_unroutable_is_rejected_and_routable_goes_through() {
     let Some(transport) = transport(ConnectionOptions::new()).await else {

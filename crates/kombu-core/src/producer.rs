@@ -394,6 +394,11 @@ impl Producer {
             .find(|err| err.is_connection_error())
         {
             self.connection.mark_lost(epoch, err).await;
+        } else if sent.iter().any(|r| {
+            r.as_ref()
+                .is_err_and(|err| err.kind() == ErrorKind::Rejected)
+        }) {
+            self.retire_channel(&channel);
         }
         Ok(sent)
     }
@@ -462,9 +467,26 @@ impl Producer {
             if err.is_connection_error() {
                 // Boxed: rare, and kept out of every publish's future.
                 Box::pin(self.connection.mark_lost(epoch, err)).await;
+            } else if err.kind() == ErrorKind::Rejected {
+                self.retire_channel(&channel);
             }
         }
         result
+    }
+
+    /// The broker refused a publish on `channel` (a nack, or a mandatory
+    /// message returned): the next publish opens a fresh channel.
+    /// RabbitMQ 3.10 nacks every later publish of a channel that was opened
+    /// while a quorum queue had no leader (a node of the cluster just died)
+    /// until the channel is reopened; a new channel costs one round trip.
+    fn retire_channel(&self, channel: &Arc<dyn Channel>) {
+        let mut slot = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        if slot
+            .as_ref()
+            .is_some_and(|(cached, _)| Arc::ptr_eq(cached, channel))
+        {
+            *slot = None;
+        }
     }
 
     /// Build the message `publish` would send: serialized, compressed, with

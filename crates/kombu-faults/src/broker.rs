@@ -105,6 +105,9 @@ pub struct PrivateBroker {
     stopped: bool,
     /// More server arguments (a redis replica's `--replicaof`).
     extra_args: Vec<String>,
+    /// The Erlang cookie of a RabbitMQ node that joins a cluster (nodes of
+    /// one cluster share it).
+    cookie: Option<String>,
 }
 
 impl PrivateBroker {
@@ -112,6 +115,34 @@ impl PrivateBroker {
     /// TCP connections.
     pub fn start(kind: BrokerKind) -> io::Result<Self> {
         Self::start_with(kind, Vec::new())
+    }
+
+    /// A RabbitMQ node with Erlang cookie `cookie` (for a cluster).
+    pub fn start_amqp_node(cookie: &str) -> io::Result<Self> {
+        let dir = scratch_dir("amqp")?;
+        let mut broker = PrivateBroker {
+            kind: BrokerKind::Amqp,
+            port: free_port()?,
+            dist_port: free_port()?,
+            node: format!(
+                "kombu-fault-{}-{}@localhost",
+                std::process::id(),
+                dir_seq(&dir)
+            ),
+            dir,
+            child: None,
+            server_pid: None,
+            stopped: false,
+            extra_args: Vec::new(),
+            cookie: Some(cookie.to_owned()),
+        };
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    /// The Erlang node name (RabbitMQ).
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// [`start`](Self::start) with more server arguments, e.g. a redis
@@ -132,6 +163,7 @@ impl PrivateBroker {
             server_pid: None,
             stopped: false,
             extra_args,
+            cookie: None,
         };
         broker.launch()?;
         Ok(broker)
@@ -184,6 +216,14 @@ impl PrivateBroker {
             BrokerKind::Amqp => {
                 let plugins = self.dir.join("enabled_plugins");
                 fs::write(&plugins, "[].\n")?;
+                if let Some(cookie) = &self.cookie {
+                    // Erlang wants the cookie readable by its owner only.
+                    use std::os::unix::fs::PermissionsExt as _;
+                    let path = self.dir.join(".erlang.cookie");
+                    let _ = fs::remove_file(&path);
+                    fs::write(&path, cookie)?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o400))?;
+                }
                 // No config files: absent paths are fine; the env file
                 // must not be the system one (it may set another node name).
                 cmd.env("HOME", &self.dir)

@@ -19,4 +19,5 @@ pub mod body;
 pub mod broker;
 pub mod ledger;
 pub mod peer;
+pub mod rabbit_cluster;
 pub mod sentinel;

@@ -52,6 +52,20 @@ struct Args {
     op_timeout: Duration,
     settle: Duration,
     acks: u64,
+    /// Declare the queue as a RabbitMQ quorum queue (`--queue-type quorum`).
+    quorum: bool,
+}
+
+impl Args {
+    /// The queue the peers declare: durable; a quorum queue when asked.
+    fn queue(&self) -> Queue {
+        let queue = Queue::new(&self.queue).durable(true);
+        if self.quorum {
+            queue.quorum()
+        } else {
+            queue
+        }
+    }
 }
 
 fn parse() -> Result<Args, String> {
@@ -72,6 +86,7 @@ fn parse() -> Result<Args, String> {
         op_timeout: Duration::from_secs(10),
         settle: Duration::from_secs(15),
         acks: 0,
+        quorum: false,
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -88,6 +103,11 @@ fn parse() -> Result<Args, String> {
             "--op-timeout-s" => args.op_timeout = Duration::from_secs(num()?),
             "--settle-s" => args.settle = Duration::from_secs(num()?),
             "--acks" => args.acks = num()?,
+            "--queue-type" => match value.as_str() {
+                "quorum" => args.quorum = true,
+                "classic" => args.quorum = false,
+                other => return Err(format!("--queue-type: {other:?} is not quorum or classic")),
+            },
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -123,7 +143,7 @@ fn policy(deadline: Instant) -> RetryPolicy {
 /// policy gave up, or `--op-timeout-s` passed) is logged as a retry too and
 /// tried again.
 async fn publish(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
-    let queue = Queue::new(&args.queue).durable(true);
+    let queue = args.queue();
     let deadline = Instant::now() + args.deadline;
     let conn = match Connection::new(&args.url) {
         Ok(conn) => conn,
@@ -199,7 +219,7 @@ async fn consume(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
     // may not come again.
     let mut in_doubt: BTreeSet<u64> = ids("acking ").difference(&acked).copied().collect();
     log.line(&format!("start {}", std::process::id()))?;
-    let queue = Queue::new(&args.queue).durable(true);
+    let queue = args.queue();
     let deadline = Instant::now() + args.deadline;
     let all = |ids: &BTreeSet<u64>| ids.range(0..args.count).count() as u64 == args.count;
     let conn = match Connection::new(&args.url) {
@@ -337,7 +357,7 @@ async fn ack_and_die(args: &Args, log: &mut LineLog) -> std::io::Result<bool> {
     let built = timeout(
         args.op_timeout,
         Consumer::builder(&conn)
-            .queue(Queue::new(&args.queue).durable(true))
+            .queue(args.queue())
             .prefetch_count(args.prefetch)
             .build(),
     )
