@@ -119,25 +119,7 @@ impl PrivateBroker {
 
     /// A RabbitMQ node with Erlang cookie `cookie` (for a cluster).
     pub fn start_amqp_node(cookie: &str) -> io::Result<Self> {
-        let dir = scratch_dir("amqp")?;
-        let mut broker = PrivateBroker {
-            kind: BrokerKind::Amqp,
-            port: free_port()?,
-            dist_port: free_port()?,
-            node: format!(
-                "kombu-fault-{}-{}@localhost",
-                std::process::id(),
-                dir_seq(&dir)
-            ),
-            dir,
-            child: None,
-            server_pid: None,
-            stopped: false,
-            extra_args: Vec::new(),
-            cookie: Some(cookie.to_owned()),
-        };
-        broker.launch()?;
-        Ok(broker)
+        Self::launched(BrokerKind::Amqp, Vec::new(), Some(cookie.to_owned()))
     }
 
     /// The Erlang node name (RabbitMQ).
@@ -148,6 +130,15 @@ impl PrivateBroker {
     /// [`start`](Self::start) with more server arguments, e.g. a redis
     /// replica's `--replicaof 127.0.0.1 <port>`.
     pub fn start_with(kind: BrokerKind, extra_args: Vec<String>) -> io::Result<Self> {
+        Self::launched(kind, extra_args, None)
+    }
+
+    /// A broker of `kind` in a fresh directory on free ports, started.
+    fn launched(
+        kind: BrokerKind,
+        extra_args: Vec<String>,
+        cookie: Option<String>,
+    ) -> io::Result<Self> {
         let dir = scratch_dir(kind.name())?;
         let mut broker = PrivateBroker {
             kind,
@@ -163,7 +154,7 @@ impl PrivateBroker {
             server_pid: None,
             stopped: false,
             extra_args,
-            cookie: None,
+            cookie,
         };
         broker.launch()?;
         Ok(broker)
