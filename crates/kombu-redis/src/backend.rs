@@ -14,11 +14,11 @@ use kombu_core::spi::{
 use kombu_core::{
     Arguments, Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result,
 };
-use redis::aio::ConnectionManager;
 use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::{FanoutMode, QueueOrder, RedisConfig};
+use crate::conn::RedisConn;
 use crate::error::map_redis;
 use crate::fanout::PubSubHub;
 use crate::keys::{api_priority, wire_priority, Keys};
@@ -59,12 +59,15 @@ struct Cache {
     expiring_bindings: Vec<(String, String, u64)>,
     /// Queues in the order they were first consumed (queue_order_strategy=priority).
     first_seen: Vec<String>,
+    /// Queues fetched from here (on a cluster, whose unacked keys the
+    /// restore sweep looks at, with the declared ones).
+    consumed: std::collections::BTreeSet<String>,
 }
 
 pub(crate) struct Shared {
     pub config: RedisConfig,
     pub keys: Keys,
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     pub scripts: Scripts,
     cache: Mutex<Cache>,
     pub hub: Option<Arc<PubSubHub>>,
@@ -110,8 +113,8 @@ type PutWaiter = (String, Vec<u8>, oneshot::Sender<Result<()>>);
 /// Most LPUSHes in one pipeline.
 const MAX_PUT_BATCH: usize = 256;
 
-/// One waiter's receipts and where its answer goes.
-type AckWaiter = (Vec<String>, oneshot::Sender<Result<()>>);
+/// One waiter's (queue, receipt) pairs and where its answer goes.
+type AckWaiter = (Vec<(String, String)>, oneshot::Sender<Result<()>>);
 
 #[derive(Default)]
 struct AckQueue {
@@ -141,10 +144,14 @@ pub struct RedisBackend {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(config: RedisConfig, conn: ConnectionManager, client: redis::Client) -> Self {
+    pub(crate) fn new(
+        config: RedisConfig,
+        conn: RedisConn,
+        subscribers: Vec<redis::Client>,
+    ) -> Self {
         let arrived = Arc::new(Notify::new());
         let hub = (config.fanout_mode == FanoutMode::PubSub)
-            .then(|| PubSubHub::new(client, arrived.clone()));
+            .then(|| PubSubHub::new(subscribers, arrived.clone()));
         let shared = Arc::new(Shared {
             keys: Keys::new(&config),
             config,
@@ -194,12 +201,7 @@ impl RedisBackend {
     pub async fn ping(&self) -> Result<()> {
         let s = &self.shared;
         let bound = s.config.response_timeout();
-        let ping = async {
-            redis::cmd("PING")
-                .query_async::<String>(&mut s.conn())
-                .await
-                .map_err(map_redis)
-        };
+        let ping = async { s.conn().ping().await.map_err(map_redis) };
         let result = match tokio::time::timeout(bound, ping).await {
             Ok(result) => result.map(drop),
             Err(_) => Err(Error::new(
@@ -219,7 +221,7 @@ impl Shared {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -231,20 +233,23 @@ impl Shared {
     }
 
     /// Queue an ack, make sure a flusher runs, and wait for the answer.
-    async fn ack_together(self: &Arc<Self>, receipt: &str) -> Result<()> {
-        self.ack_all_together(std::iter::once(receipt)).await
+    async fn ack_together(self: &Arc<Self>, queue: &str, receipt: &str) -> Result<()> {
+        self.ack_all_together(std::iter::once((queue, receipt)))
+            .await
     }
 
     /// [`ack_together`](Self::ack_together) for many receipts: they join
     /// the next flush together, and the answer is the flush's.
     async fn ack_all_together<'a>(
         self: &Arc<Self>,
-        receipts: impl Iterator<Item = &'a str>,
+        receipts: impl Iterator<Item = (&'a str, &'a str)>,
     ) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.acks.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let receipts: Vec<String> = receipts.map(str::to_owned).collect();
+            let receipts: Vec<(String, String)> = receipts
+                .map(|(q, r)| (q.to_owned(), r.to_owned()))
+                .collect();
             if receipts.is_empty() {
                 return Ok(());
             }
@@ -284,23 +289,32 @@ impl Shared {
                 }
                 pending.drain(..take).collect()
             };
-            let receipts: Vec<&str> = batch
-                .iter()
-                .flat_map(|(r, _)| r.iter().map(String::as_str))
-                .collect();
-            let sent: Result<()> = redis::pipe()
-                .atomic()
-                .cmd("ZREM")
-                .arg(self.keys.unacked_index())
-                .arg(&receipts)
-                .ignore()
-                .cmd("HDEL")
-                .arg(self.keys.unacked())
-                .arg(&receipts)
-                .ignore()
-                .query_async(&mut self.conn())
-                .await
-                .map_err(map_redis);
+            // Receipts by unacked hash: kombu's one, or one per queue on
+            // a cluster (each queue's MULTI then runs in its slot).
+            let mut by_key: Vec<(String, String, Vec<&str>)> = Vec::new();
+            for (queue, receipt) in batch.iter().flat_map(|(r, _)| r.iter()) {
+                let unacked = self.keys.unacked_of(queue);
+                match by_key.iter_mut().find(|(k, _, _)| *k == unacked) {
+                    Some((_, _, receipts)) => receipts.push(receipt),
+                    None => {
+                        let index = self.keys.unacked_index_of(queue);
+                        by_key.push((unacked, index, vec![receipt]));
+                    }
+                }
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (unacked, index, receipts) in &by_key {
+                pipe.cmd("ZREM")
+                    .arg(index)
+                    .arg(receipts)
+                    .ignore()
+                    .cmd("HDEL")
+                    .arg(unacked)
+                    .arg(receipts)
+                    .ignore();
+            }
+            let sent: Result<()> = pipe.query_async(&mut self.conn()).await.map_err(map_redis);
             if let Err(err) = &sent {
                 self.mark_unreachable(err);
             }
@@ -346,8 +360,8 @@ impl Shared {
         let _: i64 = self
             .scripts
             .requeue
-            .key(self.keys.unacked())
-            .key(self.keys.unacked_index())
+            .key(self.keys.unacked_of(queue))
+            .key(self.keys.unacked_index_of(queue))
             .key(self.keys.list_for_wire(queue, wire))
             .arg(receipt)
             .arg(json)
@@ -361,6 +375,7 @@ impl Shared {
     /// LPUSH a stored message (one command; concurrent publishes share the
     /// multiplexed connection, which pipelines them).
     async fn put_json(self: &Arc<Self>, queue: &str, json: Vec<u8>, wire: u8) -> Result<()> {
+        self.keys.check_queue(queue)?;
         let list = self.keys.list_for_wire(queue, wire);
         let result = match self.queue_expires(queue).await {
             Some(expires) => {
@@ -597,17 +612,40 @@ impl Shared {
             }
         }
         let queues = self.order(queues);
+        if !self.keys.is_cluster() {
+            return self.fetch_script(&queues, max).await;
+        }
+        // On a cluster each queue's keys are in a slot of their own: one
+        // script call per queue, in order, until the batch is full.
+        self.cache().consumed.extend(queues.iter().cloned());
+        let mut found = Vec::new();
+        for queue in &queues {
+            if found.len() >= max {
+                break;
+            }
+            self.keys.check_queue(queue)?;
+            let more = self
+                .fetch_script(std::slice::from_ref(queue), max - found.len())
+                .await?;
+            found.extend(more);
+        }
+        Ok(found)
+    }
+
+    /// The fetch script over `queues` (all in one slot on a cluster).
+    async fn fetch_script(&self, queues: &[String], max: usize) -> Result<Vec<Fetched>> {
+        let first = queues.first().map_or("", String::as_str);
         // Receipts are kombu delivery tags (uuid4s; no syscall per tag).
         let tags: Vec<String> = (0..max).map(|_| new_delivery_tag()).collect();
         let mut invocation = self.scripts.fetch_many.prepare_invoke();
         invocation
-            .key(self.keys.unacked())
-            .key(self.keys.unacked_index())
+            .key(self.keys.unacked_of(first))
+            .key(self.keys.unacked_index_of(first))
             .arg(format!("{:.6}", now_secs()))
             .arg(max);
         let mut owners = Vec::with_capacity(queues.len() * self.keys.steps().len());
         for step in self.keys.steps() {
-            for queue in &queues {
+            for queue in queues {
                 invocation.key(self.keys.list(queue, *step));
                 invocation.arg(Value::String(queue.clone()).to_string());
                 owners.push(queue);
@@ -633,10 +671,33 @@ impl Shared {
     }
 
     pub(crate) async fn restore_visible(&self) -> Result<u64> {
+        if !self.keys.is_cluster() {
+            return self.restore_visible_of("").await;
+        }
+        // On a cluster each queue has its own unacked keys: sweep those of
+        // the queues consumed here and of every declared queue.
+        let mut queues = self.cache().consumed.clone();
+        let declared: Vec<String> = redis::cmd("HKEYS")
+            .arg(self.keys.queue_declarations())
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        queues.extend(declared);
+        let mut restored = 0;
+        for queue in &queues {
+            restored += self.restore_visible_of(queue).await?;
+        }
+        Ok(restored)
+    }
+
+    /// Restore what is due in the unacked keys of `queue` (kombu's one set
+    /// of keys when not on a cluster), under their mutex.
+    async fn restore_visible_of(&self, queue: &str) -> Result<u64> {
         let token = uuid::Uuid::new_v4().to_string();
         let mut conn = self.conn();
+        let mutex = self.keys.unacked_mutex_of(queue);
         let locked: Option<String> = redis::cmd("SET")
-            .arg(self.keys.unacked_mutex())
+            .arg(&mutex)
             .arg(&token)
             .arg("NX")
             .arg("PX")
@@ -647,11 +708,11 @@ impl Shared {
         if locked.is_none() {
             return Ok(0);
         }
-        let result = self.restore_locked().await;
+        let result = self.restore_locked(queue).await;
         let unlocked: Result<i64> = self
             .scripts
             .unlock
-            .key(self.keys.unacked_mutex())
+            .key(&mutex)
             .arg(&token)
             .invoke_async(&mut conn)
             .await
@@ -662,7 +723,7 @@ impl Shared {
         result
     }
 
-    async fn restore_locked(&self) -> Result<u64> {
+    async fn restore_locked(&self, queue: &str) -> Result<u64> {
         let mut conn = self.conn();
         let limit = self.config.unacked_restore_limit.unwrap_or(u64::MAX);
         let mut restored = 0u64;
@@ -670,7 +731,7 @@ impl Shared {
         loop {
             let ceil = now_secs() - self.config.visibility_timeout.as_secs_f64();
             let tags: Vec<String> = redis::cmd("ZRANGE")
-                .arg(self.keys.unacked_index())
+                .arg(self.keys.unacked_index_of(queue))
                 .arg(format!("{ceil:.6}"))
                 .arg(0)
                 .arg("BYSCORE")
@@ -686,7 +747,7 @@ impl Shared {
                 if restored >= limit {
                     return Ok(restored);
                 }
-                match self.restore_tag(&tag).await {
+                match self.restore_tag(queue, &tag).await {
                     Ok(true) => restored += 1,
                     Ok(false) => {}
                     Err(err) => {
@@ -702,18 +763,23 @@ impl Shared {
     }
 
     /// Put one unacked entry back where kombu would: `_lookup(exchange,
-    /// routing_key)`, RPUSH (served next), marked redelivered.
-    async fn restore_tag(&self, tag: &str) -> Result<bool> {
+    /// routing_key)`, RPUSH (served next), marked redelivered. On a
+    /// cluster the entry is one of `queue`'s and goes back to `queue`.
+    async fn restore_tag(&self, queue: &str, tag: &str) -> Result<bool> {
         let mut conn = self.conn();
+        let (unacked, index) = (
+            self.keys.unacked_of(queue),
+            self.keys.unacked_index_of(queue),
+        );
         let entry: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(self.keys.unacked())
+            .arg(&unacked)
             .arg(tag)
             .query_async(&mut conn)
             .await
             .map_err(map_redis)?;
         let Some(entry) = entry else {
             let _: i64 = redis::cmd("ZREM")
-                .arg(self.keys.unacked_index())
+                .arg(&index)
                 .arg(tag)
                 .query_async(&mut conn)
                 .await
@@ -743,11 +809,15 @@ impl Shared {
             .and_then(Value::as_u64)
             .unwrap_or(0)
             .min(255) as u8;
-        let queues = self.lookup(&exchange, &routing_key, &envelope).await?;
+        let queues = if self.keys.is_cluster() {
+            vec![queue.to_owned()]
+        } else {
+            self.lookup(&exchange, &routing_key, &envelope).await?
+        };
         let mut invocation = self.scripts.restore.prepare_invoke();
         invocation
-            .key(self.keys.unacked())
-            .key(self.keys.unacked_index())
+            .key(&unacked)
+            .key(&index)
             .arg(tag)
             .arg(&entry)
             .arg(envelope.to_json());
@@ -768,20 +838,13 @@ impl Shared {
         if items.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn();
         for (exchange, member, ttl) in items {
-            let _: () = self
-                .scripts
-                .refresh_binding
-                .key(self.keys.binding(&exchange))
-                .key(self.keys.binding_deadlines())
-                .arg(member)
-                .arg(&exchange)
-                .arg(ttl)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(map_redis)?;
+            self.refresh_binding(&exchange, &member, ttl).await?;
         }
+        if self.keys.is_cluster() {
+            return self.sweep_bindings_in_steps().await;
+        }
+        let mut conn = self.conn();
         let (tables, permanent) = self.keys.binding_prefixes();
         let _: i64 = self
             .scripts
@@ -793,6 +856,75 @@ impl Shared {
             .invoke_async(&mut conn)
             .await
             .map_err(map_redis)?;
+        Ok(())
+    }
+
+    /// kombu's REFRESH_BINDING: the member in the table, the table's
+    /// deadline pushed to `ttl` ms from now. On a cluster the table and
+    /// the deadlines are in two slots: two commands, not one script.
+    async fn refresh_binding(&self, exchange: &str, member: &str, ttl: u64) -> Result<()> {
+        let mut conn = self.conn();
+        if self.keys.is_cluster() {
+            let deadline = (now_secs() * 1000.0) as u64 + ttl;
+            return redis::pipe()
+                .cmd("SADD")
+                .arg(self.keys.binding(exchange))
+                .arg(member)
+                .ignore()
+                .cmd("ZADD")
+                .arg(self.keys.binding_deadlines())
+                .arg("GT")
+                .arg(deadline)
+                .arg(exchange)
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .map_err(map_redis);
+        }
+        self.scripts
+            .refresh_binding
+            .key(self.keys.binding(exchange))
+            .key(self.keys.binding_deadlines())
+            .arg(member)
+            .arg(exchange)
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_redis)
+    }
+
+    /// kombu's SWEEP_BINDINGS one command at a time (a cluster cannot run
+    /// it as a script: its keys are in several slots).
+    async fn sweep_bindings_in_steps(&self) -> Result<()> {
+        let mut conn = self.conn();
+        let now_ms = (now_secs() * 1000.0) as u64;
+        let overdue: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.binding_deadlines())
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(100)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_redis)?;
+        for exchange in overdue {
+            let permanent: bool = redis::cmd("EXISTS")
+                .arg(self.keys.binding_permanent(&exchange))
+                .query_async(&mut conn)
+                .await
+                .map_err(map_redis)?;
+            let mut pipe = redis::pipe();
+            if !permanent {
+                pipe.cmd("DEL").arg(self.keys.binding(&exchange)).ignore();
+            }
+            pipe.cmd("ZREM")
+                .arg(self.keys.binding_deadlines())
+                .arg(&exchange)
+                .ignore();
+            let _: () = pipe.query_async(&mut conn).await.map_err(map_redis)?;
+        }
         Ok(())
     }
 
@@ -811,6 +943,19 @@ impl Shared {
 
     /// Every binding key of the database (for deleting a queue's bindings).
     async fn binding_tables(&self) -> Result<Vec<String>> {
+        if self.keys.is_cluster() {
+            // SCAN walks one node of a cluster: the tables of the
+            // exchanges declared through kombu-rs instead.
+            let exchanges: Vec<String> = redis::cmd("HKEYS")
+                .arg(self.keys.exchange_types())
+                .query_async(&mut self.conn())
+                .await
+                .map_err(map_redis)?;
+            return Ok(exchanges
+                .iter()
+                .flat_map(|e| [self.keys.binding(e), self.keys.binding_permanent(e)])
+                .collect());
+        }
         let pattern = format!("{}*", glob_escape(&self.keys.binding("")));
         let permanent = format!("{}*", glob_escape(&self.keys.binding_permanent("")));
         let mut keys = Vec::new();
@@ -876,6 +1021,7 @@ impl VirtualBackend for RedisBackend {
 
     async fn new_queue(&self, queue: &Queue) -> Result<()> {
         let s = &self.shared;
+        s.keys.check_queue(&queue.name)?;
         let args = Value::Object(queue.declare_arguments()).to_string();
         if let Some(expires) = queue.expires {
             s.cache()
@@ -1078,11 +1224,11 @@ impl VirtualBackend for RedisBackend {
 
     /// Returns once Redis has removed the message from kombu's unacked
     /// bookkeeping; acks made at the same time share one round trip.
-    async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
+    async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
         if receipt.starts_with(PUBSUB_RECEIPT) {
             return Ok(());
         }
-        self.shared.ack_together(receipt).await
+        self.shared.ack_together(queue, receipt).await
     }
 
     fn concurrent_fetches(&self) -> usize {
@@ -1094,8 +1240,8 @@ impl VirtualBackend for RedisBackend {
     async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
         let receipts = acks
             .iter()
-            .map(|(_, receipt)| receipt.as_str())
-            .filter(|receipt| !receipt.starts_with(PUBSUB_RECEIPT));
+            .map(|(queue, receipt)| (queue.as_str(), receipt.as_str()))
+            .filter(|(_, receipt)| !receipt.starts_with(PUBSUB_RECEIPT));
         self.shared.ack_all_together(receipts).await
     }
 
@@ -1205,17 +1351,7 @@ impl VirtualBackend for RedisBackend {
         match s.queue_expires(&binding.queue).await {
             Some(expires) => {
                 let ttl = (expires * BINDING_EXPIRES_FACTOR).max(MIN_BINDING_TTL_MS);
-                let _: () = s
-                    .scripts
-                    .refresh_binding
-                    .key(s.keys.binding(exchange))
-                    .key(s.keys.binding_deadlines())
-                    .arg(&member)
-                    .arg(exchange)
-                    .arg(ttl)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(map_redis)?;
+                s.refresh_binding(exchange, &member, ttl).await?;
                 let mut cache = s.cache();
                 let entry = (exchange.to_owned(), member.clone(), ttl);
                 if !cache.expiring_bindings.contains(&entry) {

@@ -169,6 +169,9 @@ pub struct RedisConfig {
     /// `sentinel://`: the master's name (`master_name`); `address` is then
     /// the sentinel to ask for the master's address.
     pub master_name: Option<String>,
+    /// `rediscluster://`: the address is one seed node of a Redis
+    /// Cluster; a queue's keys share one hash slot.
+    pub cluster: bool,
 }
 
 /// How long a command waits for its answer when `socket_timeout` is not
@@ -339,6 +342,13 @@ impl RedisConfig {
             }
             Some(other) => return Err(invalid(format!("db: {other} is not a database number"))),
         };
+        let cluster = scheme == "rediscluster";
+        if cluster && db != 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                format!("rediscluster: a Redis Cluster has database 0 only, not {db}"),
+            ));
+        }
         let credentials = credentials(url);
         let keyprefix_fanout = match to.get("fanout_prefix") {
             None => "/{db}.".to_owned(),
@@ -404,6 +414,7 @@ impl RedisConfig {
             binding_cache_ttl: secs("binding_cache_ttl")?.unwrap_or(Duration::from_secs(1)),
             polling_interval: secs("polling_interval")?.unwrap_or(Duration::from_millis(20)),
             master_name,
+            cluster,
         })
     }
 }

@@ -6,6 +6,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
 use crate::config::{Address, Credentials, RedisConfig};
+use crate::conn::RedisConn;
 use crate::error::{map_redis, needs_auth};
 
 fn client(config: &RedisConfig, credentials: Option<&Credentials>) -> Result<redis::Client> {
@@ -178,11 +179,128 @@ async fn master_address(config: &RedisConfig, master: &str) -> Result<Address> {
     })
 }
 
-/// The command connection and the client (for PUB/SUB), with the login
-/// the URL gives (sent as written, on the first attempt). A `sentinel://`
-/// URL is resolved to its master first (on every open, so a reconnect
-/// follows a failover).
-pub(crate) async fn open(config: &RedisConfig) -> Result<(ConnectionManager, redis::Client)> {
+/// A cluster connection through the seed node `config.address` (the
+/// client learns every node from it), with the URL's login; commands
+/// answer within the response timeout, retried a few times while the
+/// cluster moves a slot or promotes a replica.
+async fn cluster(config: &RedisConfig) -> Result<(RedisConn, Vec<redis::Client>)> {
+    let Address::Tcp { host, port } = &config.address else {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "rediscluster://: TLS and unix sockets are not supported yet (plain TCP only)",
+        ));
+    };
+    let seed = ConnectionAddr::Tcp(host.clone(), *port)
+        .into_connection_info()
+        .map_err(map_redis)?;
+    let mut builder = redis::cluster::ClusterClient::builder(vec![seed])
+        .connection_timeout(config.connect_timeout())
+        .response_timeout(config.response_timeout())
+        .overall_response_timeout(Some(config.response_timeout()))
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(50)
+        .max_retry_wait(1000);
+    if let Some(c) = &config.credentials {
+        if let Some(user) = &c.username {
+            builder = builder.username(user);
+        }
+        builder = builder.password(&c.password);
+    }
+    let client = builder.build().map_err(map_redis)?;
+    let bound = config.connect_timeout() + config.response_timeout();
+    let open = async {
+        let conn = client.get_async_connection().await.map_err(map_redis)?;
+        let mut conn = RedisConn::Cluster(conn);
+        conn.ping().await.map_err(map_redis)?;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .map_err(map_redis)?;
+        Ok::<_, Error>((conn, nodes))
+    };
+    let (conn, nodes) = tokio::time::timeout(bound, open)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("rediscluster: no connection through {host}:{port} within {bound:?}"),
+            ))
+        })
+        .map_err(|err| auth_error(err, config.credentials.as_ref()))?;
+    // PUB/SUB reaches every node of a cluster: the subscriber connects to
+    // the first node that answers, the seed first.
+    let mut subscribers = vec![self::client(config, config.credentials.as_ref())?];
+    for (node_host, node_port) in cluster_nodes(&nodes) {
+        if (node_host.as_str(), node_port) == (host.as_str(), *port) {
+            continue;
+        }
+        let mut node = config.clone();
+        node.address = Address::Tcp {
+            host: node_host,
+            port: node_port,
+        };
+        subscribers.push(self::client(&node, config.credentials.as_ref())?);
+    }
+    tracing::debug!(
+        seed = %format!("{host}:{port}"),
+        nodes = subscribers.len(),
+        "connected to a redis cluster"
+    );
+    Ok((conn, subscribers))
+}
+
+/// How often a cluster command is retried (MOVED, ASK, a node lost)
+/// before it fails and kombu-core reconnects.
+const CLUSTER_RETRIES: u32 = 4;
+
+/// The `host:port` of every node `CLUSTER NODES` lists that is not failed.
+fn cluster_nodes(listing: &str) -> Vec<(String, u16)> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = fields.nth(1)?;
+            let flags = fields.next()?;
+            if flags.contains("fail") || flags.contains("noaddr") {
+                return None;
+            }
+            let address = address.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// An authentication failure said in words (which login was refused).
+fn auth_error(err: Error, creds: Option<&Credentials>) -> Error {
+    if err.source_as::<redis::RedisError>().is_some_and(needs_auth) {
+        let who = match creds {
+            None => "no login was given (the server wants one)".to_owned(),
+            Some(Credentials {
+                username: Some(user),
+                ..
+            }) => format!("user {user:?}, check the URL's user and password"),
+            Some(_) => "the default user, check the URL's password".to_owned(),
+        };
+        Error::new(
+            ErrorKind::Auth,
+            format!("redis: authentication failed ({who})"),
+        )
+    } else {
+        err
+    }
+}
+
+/// The command connection and the clients for PUB/SUB (tried in order),
+/// with the login the URL gives (sent as written, on the first attempt).
+/// A `sentinel://` URL is resolved to its master first (on every open, so
+/// a reconnect follows a failover); a `rediscluster://` URL opens a
+/// cluster connection.
+pub(crate) async fn open(config: &RedisConfig) -> Result<(RedisConn, Vec<redis::Client>)> {
+    if config.cluster {
+        return cluster(config).await;
+    }
     let resolved;
     let config = match &config.master_name {
         Some(master) => {
@@ -195,23 +313,29 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(ConnectionManager, red
     };
     let creds = config.credentials.as_ref();
     let client = client(config, creds)?;
-    let conn = manager(&client, config).await.map_err(|err| {
-        if err.source_as::<redis::RedisError>().is_some_and(needs_auth) {
-            let who = match creds {
-                None => "no login was given (the server wants one)".to_owned(),
-                Some(Credentials {
-                    username: Some(user),
-                    ..
-                }) => format!("user {user:?}, check the URL's user and password"),
-                Some(_) => "the default user, check the URL's password".to_owned(),
-            };
-            Error::new(
-                ErrorKind::Auth,
-                format!("redis: authentication failed ({who})"),
-            )
-        } else {
-            err
-        }
-    })?;
-    Ok((conn, client))
+    let conn = manager(&client, config)
+        .await
+        .map_err(|err| auth_error(err, creds))?;
+    Ok((RedisConn::Single(conn), vec![client]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_skips_failed_ones() {
+        let listing = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001 master,fail - 0 0 2 connected
+c3 127.0.0.1:7004@17004 slave a1 0 0 1 connected
+";
+        assert_eq!(
+            cluster_nodes(listing),
+            [
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7004)
+            ]
+        );
+    }
 }

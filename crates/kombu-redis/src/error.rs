@@ -23,6 +23,15 @@ pub fn map_redis(err: RedisError) -> Error {
             // connection still on the old address): connect again, through
             // the sentinels.
             _ if matches!(err.code(), Some("READONLY" | "MASTERDOWN")) => ErrorKind::ConnectionLost,
+            // A cluster moving a slot or failing over, seen where the
+            // client does not follow it (a pipeline, a script load): a
+            // new connection reads the slot map afresh.
+            RedisKind::Server(
+                ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown,
+            ) => ErrorKind::ConnectionLost,
             _ => ErrorKind::Other,
         }
     };

@@ -29,7 +29,9 @@ struct HubState {
 
 /// The PUB/SUB side of a transport.
 pub(crate) struct PubSubHub {
-    client: redis::Client,
+    /// Servers to subscribe on, tried in order (one, or a cluster's nodes:
+    /// PUB/SUB messages reach every node of a cluster).
+    clients: Vec<redis::Client>,
     sink: tokio::sync::Mutex<Option<redis::aio::PubSubSink>>,
     state: Mutex<HubState>,
     /// Woken when a message is buffered.
@@ -38,9 +40,9 @@ pub(crate) struct PubSubHub {
 }
 
 impl PubSubHub {
-    pub fn new(client: redis::Client, arrived: Arc<Notify>) -> Arc<Self> {
+    pub fn new(clients: Vec<redis::Client>, arrived: Arc<Notify>) -> Arc<Self> {
         Arc::new(PubSubHub {
-            client,
+            clients,
             sink: tokio::sync::Mutex::new(None),
             state: Mutex::new(HubState::default()),
             arrived,
@@ -58,12 +60,26 @@ impl PubSubHub {
         if sink.is_some() {
             return Ok(());
         }
-        let (new_sink, stream) = self
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(map_redis)?
-            .split();
+        let mut last = None;
+        let mut pubsub = None;
+        for client in &self.clients {
+            match client.get_async_pubsub().await {
+                Ok(connected) => {
+                    pubsub = Some(connected);
+                    break;
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        let Some(pubsub) = pubsub else {
+            return Err(last.map(map_redis).unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::ConnectionRefused,
+                    "redis: no server to subscribe on",
+                )
+            }));
+        };
+        let (new_sink, stream) = pubsub.split();
         *sink = Some(new_sink);
         let hub = Arc::downgrade(self);
         let handle = tokio::spawn(async move {

@@ -41,6 +41,31 @@ pub struct Keys {
     unacked: String,
     unacked_index: String,
     unacked_mutex: String,
+    /// Redis Cluster: a queue's keys share its list's hash slot.
+    cluster: bool,
+    unacked_name: String,
+    unacked_index_name: String,
+    unacked_mutex_name: String,
+}
+
+/// The part of `key` Redis Cluster hashes: the content of its first
+/// `{...}` when that is not empty, else the whole key.
+///
+/// ```
+/// use kombu_redis::keys::hash_tag;
+/// assert_eq!(hash_tag("celery"), "celery");
+/// assert_eq!(hash_tag("jobs{eu}"), "eu");
+/// assert_eq!(hash_tag("a{}b"), "a{}b");
+/// ```
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
 }
 
 impl Keys {
@@ -56,7 +81,38 @@ impl Keys {
             unacked: format!("{p}{}", config.unacked_key),
             unacked_index: format!("{p}{}", config.unacked_index_key),
             unacked_mutex: format!("{p}{}", config.unacked_mutex_key),
+            cluster: config.cluster,
+            unacked_name: config.unacked_key.clone(),
+            unacked_index_name: config.unacked_index_key.clone(),
+            unacked_mutex_name: config.unacked_mutex_key.clone(),
         }
+    }
+
+    /// Whether the names are Redis Cluster's (a queue's keys in one slot).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The hash tag every key of `queue` carries on a cluster: the slot
+    /// key of its first list (kombu's own name for it).
+    fn tag(&self, queue: &str) -> String {
+        let list = format!("{}{queue}", self.prefix);
+        hash_tag(&list).to_owned()
+    }
+
+    /// Refuse a queue whose keys cannot share a slot on a cluster: a name
+    /// (with the prefix) holding a `}` outside a hash tag.
+    pub fn check_queue(&self, queue: &str) -> kombu_core::Result<()> {
+        if self.cluster && self.tag(queue).contains('}') {
+            return Err(kombu_core::Error::new(
+                kombu_core::ErrorKind::Unsupported,
+                format!(
+                    "rediscluster: queue {queue:?} has a '}}' outside a hash tag, so its \
+                     keys cannot share one hash slot; rename it or give it a tag ({{...}})"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The priority steps, ascending (the first is served first).
@@ -77,6 +133,8 @@ impl Keys {
     pub fn list(&self, queue: &str, step: u8) -> String {
         if step == 0 {
             format!("{}{queue}", self.prefix)
+        } else if self.cluster {
+            format!("{{{}}}{}{step}", self.tag(queue), self.sep)
         } else {
             format!("{}{queue}{}{step}", self.prefix, self.sep)
         }
@@ -151,6 +209,31 @@ impl Keys {
     /// `unacked_mutex`.
     pub fn unacked_mutex(&self) -> &str {
         &self.unacked_mutex
+    }
+
+    /// The unacked hash holding `queue`'s fetched messages: kombu's one
+    /// `unacked`, or on a cluster `unacked{<queue>}` (in the queue's slot).
+    pub fn unacked_of(&self, queue: &str) -> String {
+        self.per_queue(&self.unacked, &self.unacked_name, queue)
+    }
+
+    /// The unacked index of `queue`'s fetched messages (see
+    /// [`unacked_of`](Self::unacked_of)).
+    pub fn unacked_index_of(&self, queue: &str) -> String {
+        self.per_queue(&self.unacked_index, &self.unacked_index_name, queue)
+    }
+
+    /// The restore mutex of `queue` (see [`unacked_of`](Self::unacked_of)).
+    pub fn unacked_mutex_of(&self, queue: &str) -> String {
+        self.per_queue(&self.unacked_mutex, &self.unacked_mutex_name, queue)
+    }
+
+    fn per_queue(&self, global: &str, name: &str, queue: &str) -> String {
+        if self.cluster {
+            format!("{}{name}{{{}}}", self.prefix, self.tag(queue))
+        } else {
+            global.to_owned()
+        }
     }
 
     /// The PUB/SUB channel a fanout message goes to:
@@ -231,6 +314,45 @@ mod tests {
         assert_eq!(k.fanout_subscriptions("ex", "a.b"), ["/2.ex/a.b"]);
         assert_eq!(k.exchange_of_topic("/2.ex/a.b"), "ex");
         assert_eq!(k.exchange_of_topic("/2.ex"), "ex");
+    }
+
+    fn cluster_keys(to: TransportOptions) -> Keys {
+        let options = ConnectionOptions::new().transport_options(to);
+        let url = BrokerUrl::parse("rediscluster://localhost:7000").unwrap();
+        Keys::new(&RedisConfig::new(&url, &options).unwrap())
+    }
+
+    #[test]
+    fn cluster_keys_of_a_queue_share_its_slot() {
+        use redis::cluster_routing::Slot;
+        let k = cluster_keys(Default::default());
+        assert_eq!(k.list("q", 0), "q");
+        assert_eq!(k.list("q", 3), "{q}\x06\x163");
+        assert_eq!(k.unacked_of("q"), "unacked{q}");
+        assert_eq!(k.unacked_index_of("q"), "unacked_index{q}");
+        assert_eq!(k.unacked_mutex_of("q"), "unacked_mutex{q}");
+        for queue in ["celery", "jobs{eu}", "a{b", "x.y"] {
+            let slot = Slot::for_key(k.list(queue, 0));
+            for key in [
+                k.list(queue, 9),
+                k.unacked_of(queue),
+                k.unacked_index_of(queue),
+                k.unacked_mutex_of(queue),
+            ] {
+                assert_eq!(Slot::for_key(&key), slot, "{queue}: {key}");
+            }
+            assert!(k.check_queue(queue).is_ok());
+        }
+        assert!(k.check_queue("a}b").is_err());
+        assert!(k.check_queue("a{}b").is_err());
+        // Single-node names are kombu's, whatever the queue.
+        let single = keys(Default::default());
+        assert_eq!(single.unacked_of("q"), "unacked");
+        assert!(single.check_queue("a}b").is_ok());
+        let prefixed = cluster_keys(TransportOptions::new().set("global_keyprefix", "p:"));
+        assert_eq!(prefixed.list("q", 0), "p:q");
+        assert_eq!(prefixed.list("q", 6), "{p:q}\x06\x166");
+        assert_eq!(prefixed.unacked_of("q"), "p:unacked{p:q}");
     }
 
     #[test]

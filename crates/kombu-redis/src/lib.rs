@@ -2,6 +2,7 @@
 
 mod backend;
 pub mod config;
+mod conn;
 mod connect;
 mod error;
 mod fanout;
@@ -51,6 +52,7 @@ pub const INFO: TransportInfo = TransportInfo::new("redis", SCHEMES, TransportKi
 pub fn register(registry: &mut Registry) {
     registry.register(VirtualFactory::shared(&INFO, open));
     registry.register(VirtualFactory::shared(&SENTINEL_INFO, open));
+    registry.register(VirtualFactory::shared(&CLUSTER_INFO, open));
 }
 
 /// Redis behind Sentinel, kombu's `sentinel://` transport:
@@ -73,6 +75,29 @@ pub const SENTINEL_INFO: TransportInfo =
     TransportInfo::new("sentinel", &["sentinel"], TransportKind::Virtual)
         .feature("redis")
         .port(config::SENTINEL_PORT)
+        .capabilities(capabilities);
+
+/// Redis Cluster, `rediscluster://host:7000[;rediscluster://host:7001...]`
+/// (the scheme of kombu's open Redis Cluster pull request): each URL is a
+/// seed node (a failover list tries them in turn); the client learns the
+/// cluster's nodes from it and routes each command to its slot's master,
+/// following MOVED/ASK and failovers. Every key of one queue carries the
+/// queue's hash tag, so its lists and unacked bookkeeping share one slot
+/// and fetch, ack and restore stay atomic; kombu's own names are kept
+/// where a key stands alone (the queue's first list, binding tables,
+/// PUB/SUB channels). Database 0 only.
+///
+/// ```
+/// assert_eq!(kombu_redis::CLUSTER_INFO.port_for(false), Some(6379));
+/// assert_eq!(kombu_redis::CLUSTER_INFO.feature, "redis");
+/// let mut registry = kombu_core::Registry::new();
+/// kombu_redis::register(&mut registry);
+/// assert!(registry.resolve("rediscluster").is_ok());
+/// ```
+pub const CLUSTER_INFO: TransportInfo =
+    TransportInfo::new("rediscluster", &["rediscluster"], TransportKind::Virtual)
+        .feature("redis")
+        .port(DEFAULT_PORT)
         .capabilities(capabilities);
 
 /// What the Redis transport can do (the same in both fanout modes).
@@ -117,6 +142,6 @@ pub fn capabilities() -> Capabilities {
 pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<RedisBackend> {
     let (url, options) = (&url, &options);
     let config = RedisConfig::new(url, options)?;
-    let (conn, client) = connect::open(&config).await?;
-    Ok(RedisBackend::new(config, conn, client))
+    let (conn, subscribers) = connect::open(&config).await?;
+    Ok(RedisBackend::new(config, conn, subscribers))
 }

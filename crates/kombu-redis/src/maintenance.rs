@@ -47,7 +47,7 @@ async fn health_loop(shared: Weak<Shared>, every: Duration) {
             return;
         };
         let mut conn = shared.conn.clone();
-        if let Err(err) = redis::cmd("PING").query_async::<String>(&mut conn).await {
+        if let Err(err) = conn.ping().await {
             tracing::warn!(error = %err, "redis health check failed (the connection reconnects)");
         }
     }

@@ -1,5 +1,6 @@
 //! The conformance suite on `redis://` (KOMBU_TEST_REDIS_URL), in both
-//! fanout modes, and on `sentinel://` through the redis-sentinel service.
+//! fanout modes, on `sentinel://` through the redis-sentinel service, and on
+//! `rediscluster://` through the redis-cluster service.
 
 kombu_testkit::conformance_tests!(connect);
 
@@ -31,6 +32,18 @@ mod sentinel {
     fn connect() -> Option<kombu_core::Connection> {
         let conn = kombu_testkit::connection_for("redis-sentinel", kombu_redis::register)?;
         assert_eq!(conn.transport_name(), "sentinel");
+        Some(conn)
+    }
+}
+
+/// The suite over `rediscluster://` (KOMBU_TEST_REDIS_CLUSTER_URL: the
+/// redis-cluster service, three masters and three replicas).
+mod cluster {
+    kombu_testkit::conformance_tests!(connect);
+
+    fn connect() -> Option<kombu_core::Connection> {
+        let conn = kombu_testkit::connection_for("redis-cluster", kombu_redis::register)?;
+        assert_eq!(conn.transport_name(), "rediscluster");
         Some(conn)
     }
 }

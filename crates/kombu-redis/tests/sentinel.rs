@@ -6,9 +6,7 @@
 //! publish returned after the promotion is consumed.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,90 +16,13 @@ use kombu_core::{
     TransportOptions,
 };
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
+
+#[path = "servers/mod.rs"]
+mod servers;
+use servers::{free_port, query, redis_server, server_args, spawn, until, TempDir};
 
 const MASTER: &str = "kombu-test";
-
-/// The redis-server binary, or `None` to skip (a failure under
-/// `KOMBU_TEST_REQUIRE=1`).
-fn redis_server() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("redis-server"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("KOMBU_TEST_REQUIRE").is_err(),
-            "redis-server is not installed (cargo xtask services up redis installs it)"
-        );
-        eprintln!("skipped: redis-server is not installed");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A redis-server child, killed when dropped.
-fn spawn(program: &Path, dir: &Path, args: &[String]) -> Child {
-    Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server starts")
-}
-
-fn server_args(port: u16) -> Vec<String> {
-    [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-async fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
-    tokio::time::timeout(Duration::from_secs(2), cmd.query_async(&mut conn))
-        .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "query timed out")))?
-}
-
-/// Poll `check` every 100 ms until it holds; panic with `what` after `limit`.
-async fn until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn master_port(sentinel: u16) -> Option<u16> {
     let mut cmd = redis::cmd("SENTINEL");
@@ -135,15 +56,6 @@ struct Topology {
     replica_port: u16,
     sentinel_ports: Vec<u16>,
     _dir: TempDir,
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 async fn start(program: &Path) -> Topology {

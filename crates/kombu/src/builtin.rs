@@ -13,7 +13,16 @@ use kombu_core::Registry;
 pub const TRANSPORT_FEATURES: &[(&str, &[&str])] = &[
     ("memory", &["memory"]),
     ("amqp", &["amqp", "amqps", "pyamqp", "amqplib", "pika"]),
-    ("redis", &["redis", "rediss", "redis+socket", "sentinel"]),
+    (
+        "redis",
+        &[
+            "redis",
+            "rediss",
+            "redis+socket",
+            "sentinel",
+            "rediscluster",
+        ],
+    ),
     ("sqs", &["sqs"]),
     ("mongodb", &["mongodb", "mongodb+srv"]),
     ("beanstalk", &["beanstalk"]),

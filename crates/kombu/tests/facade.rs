@@ -134,6 +134,7 @@ fn the_disabled_feature_list_matches_the_transport_crates() {
         &kombu_amqp::INFO,
         &kombu_redis::INFO,
         &kombu_redis::SENTINEL_INFO,
+        &kombu_redis::CLUSTER_INFO,
         &kombu_sqs::INFO,
         &kombu_mongo::INFO,
         &kombu_beanstalk::INFO,
