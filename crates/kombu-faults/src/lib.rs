@@ -20,4 +20,5 @@ pub mod broker;
 pub mod ledger;
 pub mod peer;
 pub mod rabbit_cluster;
+pub mod redis_cluster;
 pub mod sentinel;

@@ -24,7 +24,7 @@ pub struct SentinelGroup {
 
 /// `redis-cli -p <port> <args>`'s output, or `None` when it fails or takes
 /// more than 3 s (redis-cli 7.0 has no timeout of its own).
-fn cli(port: u16, args: &[&str]) -> Option<String> {
+pub(crate) fn cli(port: u16, args: &[&str]) -> Option<String> {
     let mut child = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
@@ -53,7 +53,11 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
 }
 
 /// Poll `ready` every 100 ms until it holds or `limit` passes.
-fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> io::Result<()> {
+pub(crate) fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> io::Result<()> {
     let deadline = Instant::now() + limit;
     while !ready() {
         if Instant::now() > deadline {

@@ -20,13 +20,15 @@ use kombu_faults::broker::{BrokerKind, PrivateBroker};
 use kombu_faults::ledger::Tally;
 use kombu_faults::peer::{count_lines, Peer};
 use kombu_faults::rabbit_cluster::RabbitCluster;
+use kombu_faults::redis_cluster::RedisCluster;
 use kombu_faults::sentinel::SentinelGroup;
 
-/// What a scenario strikes: one broker, a Redis Sentinel group or a
-/// RabbitMQ cluster.
+/// What a scenario strikes: one broker, a Redis Sentinel group, a Redis
+/// Cluster or a RabbitMQ cluster.
 enum Target {
     Broker(PrivateBroker),
     Sentinel(SentinelGroup),
+    RedisCluster(RedisCluster),
     Cluster(RabbitCluster),
 }
 
@@ -34,6 +36,8 @@ impl Target {
     fn start(kind: BrokerKind, fault: Fault) -> Target {
         if fault == Fault::KillMaster {
             Target::Sentinel(SentinelGroup::start().expect("start a sentinel group"))
+        } else if fault == Fault::KillSlotMaster {
+            Target::RedisCluster(RedisCluster::start().expect("start a redis cluster"))
         } else if fault == Fault::KillQuorumLeader {
             Target::Cluster(RabbitCluster::start(3).expect("start a RabbitMQ cluster"))
         } else {
@@ -45,6 +49,7 @@ impl Target {
         match self {
             Target::Broker(broker) => broker.dir(),
             Target::Sentinel(group) => group.dir(),
+            Target::RedisCluster(cluster) => cluster.dir(),
             Target::Cluster(cluster) => cluster.dir(),
         }
     }
@@ -52,7 +57,9 @@ impl Target {
     fn broker(&mut self) -> &mut PrivateBroker {
         match self {
             Target::Broker(broker) => broker,
-            Target::Sentinel(_) | Target::Cluster(_) => panic!("a group is not one broker"),
+            Target::Sentinel(_) | Target::RedisCluster(_) | Target::Cluster(_) => {
+                panic!("a group is not one broker")
+            }
         }
     }
 }
@@ -72,6 +79,9 @@ enum Fault {
     KillConsumer,
     /// Redis Sentinel: SIGKILL the master; the replica is promoted.
     KillMaster,
+    /// A Redis Cluster of three masters and three replicas: SIGKILL the
+    /// master serving the queue's slot; its replica takes over.
+    KillSlotMaster,
     /// A RabbitMQ cluster of three: SIGKILL the node leading the quorum
     /// queue; another node's member takes over.
     KillQuorumLeader,
@@ -84,6 +94,7 @@ impl Fault {
             Fault::StopBroker => "stop-broker",
             Fault::KillConsumer => "kill-consumer",
             Fault::KillMaster => "kill-master",
+            Fault::KillSlotMaster => "kill-slot-master",
             Fault::KillQuorumLeader => "kill-quorum-leader",
         }
     }
@@ -132,6 +143,9 @@ fn peer_url(target: &Target) -> String {
         Target::Broker(broker) => broker,
         Target::Sentinel(group) => {
             return group.url(&format!("heartbeat={HEARTBEAT_S}&{REDIS_QUERY}"));
+        }
+        Target::RedisCluster(cluster) => {
+            return cluster.url(&format!("heartbeat={HEARTBEAT_S}&{REDIS_QUERY}"));
         }
         Target::Cluster(cluster) => {
             return cluster.url(&format!("heartbeat={HEARTBEAT_S}&confirm_publish=1"));
@@ -305,6 +319,18 @@ fn run(kind: BrokerKind, fault: Fault) {
             let took = group.kill_master().expect("the replica promoted");
             format!("replica promoted {:.1}s after the kill", took.as_secs_f64())
         }
+        Fault::KillSlotMaster => {
+            let Target::RedisCluster(cluster) = &mut target else {
+                unreachable!("kill-slot-master runs on a redis cluster")
+            };
+            let took = cluster
+                .kill_master_of(&queue)
+                .expect("the slot's replica promoted");
+            format!(
+                "the queue's slot master killed, replica promoted {:.1}s after",
+                took.as_secs_f64()
+            )
+        }
         Fault::KillQuorumLeader => {
             let Target::Cluster(cluster) = &mut target else {
                 unreachable!("kill-quorum-leader runs on a cluster")
@@ -410,6 +436,13 @@ fn redis_broker_stopped_past_the_heartbeat() {
 #[test]
 fn redis_consumer_killed_mid_batch() {
     run(BrokerKind::Redis, Fault::KillConsumer);
+}
+
+/// Redis Cluster: the master of the queue's slot SIGKILLed under load; its
+/// replica takes over and the peers carry on through the other seeds.
+#[test]
+fn redis_cluster_slot_master_killed() {
+    run(BrokerKind::Redis, Fault::KillSlotMaster);
 }
 
 /// Redis Sentinel: the master SIGKILLed under load; the peers reconnect
