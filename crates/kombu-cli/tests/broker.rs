@@ -10,16 +10,15 @@ use std::time::Duration;
 use common::{command, compiled_schemes, kombu, kombu_stdin, wait};
 use serde_json::json;
 
-/// The test server URL of `transport`, when the binary has it and the
-/// server is configured; `None` (after a SKIP line) otherwise.
-fn broker_url(transport: &str) -> Option<String> {
-    if !compiled_schemes().iter().any(|s| s == transport) {
-        eprintln!(
-            "SKIP {transport}: not compiled into kombu (the facade's `full` feature lacks it)"
-        );
+/// The URL of the test service `service` (`KOMBU_TEST_<SERVICE>_URL`),
+/// when the binary has `scheme` and the service is configured; `None`
+/// (after a SKIP line) otherwise.
+fn broker_url(service: &str, scheme: &str) -> Option<String> {
+    if !compiled_schemes().iter().any(|s| s == scheme) {
+        eprintln!("SKIP {scheme}: not compiled into kombu (the facade's `full` feature lacks it)");
         return None;
     }
-    kombu_testkit::test_url(transport)
+    kombu_testkit::test_url(service)
 }
 
 /// Deletes the queue when the test ends, pass or fail.
@@ -439,7 +438,12 @@ fn ctrl_c_returns_unacked_messages(url: &str) {
 }
 
 fn run_all(transport: &str) {
-    let Some(url) = broker_url(transport) else {
+    run_all_on(transport, transport);
+}
+
+/// Every round trip on the test service `service`, whose URLs use `scheme`.
+fn run_all_on(service: &str, scheme: &str) {
+    let Some(url) = broker_url(service, scheme) else {
         return;
     };
     json_bodies_headers_and_properties(&url);
@@ -474,6 +478,24 @@ fn redis_round_trips() {
 #[test]
 fn amqp_round_trips() {
     run_all("amqp");
+}
+
+/// `sentinel://`: three sentinels watching a master and its replica.
+#[test]
+fn sentinel_round_trips() {
+    run_all_on("redis-sentinel", "sentinel");
+}
+
+/// `rediscluster://`: three masters and three replicas.
+#[test]
+fn rediscluster_round_trips() {
+    run_all_on("redis-cluster", "rediscluster");
+}
+
+/// A failover list of the three nodes of a RabbitMQ cluster.
+#[test]
+fn amqp_cluster_round_trips() {
+    run_all_on("rabbitmq-cluster", "amqp");
 }
 
 #[test]
