@@ -8,8 +8,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use kombu_core::spi::async_trait;
 use kombu_core::{
-    Binding, Channel, Delivery, DeliveryStream, Error, ErrorKind, Exchange, ExchangeType, Queue,
-    QueueInfo, RawMessage, Result,
+    Arguments, Binding, Channel, Delivery, DeliveryStream, Error, ErrorKind, Exchange,
+    ExchangeType, Queue, QueueInfo, RawMessage, Result,
 };
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
@@ -401,7 +401,25 @@ impl Channel for AmqpChannel {
         consumer_tag: &str,
         no_ack: bool,
     ) -> Result<DeliveryStream> {
+        self.basic_consume_with_arguments(queue, consumer_tag, no_ack, &Arguments::new())
+            .await
+    }
+
+    /// `basic.consume` with its arguments (`x-stream-offset`,
+    /// `x-priority`, ...) as an AMQP field table.
+    async fn basic_consume_with_arguments(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        no_ack: bool,
+        arguments: &Arguments,
+    ) -> Result<DeliveryStream> {
         self.check_link("basic.consume")?;
+        let arguments = if arguments.is_empty() {
+            no_arguments()
+        } else {
+            to_field_table(arguments)?
+        };
         let consumer = self
             .channel()
             .basic_consume(
@@ -411,7 +429,7 @@ impl Channel for AmqpChannel {
                     no_ack,
                     ..BasicConsumeOptions::default()
                 },
-                no_arguments(),
+                arguments,
             )
             .await
             .map_err(self.link.op("basic.consume"))?;

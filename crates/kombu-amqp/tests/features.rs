@@ -1,5 +1,5 @@
 //! AMQP features beyond the conformance suite: publisher confirms,
-//! mandatory, exchange-to-exchange bindings, quorum queues, ack multiple,
+//! mandatory, exchange-to-exchange bindings, quorum queues, streams, ack multiple,
 //! cancel, field-table types.
 
 mod common;
@@ -10,7 +10,7 @@ use futures::StreamExt;
 use kombu_amqp::AmqpTransport;
 use kombu_core::{
     BrokerUrl, Channel, ConnectionOptions, Consumer, ErrorKind, Exchange, Producer, PublishOptions,
-    Queue, RawMessage,
+    Queue, RawMessage, StreamOffset,
 };
 use kombu_testkit::{recv, unique, Cleanup};
 use serde_json::json;
@@ -268,6 +268,80 @@ async fn quorum_queue_delivery_limit_dead_letters() {
     for name in [&q.name, &dead.name] {
         channel.queue_delete(name).await.unwrap();
     }
+}
+
+/// A stream keeps what it was sent after it is read: each consumer reads
+/// from its own `x-stream-offset` (first: everything; an offset: from
+/// there; next: only what comes after it starts).
+#[tokio::test]
+async fn stream_consumers_read_from_their_offsets() {
+    let Some(url) = common::url() else { return };
+    let conn = common::connection(&url, ConnectionOptions::new());
+    let channel = conn.channel().await.unwrap();
+    let q = Queue::new(unique("stream")).stream();
+    channel.queue_declare(&q).await.unwrap();
+    let producer = Producer::new(&conn);
+    for n in 0..5 {
+        producer
+            .publish(json!(n), PublishOptions::new().routing_key(&q.name))
+            .await
+            .unwrap();
+    }
+    let read = |offset: StreamOffset, want: usize| {
+        let (conn, q) = (conn.clone(), q.clone());
+        async move {
+            let mut consumer = Consumer::builder(&conn)
+                .queue(q)
+                .prefetch_count(10)
+                .stream_offset(offset)
+                .build()
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < want {
+                let message = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                    .await
+                    .expect("a stream message within 10 s")
+                    .unwrap()
+                    .unwrap();
+                got.push(message.decode::<u32>().unwrap());
+                message.ack().await.unwrap();
+            }
+            (consumer, got)
+        }
+    };
+    let (first, all) = read(StreamOffset::First, 5).await;
+    assert_eq!(all, [0, 1, 2, 3, 4]);
+    first.close().await.unwrap();
+    // Read and acked, and still there for the next reader.
+    let (again, from_first) = read(StreamOffset::First, 5).await;
+    assert_eq!(from_first, [0, 1, 2, 3, 4]);
+    again.close().await.unwrap();
+    let (at, from_three) = read(StreamOffset::Offset(3), 2).await;
+    assert_eq!(from_three, [3, 4]);
+    at.close().await.unwrap();
+    let mut next = Consumer::builder(&conn)
+        .queue(q.clone())
+        .prefetch_count(10)
+        .stream_offset(StreamOffset::Next)
+        .build()
+        .await
+        .unwrap();
+    // `next` starts at the end: only what is published from now on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    producer
+        .publish(json!(5), PublishOptions::new().routing_key(&q.name))
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), next.next())
+        .await
+        .expect("the new message within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.decode::<u32>().unwrap(), 5);
+    message.ack().await.unwrap();
+    next.close().await.unwrap();
+    channel.queue_delete(&q.name).await.unwrap();
 }
 
 #[tokio::test]

@@ -10,10 +10,11 @@ use backon::Retryable;
 use futures::future::BoxFuture;
 use futures::stream::{SelectAll, Stream};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::compression::CompressionRegistry;
 use crate::connection::{Connection, EpochState};
-use crate::entity::Queue;
+use crate::entity::{Arguments, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Delivery, DeliveryInfo, Headers, Properties};
 use crate::retry::RetryPolicy;
@@ -220,6 +221,44 @@ impl Message {
     }
 }
 
+/// Where a consumer of a RabbitMQ stream starts reading
+/// ([`ConsumerBuilder::stream_offset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOffset {
+    /// The oldest message the stream still keeps.
+    First,
+    /// The last chunk written (RabbitMQ's `last`).
+    Last,
+    /// Only messages written from now on.
+    Next,
+    /// The message at this offset.
+    Offset(u64),
+    /// Messages written in this last stretch of time (RabbitMQ's interval
+    /// form, sent in whole seconds: `"90s"`).
+    Ago(Duration),
+}
+
+impl StreamOffset {
+    /// The `x-stream-offset` value.
+    ///
+    /// ```
+    /// use kombu_core::StreamOffset;
+    /// assert_eq!(StreamOffset::First.to_argument(), "first");
+    /// assert_eq!(StreamOffset::Offset(42).to_argument(), 42);
+    /// let hour = std::time::Duration::from_secs(3600);
+    /// assert_eq!(StreamOffset::Ago(hour).to_argument(), "3600s");
+    /// ```
+    pub fn to_argument(self) -> Value {
+        match self {
+            StreamOffset::First => "first".into(),
+            StreamOffset::Last => "last".into(),
+            StreamOffset::Next => "next".into(),
+            StreamOffset::Offset(n) => n.into(),
+            StreamOffset::Ago(span) => format!("{}s", span.as_secs().max(1)).into(),
+        }
+    }
+}
+
 /// Builds a [`Consumer`].
 pub struct ConsumerBuilder {
     spec: Spec,
@@ -238,6 +277,8 @@ struct Spec {
     no_ack: bool,
     declare: bool,
     tag_prefix: String,
+    /// `basic.consume` arguments (AMQP; ignored by virtual transports).
+    arguments: Arguments,
 }
 
 impl ConsumerBuilder {
@@ -275,6 +316,32 @@ impl ConsumerBuilder {
     pub fn tag_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.spec.tag_prefix = prefix.into();
         self
+    }
+    /// A consumer argument (AMQP `basic.consume` arguments, kept across
+    /// reconnects; transports without them ignore it, as in kombu), e.g.
+    /// RabbitMQ's consumer priority `x-priority`.
+    pub fn consumer_argument(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.spec.arguments.insert(key.into(), value.into());
+        self
+    }
+    /// Where to start reading a RabbitMQ stream ([`Queue::stream`]): the
+    /// `x-stream-offset` consumer argument. Streams keep their messages
+    /// (an ack only moves the consumer on), so every consumer reads from
+    /// its own offset.
+    ///
+    /// ```
+    /// # async fn demo(conn: kombu_core::Connection) -> kombu_core::Result<()> {
+    /// use kombu_core::{Consumer, Queue, StreamOffset};
+    /// let consumer = Consumer::builder(&conn)
+    ///     .queue(Queue::new("events").stream())
+    ///     .prefetch_count(100) // RabbitMQ needs a prefetch on streams
+    ///     .stream_offset(StreamOffset::First)
+    ///     .build()
+    ///     .await?;
+    /// # drop(consumer); Ok(()) }
+    /// ```
+    pub fn stream_offset(self, offset: StreamOffset) -> Self {
+        self.consumer_argument("x-stream-offset", offset.to_argument())
     }
     /// How to reconnect when the connection is lost (`None`: do not; the
     /// stream then reports the error and ends). The default retries
@@ -407,7 +474,14 @@ async fn attach(spec: Spec) -> Result<Attached> {
         let mut tags = Vec::new();
         for name in &names {
             let tag = format!("{}{}", spec.tag_prefix, uuid::Uuid::new_v4().simple());
-            streams.push(channel.basic_consume(name, &tag, spec.no_ack).await?);
+            let stream = if spec.arguments.is_empty() {
+                channel.basic_consume(name, &tag, spec.no_ack).await?
+            } else {
+                channel
+                    .basic_consume_with_arguments(name, &tag, spec.no_ack, &spec.arguments)
+                    .await?
+            };
+            streams.push(stream);
             tags.push(tag);
         }
         Ok::<_, Error>((Streams::new(streams), tags))
@@ -512,6 +586,7 @@ impl Consumer {
                 no_ack: false,
                 declare: true,
                 tag_prefix: "kombu-rs.".into(),
+                arguments: Arguments::new(),
             },
             accept: Accept::default(),
             reconnect: Some(

@@ -359,6 +359,24 @@ impl Queue {
         self.durable(true).argument("x-queue-type", "quorum")
     }
 
+    /// A RabbitMQ stream (`x-queue-type: stream`, durable): an append-only
+    /// log that keeps its messages after they are read (until its
+    /// retention, `x-max-age` or `x-max-length-bytes`, drops them); each
+    /// consumer reads from its own offset
+    /// ([`ConsumerBuilder::stream_offset`](crate::ConsumerBuilder::stream_offset))
+    /// and needs a prefetch count. Other transports keep the argument and
+    /// ignore it.
+    ///
+    /// ```
+    /// use kombu_core::Queue;
+    /// let q = Queue::new("events").stream().argument("x-max-age", "7D");
+    /// assert_eq!(q.queue_type(), Some("stream"));
+    /// assert!(q.durable);
+    /// ```
+    pub fn stream(self) -> Self {
+        self.durable(true).argument("x-queue-type", "stream")
+    }
+
     /// The `x-queue-type` argument (`"quorum"`, `"stream"`, `"classic"`),
     /// when one is set.
     pub fn queue_type(&self) -> Option<&str> {

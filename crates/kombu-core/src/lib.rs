@@ -39,7 +39,7 @@ pub mod spi {
 
 pub use compression::{CompressionRegistry, Compressor};
 pub use connection::{Connection, DEFAULT_URL};
-pub use consumer::{Consumer, ConsumerBuilder, Message};
+pub use consumer::{Consumer, ConsumerBuilder, Message, StreamOffset};
 pub use entity::{Arguments, Binding, Exchange, ExchangeType, Queue};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind, Result};

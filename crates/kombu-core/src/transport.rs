@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::entity::{Binding, Exchange, ExchangeType, Queue};
+use crate::entity::{Arguments, Binding, Exchange, ExchangeType, Queue};
 use crate::error::{Error, Result};
 use crate::message::{Delivery, RawMessage};
 use crate::options::ConnectionOptions;
@@ -266,6 +266,21 @@ pub trait Channel: Send + Sync {
         consumer_tag: &str,
         no_ack: bool,
     ) -> Result<DeliveryStream>;
+    /// [`basic_consume`](Self::basic_consume) with consumer arguments
+    /// (AMQP's `basic.consume` arguments, e.g. RabbitMQ's
+    /// `x-stream-offset` or `x-priority`). Transports without consumer
+    /// arguments ignore them, as kombu's virtual transports do (the
+    /// default).
+    async fn basic_consume_with_arguments(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        no_ack: bool,
+        arguments: &Arguments,
+    ) -> Result<DeliveryStream> {
+        let _ = arguments;
+        self.basic_consume(queue, consumer_tag, no_ack).await
+    }
     /// Stop a consumer; its stream ends.
     async fn basic_cancel(&self, consumer_tag: &str) -> Result<()>;
     /// Acknowledge a delivery (and, with `multiple`, every earlier one).
