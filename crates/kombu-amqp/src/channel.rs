@@ -334,6 +334,16 @@ impl Channel for AmqpChannel {
         mandatory: bool,
     ) -> Result<()> {
         self.check_link("basic.publish")?;
+        if message
+            .not_before
+            .is_some_and(|when| when > std::time::SystemTime::now())
+        {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "amqp: delayed delivery is not implemented yet (issue 21: Celery's native \
+                 delayed delivery); the message was not sent",
+            ));
+        }
         if mandatory {
             // RabbitMQ sends basic.return before the confirm of the same
             // message: waiting for the confirm tells whether it was routed.

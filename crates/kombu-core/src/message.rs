@@ -120,6 +120,10 @@ pub struct RawMessage {
     pub headers: Headers,
     /// Basic properties.
     pub properties: Properties,
+    /// Deliver no sooner than this (delayed delivery, kombu-rs's own: see
+    /// [`PublishOptions::delay`](crate::PublishOptions::delay)); `None`:
+    /// at once.
+    pub not_before: Option<std::time::SystemTime>,
 }
 
 impl RawMessage {
@@ -129,6 +133,19 @@ impl RawMessage {
             body: body.into(),
             ..Default::default()
         }
+    }
+
+    /// Deliver no sooner than `when` (delayed delivery).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// let when = SystemTime::now() + Duration::from_secs(5);
+    /// let m = kombu_core::RawMessage::new("later").not_before(when);
+    /// assert_eq!(m.not_before, Some(when));
+    /// ```
+    pub fn not_before(mut self, when: std::time::SystemTime) -> Self {
+        self.not_before = Some(when);
+        self
     }
 
     /// Set content type and encoding.

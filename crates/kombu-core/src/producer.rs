@@ -1,7 +1,7 @@
 //! [`Producer`]: serialize, compress and publish.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
@@ -59,6 +59,9 @@ pub struct PublishOptions {
     /// How to retry (kombu's `retry_policy`; default
     /// [`RetryPolicy::for_publish`]).
     pub retry_policy: Option<RetryPolicy>,
+    /// Deliver no sooner than this ([`delay`](Self::delay),
+    /// [`eta`](Self::eta)).
+    pub not_before: Option<SystemTime>,
 }
 
 impl PublishOptions {
@@ -150,6 +153,29 @@ impl PublishOptions {
         self.retry_policy = Some(policy);
         self
     }
+    /// Deliver the message no sooner than `delay` from now (delayed
+    /// delivery: Celery's `countdown`). Every transport keeps it on the
+    /// broker until then (how, and what a Python kombu peer sees, is on
+    /// each transport's page); a transport that cannot refuses the publish
+    /// with an `Unsupported` error.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use kombu_core::PublishOptions;
+    /// let opts = PublishOptions::new().routing_key("tasks").delay(Duration::from_secs(30));
+    /// assert!(opts.not_before.unwrap() > SystemTime::now() + Duration::from_secs(29));
+    /// ```
+    pub fn delay(self, delay: Duration) -> Self {
+        self.eta(SystemTime::now() + delay)
+    }
+
+    /// Deliver the message no sooner than `when` (Celery's `eta`); a time
+    /// in the past means at once.
+    pub fn eta(mut self, when: SystemTime) -> Self {
+        self.not_before = Some(when);
+        self
+    }
+
     /// Fail when no queue takes the message.
     pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
@@ -532,6 +558,7 @@ impl Producer {
             content_encoding: Some(content_encoding),
             headers,
             properties,
+            not_before: options.not_before,
         })
     }
 
@@ -562,6 +589,7 @@ impl Producer {
             content_encoding: Some(content_encoding),
             headers: options.headers.clone(),
             properties,
+            not_before: options.not_before,
         }
     }
 }

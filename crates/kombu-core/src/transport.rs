@@ -80,6 +80,10 @@ pub struct Capabilities {
     /// for the whole message). A larger message is a
     /// [`LimitExceeded`](crate::ErrorKind::LimitExceeded) error.
     pub max_body_size: Option<u64>,
+    /// A message published with a delay
+    /// ([`PublishOptions::delay`](crate::PublishOptions::delay)) waits on
+    /// the broker until its time.
+    pub delayed_delivery: bool,
 }
 
 impl Capabilities {
@@ -98,6 +102,7 @@ impl Capabilities {
             persistent: false,
             redelivers_unacked: true,
             max_body_size: None,
+            delayed_delivery: false,
         }
     }
 
@@ -149,6 +154,11 @@ impl Capabilities {
     /// Set whether unacked messages of a dead consumer come back.
     pub fn with_redelivers_unacked(mut self, yes: bool) -> Self {
         self.redelivers_unacked = yes;
+        self
+    }
+    /// Set whether delayed delivery is kept on the broker.
+    pub fn with_delayed_delivery(mut self, yes: bool) -> Self {
+        self.delayed_delivery = yes;
         self
     }
     /// Set the largest body the transport carries (`None`: no limit).

@@ -22,9 +22,31 @@ static BROKERS: LazyLock<Mutex<HashMap<String, Arc<MemoryBroker>>>> =
 struct MemoryQueue {
     declaration: Option<Queue>,
     ready: BTreeMap<Reverse<u8>, VecDeque<StoredMessage>>,
+    /// Delayed messages by (due time in Unix ms, arrival), with their
+    /// priority: moved to `ready` once due.
+    delayed: BTreeMap<(u64, u64), (StoredMessage, u8)>,
 }
 
 impl MemoryQueue {
+    /// Move every delayed message due at `now_ms` to the back of its level.
+    fn release_due(&mut self, now_ms: u64) {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            let (message, priority) = entry.remove();
+            self.ready
+                .entry(Reverse(priority))
+                .or_default()
+                .push_back(message);
+        }
+    }
+
+    /// When the next delayed message is due (Unix ms).
+    fn next_due(&self) -> Option<u64> {
+        self.delayed.keys().next().map(|(due, _)| *due)
+    }
+
     fn len(&self) -> usize {
         self.ready.values().map(VecDeque::len).sum()
     }
@@ -37,6 +59,8 @@ impl MemoryQueue {
 #[derive(Default)]
 struct State {
     queues: HashMap<String, MemoryQueue>,
+    /// Arrival numbers of delayed messages (keeps equal due times in order).
+    delayed_seq: u64,
     exchanges: HashMap<String, Exchange>,
     bindings: HashMap<String, Vec<QueueBinding>>,
 }
@@ -99,8 +123,9 @@ impl MemoryBroker {
         let mut state = self.lock();
         match state.queues.get_mut(queue) {
             Some(q) => {
-                let n = q.len() as u64;
+                let n = (q.len() + q.delayed.len()) as u64;
                 q.ready.clear();
+                q.delayed.clear();
                 n
             }
             None => 0,
@@ -139,6 +164,20 @@ impl MemoryBroker {
         }
     }
 
+    /// Keep `message` until `due` (Unix ms), then put it at the back of its
+    /// priority level.
+    pub(crate) fn put_delayed(&self, queue: &str, message: StoredMessage, priority: u8, due: u64) {
+        {
+            let mut state = self.lock();
+            state.delayed_seq += 1;
+            let seq = state.delayed_seq;
+            let entry = state.queues.entry(queue.to_owned()).or_default();
+            entry.delayed.insert((due, seq), (message, priority));
+        }
+        // A waiting fetch looks again and waits until this one is due.
+        self.wake_fetches();
+    }
+
     /// Store messages at the back of their priority levels, under one lock.
     pub(crate) fn put_all(&self, queue: &str, messages: Vec<(StoredMessage, u8)>) {
         {
@@ -159,13 +198,23 @@ impl MemoryBroker {
 
     /// Take up to `max` messages from the first of `queues` that has any
     /// (one lock for the lot).
-    fn take(&self, queues: &[String], max: usize, out: &mut Vec<Fetched>) {
+    /// Returns when the next delayed message of `queues` is due, if any.
+    fn take(&self, queues: &[String], max: usize, out: &mut Vec<Fetched>) -> Option<u64> {
         let mut state = self.lock();
         let state = &mut *state;
+        let now = now_ms();
+        let mut next_due: Option<u64> = None;
         for name in queues {
             let Some(queue) = state.queues.get_mut(name) else {
                 continue;
             };
+            if !queue.delayed.is_empty() {
+                queue.release_due(now);
+                next_due = match (next_due, queue.next_due()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
             out.reserve(max.min(queue.len()));
             while out.len() < max {
                 let Some(message) = queue.pop() else {
@@ -175,9 +224,10 @@ impl MemoryBroker {
                 out.push(Fetched::message(name.clone(), String::new(), message));
             }
             if !out.is_empty() {
-                return;
+                return next_due;
             }
         }
+        next_due
     }
 
     /// Take up to `max` (at least one) messages of `queues`, waiting up to
@@ -202,11 +252,18 @@ impl MemoryBroker {
             tokio::pin!(notified);
             let _waiting = Waiting::enter(&self.waiting);
             notified.as_mut().enable();
-            self.take(queues, max, &mut out);
+            let next_due = self.take(queues, max, &mut out);
             if !out.is_empty() {
                 return out;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // Wake for the next delayed message too.
+            let wake = next_due.map_or(deadline, |due| {
+                let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                deadline.min(tokio::time::Instant::now() + wait)
+            });
+            if tokio::time::timeout_at(wake, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 return out;
             }
         }
@@ -249,6 +306,13 @@ impl MemoryBroker {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// Now, in Unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A fetch counted as waiting for as long as this lives (also when the

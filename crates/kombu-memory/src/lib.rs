@@ -48,6 +48,7 @@ fn capabilities() -> Capabilities {
         .with_fanout_note("in-process")
         .with_shared_declarations(false)
         .with_persistent(false)
+        .with_delayed_delivery(true)
 }
 
 /// Open a `memory://` backend. Every connection to the same
@@ -122,6 +123,20 @@ impl VirtualBackend for MemoryBackend {
     async fn put_message(&self, queue: &str, message: StoredMessage, priority: u8) -> Result<()> {
         // Kept as the channel handed it over: no envelope is built.
         self.broker.put(queue, message, priority, false);
+        Ok(())
+    }
+
+    /// Kept in process until due (lost with the process, as every
+    /// message here).
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        self.broker
+            .put_delayed(queue, message, priority, not_before_ms);
         Ok(())
     }
 

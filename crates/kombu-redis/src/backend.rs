@@ -62,6 +62,9 @@ struct Cache {
     /// Queues fetched from here (on a cluster, whose unacked keys the
     /// restore sweep looks at, with the declared ones).
     consumed: std::collections::BTreeSet<String>,
+    /// Queues this connection stored delayed messages in: its maintenance
+    /// task moves what is due (so Python consumers get them too).
+    delayed: std::collections::BTreeSet<String>,
 }
 
 pub(crate) struct Shared {
@@ -642,7 +645,9 @@ impl Shared {
             .key(self.keys.unacked_of(first))
             .key(self.keys.unacked_index_of(first))
             .arg(format!("{:.6}", now_secs()))
-            .arg(max);
+            .arg(max)
+            .arg(queues.len())
+            .arg((now_secs() * 1000.0) as u64);
         let mut owners = Vec::with_capacity(queues.len() * self.keys.steps().len());
         for step in self.keys.steps() {
             for queue in queues {
@@ -650,6 +655,9 @@ impl Shared {
                 invocation.arg(Value::String(queue.clone()).to_string());
                 owners.push(queue);
             }
+        }
+        for queue in queues {
+            invocation.key(self.keys.delayed_of(queue));
         }
         for tag in &tags {
             invocation.arg(tag);
@@ -668,6 +676,36 @@ impl Shared {
                 self.read_fetched(queue, receipt, &raw)
             })
             .collect())
+    }
+
+    /// Move the due delayed messages of the queues this connection stored
+    /// delayed messages in (a queue's sorted set emptied is forgotten).
+    pub(crate) async fn move_due_delayed(&self) -> Result<()> {
+        let queues: Vec<String> = self.cache().delayed.iter().cloned().collect();
+        let now_ms = (now_secs() * 1000.0) as u64;
+        for queue in queues {
+            let mut invocation = self.scripts.move_due.prepare_invoke();
+            invocation.key(self.keys.delayed_of(&queue)).arg(now_ms);
+            for list in self.keys.lists(&queue) {
+                invocation.key(list);
+            }
+            let moved: i64 = invocation
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(map_redis)?;
+            let left: i64 = redis::cmd("ZCARD")
+                .arg(self.keys.delayed_of(&queue))
+                .query_async(&mut self.conn())
+                .await
+                .map_err(map_redis)?;
+            if moved > 0 {
+                self.arrived.notify_waiters();
+            }
+            if left == 0 {
+                self.cache().delayed.remove(&queue);
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn restore_visible(&self) -> Result<u64> {
@@ -1126,6 +1164,11 @@ impl VirtualBackend for RedisBackend {
         for list in s.keys.lists(queue) {
             pipe.cmd("LLEN").arg(&list).cmd("DEL").arg(&list).ignore();
         }
+        pipe.cmd("ZCARD")
+            .arg(s.keys.delayed_of(queue))
+            .cmd("DEL")
+            .arg(s.keys.delayed_of(queue))
+            .ignore();
         let sizes: Vec<u64> = pipe.query_async(&mut s.conn()).await.map_err(map_redis)?;
         let buffered = s.hub.as_ref().map_or(0, |h| h.purge(queue)) as u64;
         Ok(sizes.iter().sum::<u64>() + buffered)
@@ -1161,6 +1204,37 @@ impl VirtualBackend for RedisBackend {
         self.shared
             .put_json(queue, message.to_kombu_json(wire), wire)
             .await
+    }
+
+    /// A sorted set per queue scored by due time; the fetch script moves
+    /// what is due to the back of the queue's list (see
+    /// docs/transports/redis.md, "Delayed delivery").
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        let s = &self.shared;
+        s.keys.check_queue(queue)?;
+        let wire = wire_priority(priority);
+        let step = s.keys.step_index(wire);
+        let mut member = format!("{}|{step}|", uuid::Uuid::new_v4().simple()).into_bytes();
+        member.extend_from_slice(&message.to_kombu_json(wire));
+        let _: () = redis::cmd("ZADD")
+            .arg(s.keys.delayed_of(queue))
+            .arg(not_before_ms)
+            .arg(member)
+            .query_async(&mut s.conn())
+            .await
+            .map_err(|err| {
+                let err = map_redis(err);
+                s.mark_unreachable(&err);
+                err
+            })?;
+        s.cache().delayed.insert(queue.to_owned());
+        Ok(())
     }
 
     async fn put_messages(&self, queue: &str, messages: Vec<(StoredMessage, u8)>) -> Result<()> {

@@ -140,6 +140,23 @@ impl Keys {
         }
     }
 
+    /// The index in [`steps`](Self::steps) of the step a wire priority
+    /// falls in.
+    pub fn step_index(&self, wire: u8) -> usize {
+        self.steps.iter().rposition(|s| *s <= wire).unwrap_or(0)
+    }
+
+    /// The sorted set of `queue`'s delayed messages (kombu-rs's own; kombu
+    /// has no delayed delivery): `_kombu-rs.delayed.<queue>`, on a cluster
+    /// `_kombu-rs.delayed{<queue>}` (in the queue's slot).
+    pub fn delayed_of(&self, queue: &str) -> String {
+        if self.cluster {
+            format!("{}_kombu-rs.delayed{{{}}}", self.prefix, self.tag(queue))
+        } else {
+            format!("{}_kombu-rs.delayed.{queue}", self.prefix)
+        }
+    }
+
     /// The list a message of wire priority `wire` goes to.
     pub fn list_for_wire(&self, queue: &str, wire: u8) -> String {
         self.list(queue, self.step_for(wire))
@@ -335,6 +352,7 @@ mod tests {
             let slot = Slot::for_key(k.list(queue, 0));
             for key in [
                 k.list(queue, 9),
+                k.delayed_of(queue),
                 k.unacked_of(queue),
                 k.unacked_index_of(queue),
                 k.unacked_mutex_of(queue),

@@ -123,6 +123,7 @@ pub fn capabilities() -> Capabilities {
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_redelivers_unacked(true)
+        .with_delayed_delivery(true)
 }
 
 /// Open a `redis://`, `rediss://` or `redis+socket://` backend (what

@@ -1,6 +1,7 @@
 //! Background work of a transport: restoring messages unacked past
 //! `visibility_timeout` (every `unacked_restore_interval`), keeping binding
-//! tables of expiring queues alive, and the health check PING.
+//! tables of expiring queues alive, moving due delayed messages of the
+//! queues this connection delayed messages in, and the health check PING.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -19,8 +20,25 @@ pub(crate) fn spawn(shared: &Arc<Shared>) -> Vec<tokio::task::JoinHandle<()>> {
     if !health.is_zero() {
         tasks.push(tokio::spawn(health_loop(weak.clone(), health)));
     }
+    tasks.push(tokio::spawn(delayed_loop(weak.clone())));
     tasks.push(tokio::spawn(binding_loop(weak)));
     tasks
+}
+
+/// How often the delayed messages this connection stored are looked at
+/// (a consumer's fetch moves them too, at once).
+const DELAYED_EVERY: Duration = Duration::from_millis(200);
+
+async fn delayed_loop(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(DELAYED_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(err) = shared.move_due_delayed().await {
+            tracing::debug!(error = %err, "moving due delayed messages failed");
+        }
+    }
 }
 
 async fn restore_loop(shared: Weak<Shared>, every: Duration) {

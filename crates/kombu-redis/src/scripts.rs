@@ -4,34 +4,55 @@
 
 use redis::Script;
 
-/// Pop up to `ARGV[2]` messages of the lists `KEYS[3..]` (in order, each
+/// Pop up to `ARGV[2]` messages of the queues' lists (in order, each
 /// from the right as kombu's BRPOP, until it is empty or the batch is
-/// full; one `RPOP key count` per list where the server has it) and, in the same step, record each as unacked the way kombu does:
+/// full; one `RPOP key count` per list where the server has it) and, in the
+/// same step, record each as unacked the way kombu does:
 /// `ZADD unacked_index <now> <tag>` and
 /// `HSET unacked <tag> '[<envelope>, "", "<queue>"]'` (exchange `""` and
-/// the queue as routing key: a restore puts it back in that queue only). `KEYS[1]` unacked, `KEYS[2]` unacked_index;
-/// `ARGV[1]` now, `ARGV[2]` the most to take, `ARGV[2 + i]` the queue name
-/// of list `i` as a JSON string, then one tag per message that may be
-/// taken (`ARGV[3 + lists + k - 1]` for the k-th). Returns the flat list
-/// `{i1, message1, i2, message2, ...}` (empty when every list is empty).
+/// the queue as routing key: a restore puts it back in that queue only).
+/// First it moves the queues' delayed messages that are due to the back of
+/// their lists.
+///
+/// `KEYS[1]` unacked, `KEYS[2]` unacked_index, then the lists, step by
+/// step (`KEYS[2 + s * nq + q]`: step `s` from 0, queue `q` from 1), then
+/// each queue's delayed sorted set (`KEYS[2 + lists + q]`). `ARGV[1]` now
+/// (seconds), `ARGV[2]` the most to take, `ARGV[3]` the number of queues
+/// `nq`, `ARGV[4]` now (Unix ms), `ARGV[4 + i]` the queue name of list `i`
+/// as a JSON string, then one tag per message that may be taken. A delayed
+/// member is `<uuid>|<step index>|<message>`, scored by its due time.
+/// Returns the flat list `{i1, message1, i2, message2, ...}` (`i` the list's
+/// index from 1; empty when every list is empty).
 const FETCH_MANY: &str = r#"
-local lists = #KEYS - 2
 local max = tonumber(ARGV[2])
+local nq = tonumber(ARGV[3])
+local lists = #KEYS - 2 - nq
+for q = 1, nq do
+    local delayed = KEYS[2 + lists + q]
+    local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', ARGV[4], 'LIMIT', 0, 100)
+    for _, member in ipairs(due) do
+        local a = string.find(member, '|', 1, true)
+        local b = string.find(member, '|', a + 1, true)
+        local step = tonumber(string.sub(member, a + 1, b - 1))
+        redis.call('LPUSH', KEYS[2 + step * nq + q], string.sub(member, b + 1))
+        redis.call('ZREM', delayed, member)
+    end
+end
 local taken = {}
 local scores = {}
 local entries = {}
 local n = 0
 local function take(i, item)
     n = n + 1
-    local tag = ARGV[2 + lists + n]
+    local tag = ARGV[4 + lists + n]
     taken[#taken + 1] = i - 2
     taken[#taken + 1] = item
     scores[#scores + 1] = ARGV[1]
     scores[#scores + 1] = tag
     entries[#entries + 1] = tag
-    entries[#entries + 1] = '[' .. item .. ', "", ' .. ARGV[i] .. ']'
+    entries[#entries + 1] = '[' .. item .. ', "", ' .. ARGV[i + 2] .. ']'
 end
-for i = 3, #KEYS do
+for i = 3, 2 + lists do
     -- RPOP with a count (Redis 6.2+) takes the run in one call; an older
     -- server refuses the count, and we pop one by one.
     local many = redis.pcall('RPOP', KEYS[i], max - n)
@@ -93,6 +114,20 @@ end
 return 1
 "#;
 
+/// Move `KEYS[1]`'s delayed messages due at `ARGV[1]` (Unix ms) to the
+/// back of their lists `KEYS[2..]` (by step index); returns how many.
+const MOVE_DUE: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+for _, member in ipairs(due) do
+    local a = string.find(member, '|', 1, true)
+    local b = string.find(member, '|', a + 1, true)
+    local step = tonumber(string.sub(member, a + 1, b - 1))
+    redis.call('LPUSH', KEYS[2 + step], string.sub(member, b + 1))
+    redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"#;
+
 /// Release kombu's `unacked_mutex` if we still hold it.
 const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -130,6 +165,7 @@ pub(crate) struct Scripts {
     pub requeue: Script,
     pub restore: Script,
     pub unlock: Script,
+    pub move_due: Script,
     pub refresh_binding: Script,
     pub sweep_bindings: Script,
 }
@@ -141,6 +177,7 @@ impl Scripts {
             requeue: Script::new(REQUEUE),
             restore: Script::new(RESTORE),
             unlock: Script::new(UNLOCK),
+            move_due: Script::new(MOVE_DUE),
             refresh_binding: Script::new(REFRESH_BINDING),
             sweep_bindings: Script::new(SWEEP_BINDINGS),
         }

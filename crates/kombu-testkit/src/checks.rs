@@ -676,6 +676,71 @@ pub async fn priorities_higher_first(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// A delayed message ([`PublishOptions::delay`]) is not delivered before
+/// its time and is delivered within a second after it; a message published
+/// after it without a delay comes first. A transport without delayed
+/// delivery refuses the publish with `Unsupported` (nothing is stored).
+pub async fn delayed_message_waits_its_time(conn: &Connection) -> Result<()> {
+    let caps = conn.capabilities().await?;
+    let mut clean = Cleanup::new();
+    let q = Queue::new(clean.queue(&unique("delay-q")));
+    let channel = conn.channel().await?;
+    q.declare(channel.as_ref()).await?;
+    let p = Producer::new(conn);
+    let delay = Duration::from_secs(2);
+    step("publishing a message delayed 2 s, then one at once");
+    let sent = std::time::Instant::now();
+    let published = p
+        .publish(
+            json!("later"),
+            PublishOptions::new().routing_key(&q.name).delay(delay),
+        )
+        .await;
+    if !caps.delayed_delivery {
+        let refused = matches!(&published, Err(e) if e.kind() == ErrorKind::Unsupported);
+        check(
+            refused,
+            format!("no delayed delivery: the publish must be refused, got {published:?}"),
+        )?;
+        clean.run(channel.as_ref()).await;
+        return Ok(());
+    }
+    published?;
+    p.publish(json!("now"), PublishOptions::new().routing_key(&q.name))
+        .await?;
+    let mut c = consumer(conn, &q, 10).await?;
+    let first = recv(&mut c).await?;
+    expect_eq(
+        first.decode::<String>()?,
+        "now".into(),
+        "the undelayed message first",
+    )?;
+    first.ack().await?;
+    let second = recv_within(
+        &mut c,
+        delay + Duration::from_secs(10),
+        "the delayed message",
+    )
+    .await?;
+    let took = sent.elapsed();
+    expect_eq(
+        second.decode::<String>()?,
+        "later".into(),
+        "the delayed message",
+    )?;
+    second.ack().await?;
+    check(
+        took >= delay,
+        format!("delivered {took:?} after the publish, before its {delay:?} delay"),
+    )?;
+    check(
+        took <= delay + Duration::from_secs(1),
+        format!("delivered {took:?} after the publish: over a second after its {delay:?} delay"),
+    )?;
+    clean.run(channel.as_ref()).await;
+    Ok(())
+}
+
 /// A message past its expiration is not delivered.
 pub async fn message_ttl_expires(conn: &Connection) -> Result<()> {
     if !conn.capabilities().await?.ttl {

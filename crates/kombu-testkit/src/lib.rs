@@ -65,6 +65,7 @@ macro_rules! conformance_tests {
             headers_and_properties_round_trip,
             priorities_higher_first,
             message_ttl_expires,
+            delayed_message_waits_its_time,
             queue_ttl_expires,
             dead_letter_on_reject,
             max_length_drops_oldest,

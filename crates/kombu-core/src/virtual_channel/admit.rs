@@ -199,6 +199,7 @@ impl<B: VirtualBackend> State<B> {
                 content_encoding: Some("binary".into()),
                 headers,
                 properties: Default::default(),
+                not_before: None,
             },
             "",
             queue,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::entity::{Exchange, Queue};
 use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::routing::QueueBinding;
 use crate::transport::Capabilities;
 
@@ -194,6 +194,26 @@ pub trait VirtualBackend: Send + Sync + 'static {
     async fn put_message(&self, queue: &str, message: StoredMessage, priority: u8) -> Result<()> {
         self.put_owned(queue, message.into_envelope(), priority)
             .await
+    }
+    /// Store a delayed message: `queue` gets it no sooner than
+    /// `not_before` (Unix milliseconds, in the future), kept on the broker
+    /// meanwhile (a restart of the client loses nothing). What the channel
+    /// calls for a message published with
+    /// [`PublishOptions::delay`](crate::PublishOptions::delay). By default
+    /// an `Unsupported` error: a transport with delayed delivery overrides
+    /// it and says so in its capabilities (`delayed_delivery`).
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        let _ = (queue, message, priority, not_before_ms);
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this transport has no delayed delivery",
+        ))
     }
     /// Store many messages in one queue: what the channel calls for a
     /// batch publish. By default their envelopes go to

@@ -72,6 +72,7 @@ pub(crate) fn to_envelope(
         content_encoding,
         headers,
         properties: p,
+        not_before: _,
     } = message;
     let mut props = Map::with_capacity(7);
     let mut text = |key: &str, value: Option<String>| {
@@ -191,6 +192,7 @@ pub(crate) fn from_envelope(envelope: &Envelope) -> (RawMessage, DeliveryInfo) {
         content_encoding: envelope.content_encoding.clone(),
         headers: envelope.headers.clone(),
         properties,
+        not_before: None,
     };
     (message, info)
 }
@@ -210,6 +212,7 @@ pub(crate) fn from_envelope_with_body(
         content_encoding: envelope.content_encoding.clone(),
         headers: envelope.headers.clone(),
         properties,
+        not_before: None,
     };
     (message, info)
 }

@@ -183,6 +183,20 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
         )
         .await
     }
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        self.call(
+            "storing a delayed message",
+            self.inner
+                .put_delayed(queue, message, priority, not_before_ms),
+        )
+        .await
+    }
     async fn put_messages(&self, queue: &str, messages: Vec<(StoredMessage, u8)>) -> Result<()> {
         self.call("storing messages", self.inner.put_messages(queue, messages))
             .await

@@ -363,7 +363,10 @@ impl<B: VirtualBackend> State<B> {
                 .await?
                 .map(|e| e.kind)
                 .unwrap_or(ExchangeType::Direct);
+            // A delayed fanout message goes to the bound queues' storage
+            // (PUB/SUB has no "later").
             if kind == ExchangeType::Fanout
+                && message.not_before_ms().is_none()
                 && self
                     .backend
                     .put_fanout(exchange, routing_key, &message.to_envelope())
@@ -429,10 +432,19 @@ impl<B: VirtualBackend> State<B> {
     ) -> Result<()> {
         let declaration = self.declaration(queue).await?;
         let queue_ttl = declaration.as_ref().and_then(|q| q.message_ttl);
+        let now = now_ms();
         if queue_ttl.is_some() || message.has_expiration() {
-            message.stamp_published(now_ms());
+            message.stamp_published(now);
         }
-        self.backend.put_message(queue, message, priority).await?;
+        match message.not_before_ms() {
+            Some(due) if due > now => {
+                message.clear_not_before();
+                self.backend
+                    .put_delayed(queue, message, priority, due)
+                    .await?;
+            }
+            _ => self.backend.put_message(queue, message, priority).await?,
+        }
         if let Some(max) = declaration.as_ref().and_then(|q| q.max_length) {
             Box::pin(self.enforce_max_length(queue, max)).await?;
         }
@@ -747,6 +759,17 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
                 .iter()
                 .map(|_| Err(publish_many::copy_error(&err)))
                 .collect();
+        }
+        if messages.iter().any(|m| m.not_before.is_some()) {
+            // Delayed messages take the one-by-one path (rare in batches).
+            let mut results = Vec::with_capacity(messages.len());
+            for message in messages {
+                results.push(
+                    self.basic_publish(message, exchange, routing_key, mandatory)
+                        .await,
+                );
+            }
+            return results;
         }
         let messages = messages
             .into_iter()

@@ -74,6 +74,8 @@ pub struct StoredMessage {
     /// Envelope properties kombu-rs does not model (from a stored
     /// envelope), kept through dead-lettering.
     pub(super) extra: Option<Box<Map<String, Value>>>,
+    /// Delayed delivery: not before this (Unix ms); not stored.
+    pub(super) not_before_ms: Option<u64>,
 }
 
 fn boxed_text(text: Option<String>) -> Option<Box<str>> {
@@ -89,6 +91,7 @@ impl StoredMessage {
             content_encoding,
             headers,
             mut properties,
+            not_before,
         } = message;
         let delivery_mode = properties.delivery_mode.take();
         let priority = properties.priority.take();
@@ -105,7 +108,25 @@ impl StoredMessage {
             redelivered: false,
             published_ms: None,
             extra: None,
+            not_before_ms: not_before.map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            }),
         }
+    }
+
+    /// When it may be delivered (Unix milliseconds), for a delayed message
+    /// ([`RawMessage::not_before`]); `None`: at once. Kept in process only
+    /// (a stored kombu envelope has no such field: the transport keeps the
+    /// time its own way).
+    pub fn not_before_ms(&self) -> Option<u64> {
+        self.not_before_ms
+    }
+
+    /// Deliver at once from now on (a delayed message whose time the
+    /// transport keeps itself).
+    pub fn clear_not_before(&mut self) {
+        self.not_before_ms = None;
     }
 
     /// The message as a kombu envelope read from a store holds it (its
@@ -146,6 +167,7 @@ impl StoredMessage {
             content_encoding: self.content_encoding.map(String::from),
             headers: self.headers.map(|h| *h).unwrap_or_default(),
             properties,
+            not_before: None,
         };
         let mut envelope = to_envelope(message, &exchange, &routing_key, new_delivery_tag());
         if let Some(extra) = extra {
@@ -257,6 +279,7 @@ impl StoredMessage {
             content_encoding: self.content_encoding.as_deref().map(str::to_owned),
             headers: self.headers.as_deref().cloned().unwrap_or_default(),
             properties,
+            not_before: None,
         }
     }
 
