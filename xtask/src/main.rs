@@ -14,9 +14,11 @@
 
 mod bench;
 mod docker;
+mod group;
 mod install;
 mod process;
 mod python;
+mod resp;
 mod services;
 mod state;
 mod test_cmd;
@@ -61,7 +63,8 @@ enum Command {
 enum ServicesCommand {
     /// Install (if missing) and start the named services (default: all).
     Up {
-        /// Services to start: rabbitmq, redis, beanstalkd, sqs, mongodb, couchdb.
+        /// Services to start: rabbitmq, redis, redis-sentinel, redis-cluster,
+        /// rabbitmq-cluster, beanstalkd, sqs, mongodb, couchdb.
         names: Vec<String>,
         /// Use the native recipes even when a Docker engine answers.
         #[arg(long)]

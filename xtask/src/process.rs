@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::state::State;
+use crate::state::Proc;
 use crate::Result;
 
 /// How to start one native server.
@@ -26,21 +26,32 @@ pub struct Launch {
     pub log: PathBuf,
     /// Whether the program forks the server and exits (`--daemonize`, `-detached`).
     pub daemonizes: bool,
+    /// Environment variables set for it (on top of ours).
+    pub env: Vec<(String, String)>,
 }
 
 impl Launch {
-    /// The command line, for state files and messages.
+    /// The command line (environment first), for state files and messages.
     pub fn command_line(&self) -> String {
-        let mut line = self.program.display().to_string();
+        let mut line = String::new();
+        for (key, value) in &self.env {
+            line.push_str(&format!("{key}={} ", quoted(value)));
+        }
+        line.push_str(&self.program.display().to_string());
         for arg in &self.args {
-            if arg.is_empty() || arg.contains(' ') {
-                line.push_str(&format!(" '{arg}'"));
-            } else {
-                line.push(' ');
-                line.push_str(arg);
-            }
+            line.push(' ');
+            line.push_str(&quoted(arg));
         }
         line
+    }
+}
+
+/// `arg`, in single quotes when a shell would split or expand it.
+fn quoted(arg: &str) -> String {
+    if arg.is_empty() || arg.contains([' ', '{', '}', '$', '*', '\'', '"']) {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    } else {
+        arg.to_owned()
     }
 }
 
@@ -67,6 +78,7 @@ pub fn spawn_detached(launch: &Launch) -> Result<Child> {
         .arg(&launch.program)
         .args(&launch.args)
         .current_dir(&launch.cwd)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -190,35 +202,80 @@ fn kill(signal: &str, target: &str) {
         .status();
 }
 
-/// Stop the process a state file records: SIGTERM (to its process group when
-/// we made it a session leader), wait up to 30 s for it and its port to go,
-/// then SIGKILL.
-pub fn stop(state: &State, port: u16) -> Result<()> {
-    let pid = state.pid.to_string();
-    let group_alive = state
-        .group
-        .is_some_and(|(pgid, start)| is_same_process(pgid, start));
-    if let (true, Some((pgid, _))) = (group_alive, state.group) {
-        kill("-TERM", &format!("-{pgid}"));
-    }
-    kill("-TERM", &pid);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if !is_same_process(state.pid, state.start_time) && !port_answers(port) {
-            return Ok(());
+/// Stop the processes a state file records, all at once: SIGTERM to each
+/// (and to its process group when we made it a session leader), wait up to
+/// 30 s for every one of them and its port to go, then SIGKILL what is left.
+/// A process that is no longer the one we started is never signalled.
+pub fn stop_all(processes: &[Proc]) -> Result<()> {
+    let alive = |p: &Proc| is_same_process(p.pid, p.start_time);
+    let group_alive = |p: &Proc| {
+        p.group
+            .filter(|&(pgid, start)| is_same_process(pgid, start))
+    };
+    let running: Vec<&Proc> = processes.iter().filter(|p| alive(p)).collect();
+    for p in &running {
+        if let Some((pgid, _)) = group_alive(p) {
+            kill("-TERM", &format!("-{pgid}"));
         }
+        kill("-TERM", &p.pid.to_string());
+    }
+    let gone = |p: &Proc| !alive(p) && (p.port == 0 || !port_answers(p.port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !running.iter().all(|p| gone(p)) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    if is_same_process(state.pid, state.start_time) {
-        kill("-KILL", &pid);
-        if let (true, Some((pgid, _))) = (group_alive, state.group) {
+    for p in running.iter().filter(|p| alive(p)) {
+        kill("-KILL", &p.pid.to_string());
+        if let Some((pgid, _)) = group_alive(p) {
             kill("-KILL", &format!("-{pgid}"));
         }
     }
     std::thread::sleep(Duration::from_millis(300));
-    if is_same_process(state.pid, state.start_time) {
-        Err(format!("process {pid} did not stop").into())
-    } else {
+    let left: Vec<String> = running
+        .iter()
+        .filter(|p| alive(p))
+        .map(|p| format!("{} (pid {})", p.name, p.pid))
+        .collect();
+    if left.is_empty() {
         Ok(())
+    } else {
+        Err(format!("did not stop: {}", left.join(", ")).into())
+    }
+}
+
+/// Run `command` with stdin null and stdout+stderr to `out` (a file, so a
+/// chatty command cannot fill a pipe and stall), killing it after `limit`.
+/// Its output on success; on failure or timeout, an error quoting it.
+pub fn run_bounded(command: &mut Command, out: &Path, limit: Duration) -> Result<String> {
+    let file = File::create(out)?;
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("could not run {shown}: {e}"))?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(out).unwrap_or_default();
+    match status {
+        Some(status) if status.success() => Ok(output),
+        Some(status) => Err(format!("{shown} failed ({status}):\n{}", output.trim_end()).into()),
+        None => Err(format!(
+            "{shown} did not finish within {} s:\n{}",
+            limit.as_secs(),
+            output.trim_end()
+        )
+        .into()),
     }
 }

@@ -1,9 +1,14 @@
 //! What `services up` started, recorded under `.services/` so `down` stops
 //! exactly that and nothing else.
 //!
-//! `.services/<name>.pid` holds the server's PID; `.services/<name>.state`
-//! holds `key=value` lines: mode, pid, start time, process group, command,
-//! log and when it was started.
+//! `.services/<name>.pid` holds the servers' PIDs, one a line;
+//! `.services/<name>.state` holds `key=value` lines: mode, when it was
+//! started, and one `process=` line per server process (a group service
+//! such as `redis-cluster` has one per member): its name, port, PID, start
+//! time, process group, log and command, tab-separated. The first process
+//! is also written as the older single-process keys (`pid`, `start_time`,
+//! `group`, `command`, `log`), which is also what a state file without
+//! `process=` lines is read as.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,9 +20,9 @@ use crate::Result;
 /// How a service was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// A native process started by `services up`.
+    /// Native processes started by `services up`.
     Native,
-    /// A container started with `docker compose up`.
+    /// Containers started with `docker compose up`.
     Docker,
 }
 
@@ -31,12 +36,14 @@ impl Mode {
     }
 }
 
-/// One started service.
-#[derive(Debug, Clone)]
-pub struct State {
-    /// Native or Docker.
-    pub mode: Mode,
-    /// The PID of the server (the process listening on the port); 0 for Docker.
+/// One server process `services up` started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    /// The service's name, or the group member's (`node-7003`, `sentinel-26380`).
+    pub name: String,
+    /// The port it listens on.
+    pub port: u16,
+    /// The PID of the server (the process listening on the port).
     pub pid: u32,
     /// The server's start time, to tell it from a later process with its PID.
     pub start_time: u64,
@@ -46,6 +53,46 @@ pub struct State {
     /// How it was started.
     pub command: String,
     /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// A native server, named `name`, that just answered on `port`.
+    pub fn record(name: &str, port: u16, launch: &Launch, child_pid: u32) -> Proc {
+        let pid = process::listener_pid(port).unwrap_or(child_pid);
+        let group = (!launch.daemonizes)
+            .then(|| process::start_time(child_pid).map(|start| (child_pid, start)))
+            .flatten();
+        Proc {
+            name: name.to_owned(),
+            port,
+            pid,
+            start_time: process::start_time(pid).unwrap_or(0),
+            group,
+            command: launch.command_line(),
+            log: launch.log.clone(),
+        }
+    }
+
+    /// Whether it is still the process we started.
+    pub fn is_live(&self) -> bool {
+        process::is_same_process(self.pid, self.start_time)
+    }
+
+    fn group_text(&self) -> String {
+        self.group
+            .map_or(String::new(), |(pgid, start)| format!("{pgid} {start}"))
+    }
+}
+
+/// One started service.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Native or Docker.
+    pub mode: Mode,
+    /// Its server processes (none for Docker).
+    pub processes: Vec<Proc>,
+    /// Where it logs (Docker: where it would, natively).
     pub log: PathBuf,
     /// Seconds since the Unix epoch when it was started.
     pub started_at: u64,
@@ -57,20 +104,22 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn parse_group(text: &str) -> Option<(u32, u64)> {
+    let mut parts = text.split_whitespace().map(str::parse::<u64>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(pgid)), Some(Ok(start))) => Some((u32::try_from(pgid).ok()?, start)),
+        _ => None,
+    }
+}
+
 impl State {
-    /// The state of a native server that just answered on its port.
-    pub fn record(service: &Service, launch: &Launch, child_pid: u32) -> State {
-        let pid = process::listener_pid(service.port).unwrap_or(child_pid);
-        let group = (!launch.daemonizes)
-            .then(|| process::start_time(child_pid).map(|start| (child_pid, start)))
-            .flatten();
+    /// The state of native servers that just answered on their ports; `log`
+    /// is the service's log (a group's: its folder).
+    pub fn native(processes: Vec<Proc>, log: PathBuf) -> State {
         State {
             mode: Mode::Native,
-            pid,
-            start_time: process::start_time(pid).unwrap_or(0),
-            group,
-            command: launch.command_line(),
-            log: launch.log.clone(),
+            processes,
+            log,
             started_at: now(),
         }
     }
@@ -79,21 +128,28 @@ impl State {
     pub fn docker(root: &Path, service: &Service) -> State {
         State {
             mode: Mode::Docker,
-            pid: 0,
-            start_time: 0,
-            group: None,
-            command: format!("docker compose up -d --wait {}", service.name),
-            log: services_dir(root).join(format!("{}.log", service.name)),
+            processes: Vec::new(),
+            log: crate::services::log_path(root, service),
             started_at: now(),
         }
     }
 
-    /// Whether what this records is still running (Docker: assumed so).
+    /// Whether what this records is still running: every process
+    /// (Docker: assumed so).
     pub fn is_live(&self) -> bool {
         match self.mode {
             Mode::Docker => true,
-            Mode::Native => process::is_same_process(self.pid, self.start_time),
+            Mode::Native => !self.processes.is_empty() && self.processes.iter().all(Proc::is_live),
         }
+    }
+
+    /// The PIDs, for messages.
+    pub fn pids(&self) -> String {
+        self.processes
+            .iter()
+            .map(|p| p.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn paths(root: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -107,52 +163,102 @@ impl State {
     /// Write `.services/<name>.state` and `.services/<name>.pid`.
     pub fn save_as(&self, root: &Path, name: &str) -> Result<()> {
         let (state_path, pid_path) = Self::paths(root, name);
-        let group = self
-            .group
-            .map_or(String::new(), |(pgid, start)| format!("{pgid} {start}"));
-        let text = format!(
-            "mode={}\npid={}\nstart_time={}\ngroup={group}\ncommand={}\nlog={}\nstarted_at={}\n",
+        let mut text = format!(
+            "mode={}\nstarted_at={}\nlog={}\n",
             match self.mode {
                 Mode::Native => "native",
                 Mode::Docker => "docker",
             },
-            self.pid,
-            self.start_time,
-            self.command,
-            self.log.display(),
             self.started_at,
+            self.log.display(),
         );
+        if let Some(first) = self.processes.first() {
+            text.push_str(&format!(
+                "pid={}\nstart_time={}\ngroup={}\ncommand={}\n",
+                first.pid,
+                first.start_time,
+                first.group_text(),
+                first.command,
+            ));
+        } else {
+            text.push_str("pid=0\nstart_time=0\n");
+        }
+        for p in &self.processes {
+            let fields = [
+                p.name.clone(),
+                p.port.to_string(),
+                p.pid.to_string(),
+                p.start_time.to_string(),
+                p.group_text(),
+                p.log.display().to_string(),
+                p.command.clone(),
+            ];
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|f| f.replace(['\t', '\n'], " "))
+                .collect();
+            text.push_str(&format!("process={}\n", fields.join("\t")));
+        }
         std::fs::write(state_path, text)?;
-        std::fs::write(pid_path, format!("{}\n", self.pid))?;
+        let pids: String = self
+            .processes
+            .iter()
+            .map(|p| format!("{}\n", p.pid))
+            .collect();
+        std::fs::write(pid_path, pids)?;
         Ok(())
     }
 
-    /// Read `.services/<name>.state`, if there is one and it parses.
-    pub fn load(root: &Path, name: &str) -> Option<State> {
-        let text = std::fs::read_to_string(Self::paths(root, name).0).ok()?;
+    /// Read the state of `service`, if there is one and it parses.
+    pub fn load(root: &Path, service: &Service) -> Option<State> {
+        let text = std::fs::read_to_string(Self::paths(root, service.name).0).ok()?;
         let get = |key: &str| {
             text.lines()
                 .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
                 .unwrap_or("")
         };
-        let group = {
-            let mut parts = get("group").split_whitespace().map(str::parse);
-            match (parts.next(), parts.next()) {
-                (Some(Ok(pgid)), Some(Ok(start))) => Some((pgid as u32, start)),
-                _ => None,
-            }
+        let mode = match get("mode") {
+            "native" => Mode::Native,
+            "docker" => Mode::Docker,
+            _ => return None,
         };
+        let log = PathBuf::from(get("log"));
+        let mut processes = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("process="))
+            .map(|line| {
+                let f: Vec<&str> = line.splitn(7, '\t').collect();
+                let [name, port, pid, start, group, log, command] = f[..] else {
+                    return None;
+                };
+                Some(Proc {
+                    name: name.to_owned(),
+                    port: port.parse().ok()?,
+                    pid: pid.parse().ok()?,
+                    start_time: start.parse().ok()?,
+                    group: parse_group(group),
+                    command: command.to_owned(),
+                    log: PathBuf::from(log),
+                })
+            })
+            .collect::<Option<Vec<Proc>>>()?;
+        let pid: u32 = get("pid").parse().ok()?;
+        if processes.is_empty() && mode == Mode::Native && pid != 0 {
+            // Written before group services: one process on the service's port.
+            processes.push(Proc {
+                name: service.name.to_owned(),
+                port: service.port,
+                pid,
+                start_time: get("start_time").parse().ok()?,
+                group: parse_group(get("group")),
+                command: get("command").to_owned(),
+                log: log.clone(),
+            });
+        }
         Some(State {
-            mode: match get("mode") {
-                "native" => Mode::Native,
-                "docker" => Mode::Docker,
-                _ => return None,
-            },
-            pid: get("pid").parse().ok()?,
-            start_time: get("start_time").parse().ok()?,
-            group,
-            command: get("command").to_string(),
-            log: PathBuf::from(get("log")),
+            mode,
+            processes,
+            log,
             started_at: get("started_at").parse().unwrap_or(0),
         })
     }
@@ -168,32 +274,64 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::select;
+
+    fn scratch(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("xtask-state-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(services_dir(&root)).unwrap();
+        root
+    }
 
     #[test]
     fn state_round_trips_through_its_file() {
-        let root = std::env::temp_dir().join(format!("xtask-state-{}", std::process::id()));
-        std::fs::create_dir_all(services_dir(&root)).unwrap();
-        let state = State {
-            mode: Mode::Native,
-            pid: 42,
+        let root = scratch("round-trip");
+        let cluster = select(&["redis-cluster".into()]).unwrap()[0];
+        let proc = |name: &str, port, pid| Proc {
+            name: name.into(),
+            port,
+            pid,
             start_time: 1234,
-            group: Some((41, 1200)),
-            command: "redis-server --save ''".into(),
-            log: "/x/.services/redis.log".into(),
-            started_at: 7,
+            group: Some((pid - 1, 1200)),
+            command: format!("redis-server --port {port} --save ''"),
+            log: format!("/x y/.services/redis-cluster/{name}.log").into(),
         };
-        state.save_as(&root, "redis").unwrap();
-        let back = State::load(&root, "redis").unwrap();
-        assert_eq!(back.mode, Mode::Native);
-        assert_eq!(
-            (back.pid, back.start_time, back.group),
-            (42, 1234, Some((41, 1200)))
+        let state = State::native(
+            vec![proc("node-7000", 7000, 42), proc("node-7001", 7001, 52)],
+            "/x y/.services/redis-cluster".into(),
         );
-        assert_eq!(back.command, state.command);
+        state.save_as(&root, cluster.name).unwrap();
+        let back = State::load(&root, cluster).unwrap();
+        assert_eq!(back.mode, Mode::Native);
+        assert_eq!(back.processes, state.processes);
         assert_eq!(back.log, state.log);
-        assert!(!back.is_live() || back.pid == 42);
-        State::remove(&root, "redis");
-        assert!(State::load(&root, "redis").is_none());
+        assert_eq!(back.pids(), "42, 52");
+        let pid_file = std::fs::read_to_string(services_dir(&root).join("redis-cluster.pid"));
+        assert_eq!(pid_file.unwrap(), "42\n52\n");
+        State::remove(&root, cluster.name);
+        assert!(State::load(&root, cluster).is_none());
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn reads_single_process_state_files() {
+        // As written before group services existed.
+        let root = scratch("single");
+        let redis = select(&["redis".into()]).unwrap()[0];
+        std::fs::write(
+            services_dir(&root).join("redis.state"),
+            "mode=native\npid=42\nstart_time=1234\ngroup=41 1200\n\
+             command=redis-server --save ''\nlog=/x/.services/redis.log\nstarted_at=7\n",
+        )
+        .unwrap();
+        let back = State::load(&root, redis).unwrap();
+        assert_eq!(back.processes.len(), 1);
+        let p = &back.processes[0];
+        assert_eq!(
+            (p.name.as_str(), p.port, p.pid, p.start_time, p.group),
+            ("redis", 6379, 42, 1234, Some((41, 1200)))
+        );
+        assert_eq!(p.command, "redis-server --save ''");
+        assert_eq!(back.started_at, 7);
         let _ = std::fs::remove_dir_all(root);
     }
 }

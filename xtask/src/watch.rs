@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::process;
 use crate::services::{Service, SERVICES};
-use crate::state::{Mode, State};
+use crate::state::{Mode, Proc, State};
 use crate::Result;
 
 /// How long one test may run before its binary is killed.
@@ -134,8 +134,8 @@ pub fn run(root: &Path, mut command: Command, limit: Duration) -> Result<Outcome
 /// How a service is known to be alive.
 struct Watched {
     service: &'static Service,
-    /// The process `services up` started, if it did.
-    process: Option<(u32, u64)>,
+    /// The processes `services up` started, if it did (a group: every member).
+    processes: Vec<Proc>,
     log: PathBuf,
     /// Since when the port has not answered.
     shut_since: Option<Instant>,
@@ -155,13 +155,16 @@ impl ServiceWatch {
             .iter()
             .filter(|s| process::port_answers(s.port))
             .map(|service| {
-                let state = State::load(root, service.name)
-                    .filter(|st| st.mode == Mode::Native && st.is_live());
+                let state =
+                    State::load(root, service).filter(|st| st.mode == Mode::Native && st.is_live());
                 Watched {
                     service,
-                    process: state.as_ref().map(|st| (st.pid, st.start_time)),
+                    processes: state
+                        .as_ref()
+                        .map(|st| st.processes.clone())
+                        .unwrap_or_default(),
                     log: state
-                        .map(|st| st.log)
+                        .map(|st| st.processes.first().map_or(st.log, |p| p.log.clone()))
                         .unwrap_or_else(|| crate::services::log_path(root, service)),
                     shut_since: None,
                     reported: false,
@@ -178,9 +181,14 @@ impl ServiceWatch {
     fn check(&mut self) {
         let now = Instant::now();
         for w in self.watched.iter_mut().filter(|w| !w.reported) {
-            let why = match w.process {
-                Some((pid, start)) if !process::is_same_process(pid, start) => {
-                    Some(format!("its process (pid {pid}) exited"))
+            let exited = w.processes.iter().find(|p| !p.is_live());
+            let why = match exited {
+                Some(p) if w.service.members.is_empty() => {
+                    Some(format!("its process (pid {}) exited", p.pid))
+                }
+                Some(p) => {
+                    w.log = p.log.clone();
+                    Some(format!("its member {} (pid {}) exited", p.name, p.pid))
                 }
                 _ if process::port_answers(w.service.port) => {
                     w.shut_since = None;
