@@ -300,6 +300,23 @@ pub const SERVICES: &[Service] = &[
         ],
     },
     Service {
+        // NATS with JetStream (the machine image starts one on 4222 with
+        // its own store; when it is down we start ours, storing under
+        // .services/nats-store).
+        name: "nats",
+        port: 4222,
+        env_var: "KOMBU_TEST_NATS_URL",
+        url: "nats://127.0.0.1:4222",
+        docker_url: Some("nats://127.0.0.1:4222"),
+        install: Install::Apt {
+            package: "nats-server",
+            binary: "/usr/sbin/nats-server",
+        },
+        readiness: Readiness::Tcp,
+        ready_timeout: Duration::from_secs(30),
+        members: &[],
+    },
+    Service {
         name: "beanstalkd",
         port: 11300,
         env_var: "KOMBU_TEST_BEANSTALK_URL",
@@ -456,6 +473,22 @@ impl Service {
                     .to_vec(),
                     "/".into(),
                     true,
+                ),
+                "nats" => (
+                    "nats-server".into(),
+                    [
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &port,
+                        "-js",
+                        "-sd",
+                        &dir.join("nats-store").display().to_string(),
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    "/".into(),
+                    false,
                 ),
                 "beanstalkd" => (
                     "beanstalkd".into(),
