@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, VirtualBackend};
+use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, StoredMessage, VirtualBackend};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -74,6 +74,7 @@ pub(crate) fn capabilities() -> Capabilities {
         .with_fanout_note("binding table kept in beanstalkd")
         .with_shared_declarations(true)
         .with_persistent(false)
+        .with_delayed_delivery(true)
 }
 
 /// Check a queue name can be a tube and is not one of ours.
@@ -109,6 +110,21 @@ fn delay_seconds(envelope: &Envelope) -> u32 {
         return 0;
     }
     (ms / 1000.0).ceil().min(f64::from(u32::MAX)) as u32
+}
+
+/// The job delay, in whole seconds, of a message due at `not_before_ms`
+/// (Unix ms) put at `now_ms`: rounded up, so the job never becomes ready
+/// before its time (beanstalkd counts delays in seconds).
+pub(crate) fn delay_until(not_before_ms: u64, now_ms: u64) -> u32 {
+    let left = not_before_ms.saturating_sub(now_ms);
+    left.div_ceil(1000).min(u64::from(u32::MAX)) as u32
+}
+
+/// Now, in Unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl BeanstalkBackend {
@@ -495,6 +511,34 @@ impl VirtualBackend for BeanstalkBackend {
         self.put_one(taken.conn(), queue, job).await
     }
 
+    /// A job put with beanstalkd's own delay: the seconds left until
+    /// `not_before_ms`, rounded up (never early; ready up to a second
+    /// late). The job is delayed in its tube until then, on the server.
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        self.ensure_open()?;
+        check_queue(queue)?;
+        let mut envelope = message.into_envelope();
+        envelope.headers.shift_remove(JOB_ID_HEADER);
+        let (pri, header_delay, ttr) = self.job_params(&envelope, priority);
+        let body = envelope.to_json();
+        let mut taken = self.pool.get().await?;
+        // Measured after a connection is at hand, just before the put.
+        let delay = delay_until(not_before_ms, now_ms()).max(header_delay);
+        let job = PutJob {
+            pri,
+            delay,
+            ttr,
+            body: &body,
+        };
+        self.put_one(taken.conn(), queue, job).await
+    }
+
     /// Pipelined puts on one connection (the `batch` module): one round
     /// trip for up to 256 messages; a message that needs chunks goes
     /// alone, in its turn. Any job not stored is an error (the others stay
@@ -743,5 +787,20 @@ impl VirtualBackend for BeanstalkBackend {
         self.table.close().await;
         *self.heartbeat.lock().await = None;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delay_until;
+
+    #[test]
+    fn delays_round_up_to_whole_seconds() {
+        assert_eq!(delay_until(10_000, 10_000), 0);
+        assert_eq!(delay_until(9_000, 10_000), 0, "already due");
+        assert_eq!(delay_until(10_001, 10_000), 1);
+        assert_eq!(delay_until(12_000, 10_000), 2);
+        assert_eq!(delay_until(12_001, 10_000), 3);
+        assert_eq!(delay_until(u64::MAX, 0), u32::MAX);
     }
 }

@@ -125,6 +125,53 @@ async fn touch_extends_the_lease() {
     b.close().await.unwrap();
 }
 
+/// `PublishOptions::delay` is beanstalkd's job delay, rounded up to whole
+/// seconds: a delayed job on the server, never ready early, ready at most a
+/// second late (a 1.2 s delay is a 2 s job delay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_delay_is_a_delayed_job_rounded_up() {
+    let Some(conn) = connect() else { return };
+    let q = Queue::new(unique("delay-opt-q"));
+    let channel = conn.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    let backend = conn
+        .extension::<kombu_beanstalk::BeanstalkBackend>()
+        .await
+        .unwrap();
+    let mut c = consumer(&conn, &q).await;
+    for delay in [Duration::from_millis(1200), Duration::from_secs(2)] {
+        let started = Instant::now();
+        Producer::new(&conn)
+            .publish(
+                json!("later"),
+                PublishOptions::new().routing_key(&q.name).delay(delay),
+            )
+            .await
+            .unwrap();
+        assert_eq!(backend.delayed(&q.name).await.unwrap(), 1);
+        assert_eq!(channel.queue_size(&q.name).await.unwrap(), 0);
+        let m =
+            kombu_testkit::recv_within(&mut c, delay + Duration::from_secs(5), "the delayed job")
+                .await
+                .unwrap();
+        let waited = started.elapsed();
+        let whole = Duration::from_secs(delay.as_millis().div_ceil(1000) as u64);
+        println!("delay {delay:?}: delivered after {waited:?} (job delay {whole:?})");
+        assert!(
+            waited >= delay,
+            "delivered after {waited:?}, before {delay:?}"
+        );
+        assert!(
+            waited < whole + Duration::from_millis(500),
+            "delivered after {waited:?}: job delay {whole:?}"
+        );
+        m.ack().await.unwrap();
+    }
+    drop(c);
+    channel.queue_delete(&q.name).await.unwrap();
+    conn.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_header_uses_the_put_delay() {
     let Some(conn) = connect() else { return };
