@@ -27,6 +27,7 @@ pub const TRANSPORT_FEATURES: &[(&str, &[&str])] = &[
     ("mongodb", &["mongodb", "mongodb+srv"]),
     ("beanstalk", &["beanstalk"]),
     ("couchdb", &["couchdb"]),
+    ("nats", &["nats", "nats+tls", "tls"]),
 ];
 
 /// The transport features compiled in.
@@ -45,6 +46,8 @@ const ENABLED: &[&str] = &[
     "beanstalk",
     #[cfg(feature = "couchdb")]
     "couchdb",
+    #[cfg(feature = "nats")]
+    "nats",
 ];
 
 /// The compiled-in transports, and the schemes of those that are not.
@@ -64,6 +67,8 @@ fn builtin() -> Registry {
     kombu_beanstalk::register(&mut registry);
     #[cfg(feature = "couchdb")]
     kombu_couchdb::register(&mut registry);
+    #[cfg(feature = "nats")]
+    kombu_nats::register(&mut registry);
     for (feature, schemes) in TRANSPORT_FEATURES {
         if !ENABLED.contains(feature) {
             registry.register_disabled(schemes, feature);

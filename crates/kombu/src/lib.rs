@@ -24,7 +24,7 @@
 //! ```
 //!
 //! Transports are cargo features: `memory` (default), `amqp`, `redis`,
-//! `sqs`, `mongodb`, `beanstalk`, `couchdb` (`full`: all). There is one
+//! `sqs`, `mongodb`, `beanstalk`, `couchdb`, `nats` (`full`: all). There is one
 //! [`Connection`] type: [`install_default_transports`] puts the compiled-in
 //! transports into the core's global registry that [`Connection::new`] and
 //! [`ConnectionPool::new`] resolve schemes through; [`register`] adds your

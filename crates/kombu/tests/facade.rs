@@ -139,6 +139,7 @@ fn the_disabled_feature_list_matches_the_transport_crates() {
         &kombu_mongo::INFO,
         &kombu_beanstalk::INFO,
         &kombu_couchdb::INFO,
+        &kombu_nats::INFO,
     ];
     for (feature, listed) in kombu::TRANSPORT_FEATURES {
         // A feature may bring several transports (redis: redis, sentinel).
