@@ -215,6 +215,54 @@ impl Message {
             .await
     }
 
+    /// Keep this message from being delivered to another consumer for `by`
+    /// from now, while it is still being worked on (a lease extension;
+    /// Celery-on-Redis's "task ran twice past `visibility_timeout`").
+    /// Where deliveries stay reserved for as long as the channel lives
+    /// (amqp, memory) it returns `Ok` at once. An error when the message
+    /// was settled, its connection was lost, or its lease had already ended
+    /// (the broker may have given it to another consumer: finish, and
+    /// expect a duplicate). [`Worker`](crate::Worker) extends leases by
+    /// itself.
+    ///
+    /// ```
+    /// # async fn demo(message: kombu_core::Message) -> kombu_core::Result<()> {
+    /// use std::time::Duration;
+    /// // A long job: keep the message ours for ten more minutes.
+    /// message.extend_lease(Duration::from_secs(600)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn extend_lease(&self, by: Duration) -> Result<()> {
+        if self.no_ack {
+            return Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                "message was consumed with no_ack: it has no lease",
+            ));
+        }
+        if self.acknowledged() {
+            return Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                "message already settled: it has no lease",
+            ));
+        }
+        if self.epoch != self.decoder.connection.epoch() {
+            return Err(Error::new(
+                ErrorKind::ConnectionLost,
+                "the connection this message came on was lost: the broker delivers it again",
+            ));
+        }
+        self.channel
+            .extend_lease(self.delivery.delivery_tag, by)
+            .await
+    }
+
+    /// How long this message stays reserved for this consumer unless it
+    /// is settled or its lease extended (the transport's
+    /// `visibility_timeout`); `None`: for as long as its channel lives.
+    pub fn lease_duration(&self) -> Option<Duration> {
+        self.channel.lease_duration()
+    }
+
     /// True once acked, rejected or requeued (always true with no_ack).
     pub fn acknowledged(&self) -> bool {
         self.state.load(Ordering::Acquire) != PENDING

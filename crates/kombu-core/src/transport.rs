@@ -84,6 +84,10 @@ pub struct Capabilities {
     /// ([`PublishOptions::delay`](crate::PublishOptions::delay)) waits on
     /// the broker until its time.
     pub delayed_delivery: bool,
+    /// [`Channel::extend_lease`] keeps an unacked delivery reserved (or
+    /// deliveries stay reserved while the channel lives, so there is
+    /// nothing to extend).
+    pub lease_extension: bool,
 }
 
 impl Capabilities {
@@ -103,6 +107,7 @@ impl Capabilities {
             redelivers_unacked: true,
             max_body_size: None,
             delayed_delivery: false,
+            lease_extension: false,
         }
     }
 
@@ -154,6 +159,11 @@ impl Capabilities {
     /// Set whether unacked messages of a dead consumer come back.
     pub fn with_redelivers_unacked(mut self, yes: bool) -> Self {
         self.redelivers_unacked = yes;
+        self
+    }
+    /// Set whether leases can be extended.
+    pub fn with_lease_extension(mut self, yes: bool) -> Self {
+        self.lease_extension = yes;
         self
     }
     /// Set whether delayed delivery is kept on the broker.
@@ -297,6 +307,26 @@ pub trait Channel: Send + Sync {
     async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()>;
     /// Reject a delivery: back to its queue with `requeue`, else dead-lettered or dropped.
     async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()>;
+    /// Keep an unacked delivery reserved for `by` from now: it is not
+    /// delivered to another consumer meanwhile (a lease extension: Redis's
+    /// unacked index, SQS's ChangeMessageVisibility, beanstalk's touch).
+    /// A transport whose deliveries stay reserved for as long as the
+    /// channel lives ([`lease_duration`](Self::lease_duration) `None`)
+    /// answers `Ok` at once. By default `Unsupported`.
+    async fn extend_lease(&self, delivery_tag: u64, by: std::time::Duration) -> Result<()> {
+        let _ = (delivery_tag, by);
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "this transport cannot extend a delivery's lease",
+        ))
+    }
+    /// How long an unacked delivery stays reserved before the broker gives
+    /// it to another consumer (the transport's `visibility_timeout`), when
+    /// that happens at all; `None`: for as long as the channel lives (the
+    /// default).
+    fn lease_duration(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Limit unacked deliveries on this channel (0: no limit).
     async fn basic_qos(&self, prefetch_count: u16) -> Result<()>;
     /// Close the channel; unacked messages return to their queues.

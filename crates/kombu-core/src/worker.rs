@@ -221,7 +221,26 @@ where
     H: Fn(Arc<Message>) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let result = handler(message.clone()).await;
+    let work = handler(message.clone());
+    let result = match message.lease_duration() {
+        // A handler running past half the lease gets it extended, again
+        // and again, so the broker does not hand the message to another
+        // consumer while it still runs.
+        Some(lease) if !lease.is_zero() => {
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    result = &mut work => break result,
+                    _ = tokio::time::sleep(lease / 2) => {
+                        if let Err(err) = message.extend_lease(lease).await {
+                            tracing::warn!(error = %err, delivery_tag = message.delivery_tag(), "worker: could not extend a running message's lease; it may be delivered again");
+                        }
+                    }
+                }
+            }
+        }
+        _ => work.await,
+    };
     let settled = match &result {
         Ok(()) if message.acknowledged() => return Outcome::Acked,
         Ok(()) => message.ack().await.map(|_| Outcome::Acked),

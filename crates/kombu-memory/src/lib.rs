@@ -49,6 +49,7 @@ fn capabilities() -> Capabilities {
         .with_shared_declarations(false)
         .with_persistent(false)
         .with_delayed_delivery(true)
+        .with_lease_extension(true)
 }
 
 /// Open a `memory://` backend. Every connection to the same

@@ -1305,6 +1305,38 @@ impl VirtualBackend for RedisBackend {
         self.shared.ack_together(queue, receipt).await
     }
 
+    /// Moves the message's score in the unacked index (kombu's
+    /// `unacked_index`, read by every restore, Python kombu's too) so it
+    /// is due for restore `by` from now.
+    async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+        if receipt.starts_with(PUBSUB_RECEIPT) {
+            return Ok(());
+        }
+        let s = &self.shared;
+        let score = now_secs() + by.as_secs_f64() - s.config.visibility_timeout.as_secs_f64();
+        let extended: i64 = s
+            .scripts
+            .extend
+            .key(s.keys.unacked_index_of(queue))
+            .arg(receipt)
+            .arg(format!("{score:.6}"))
+            .invoke_async(&mut s.conn())
+            .await
+            .map_err(map_redis)?;
+        if extended == 0 {
+            return Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                "redis: the message's lease had already ended (restored to its queue after \
+                 visibility_timeout, or acked): it may be delivered again",
+            ));
+        }
+        Ok(())
+    }
+
+    fn lease_duration(&self) -> Option<Duration> {
+        Some(self.shared.config.visibility_timeout)
+    }
+
     fn concurrent_fetches(&self) -> usize {
         // The connection is multiplexed: a second fetch script is on the
         // wire while the first batch is read.

@@ -124,6 +124,7 @@ pub fn capabilities() -> Capabilities {
         .with_persistent(true)
         .with_redelivers_unacked(true)
         .with_delayed_delivery(true)
+        .with_lease_extension(true)
 }
 
 /// Open a `redis://`, `rediss://` or `redis+socket://` backend (what

@@ -128,6 +128,17 @@ end
 return #due
 "#;
 
+/// Extend a fetched message's lease: move its score in the unacked index
+/// `KEYS[1]` to `ARGV[2]` if it is still there (`ARGV[1]` its tag).
+/// Returns 1, or 0 when it is gone (acked, or restored to its queue).
+const EXTEND: &str = r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+    return 1
+end
+return 0
+"#;
+
 /// Release kombu's `unacked_mutex` if we still hold it.
 const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -166,6 +177,7 @@ pub(crate) struct Scripts {
     pub restore: Script,
     pub unlock: Script,
     pub move_due: Script,
+    pub extend: Script,
     pub refresh_binding: Script,
     pub sweep_bindings: Script,
 }
@@ -178,6 +190,7 @@ impl Scripts {
             restore: Script::new(RESTORE),
             unlock: Script::new(UNLOCK),
             move_due: Script::new(MOVE_DUE),
+            extend: Script::new(EXTEND),
             refresh_binding: Script::new(REFRESH_BINDING),
             sweep_bindings: Script::new(SWEEP_BINDINGS),
         }

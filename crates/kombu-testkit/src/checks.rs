@@ -741,6 +741,102 @@ pub async fn delayed_message_waits_its_time(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// A message whose lease is extended is not delivered again while it is,
+/// even past its transport's `visibility_timeout`, while a message whose
+/// lease is not extended comes back to another consumer (which shows the
+/// broker restores in the time the check waits). `conn` must have a short
+/// lease (a few seconds; the transport's test gives one with
+/// `conformance_tests!(connect, lease: short_lease_connect)`). Where
+/// deliveries stay reserved while the channel lives, extending is accepted
+/// and does nothing; without lease extension it is refused with
+/// `Unsupported`.
+pub async fn lease_extension_keeps_a_message(conn: &Connection) -> Result<()> {
+    let caps = conn.capabilities().await?;
+    let mut clean = Cleanup::new();
+    let q = Queue::new(clean.queue(&unique("lease-q")));
+    let channel = conn.channel().await?;
+    q.declare(channel.as_ref()).await?;
+    let p = Producer::new(conn);
+    for body in ["held", "let go"] {
+        p.publish(json!(body), PublishOptions::new().routing_key(&q.name))
+            .await?;
+    }
+    let mut a = consumer(conn, &q, 2).await?;
+    let mut got = recv_n(&mut a, 2).await?;
+    got.sort_by_key(|m| m.decode::<String>().unwrap_or_default());
+    let let_go = got.pop().expect("two messages");
+    let held = got.pop().expect("two messages");
+    expect_eq(held.decode::<String>()?, "held".into(), "the held message")?;
+    let lease = held.lease_duration();
+    step(format!("extending a lease (lease {lease:?})"));
+    let extended = held.extend_lease(Duration::from_secs(1)).await;
+    if !caps.lease_extension {
+        let refused = matches!(&extended, Err(e) if e.kind() == ErrorKind::Unsupported);
+        check(
+            refused,
+            format!("no lease extension: extend_lease must be refused, got {extended:?}"),
+        )?;
+        held.ack().await?;
+        let_go.ack().await?;
+        clean.run(channel.as_ref()).await;
+        return Ok(());
+    }
+    extended?;
+    let Some(lease) = lease else {
+        // Reserved while the channel lives: nothing to extend, accepted.
+        held.ack().await?;
+        let_go.ack().await?;
+        clean.run(channel.as_ref()).await;
+        return Ok(());
+    };
+    check(
+        lease <= Duration::from_secs(5),
+        format!(
+            "the lease check needs a connection with a short lease (a few seconds), not \
+             {lease:?}: give one with conformance_tests!(connect, lease: ...)"
+        ),
+    )?;
+    let other = conn.new_like()?;
+    let mut b = consumer(&other, &q, 10).await?;
+    // Phase 1: until the unextended message comes back to `b`.
+    let deadline = std::time::Instant::now() + lease * 4 + Duration::from_secs(10);
+    let mut returned = None;
+    while returned.is_none() {
+        check(
+            std::time::Instant::now() < deadline,
+            format!("the unextended message never came back (lease {lease:?}): the check proves nothing"),
+        )?;
+        held.extend_lease(lease).await?;
+        if let Ok(Some(m)) = tokio::time::timeout(lease / 3, b.next()).await {
+            let m = m?;
+            let body = m.decode::<String>()?;
+            check(
+                body == "let go",
+                format!("{body:?} was delivered again while its lease was extended"),
+            )?;
+            m.ack().await?;
+            returned = Some(());
+        }
+    }
+    // Phase 2: two more leases, extended, and nothing comes.
+    let until = std::time::Instant::now() + lease * 2;
+    while std::time::Instant::now() < until {
+        held.extend_lease(lease).await?;
+        if let Ok(Some(m)) = tokio::time::timeout(lease / 3, b.next()).await {
+            let body = m?.decode::<String>()?;
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!("{body:?} was delivered again while its lease was extended"),
+            ));
+        }
+    }
+    held.ack().await?;
+    drop(let_go);
+    let _ = other.close().await;
+    clean.run(channel.as_ref()).await;
+    Ok(())
+}
+
 /// A message past its expiration is not delivered.
 pub async fn message_ttl_expires(conn: &Connection) -> Result<()> {
     if !conn.capabilities().await?.ttl {

@@ -41,9 +41,23 @@ pub use support::{
 /// function `fn() -> Option<kombu_core::Connection>`; `None` means the
 /// server is not configured (the test prints why and passes, or fails under
 /// `KOMBU_TEST_REQUIRE=1`).
+///
+/// `lease: $short` names a second function giving a connection whose lease
+/// (`visibility_timeout`) is a few seconds and whose broker restores
+/// promptly, for the lease-extension check; without it that check runs on
+/// `$connect` (enough where deliveries stay reserved while the channel
+/// lives, or where lease extension is refused).
 #[macro_export]
 macro_rules! conformance_tests {
+    ($connect:path, lease: $short:path) => {
+        $crate::conformance_tests!(@checks $connect);
+        $crate::conformance_tests!(@each $short; lease_extension_keeps_a_message);
+    };
     ($connect:path) => {
+        $crate::conformance_tests!(@checks $connect);
+        $crate::conformance_tests!(@each $connect; lease_extension_keeps_a_message);
+    };
+    (@checks $connect:path) => {
         $crate::conformance_tests!(@each $connect;
             basic_publish_consume_ack,
             publish_many_and_concurrent_publishes,

@@ -287,6 +287,27 @@ pub trait VirtualBackend: Send + Sync + 'static {
     }
     /// Forget a fetched message for good.
     async fn ack(&self, fetched_from: &str, receipt: &Receipt) -> Result<()>;
+    /// Keep a fetched, unacked message reserved for `by` from now (see
+    /// `Channel::extend_lease`). By default `Unsupported`; a backend with
+    /// a [`lease_duration`](Self::lease_duration) overrides both.
+    async fn extend_lease(
+        &self,
+        fetched_from: &str,
+        receipt: &Receipt,
+        by: Duration,
+    ) -> Result<()> {
+        let _ = (fetched_from, receipt, by);
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this transport cannot extend a delivery's lease",
+        ))
+    }
+    /// How long a fetched message stays reserved before another consumer
+    /// may get it (`visibility_timeout`); `None` (the default): until the
+    /// channel gives it back (messages kept in process).
+    fn lease_duration(&self) -> Option<Duration> {
+        None
+    }
     /// Forget many fetched messages (queue, receipt) at once: what the
     /// channel's coalesced acks call. A backend with a batch primitive (a
     /// pipeline, a batch delete) overrides it; by default every

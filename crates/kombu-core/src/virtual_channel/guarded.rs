@@ -183,6 +183,21 @@ impl<B: VirtualBackend> VirtualBackend for Guarded<B> {
         )
         .await
     }
+    async fn extend_lease(
+        &self,
+        fetched_from: &str,
+        receipt: &Receipt,
+        by: Duration,
+    ) -> Result<()> {
+        self.call(
+            "extending a lease",
+            self.inner.extend_lease(fetched_from, receipt, by),
+        )
+        .await
+    }
+    fn lease_duration(&self) -> Option<Duration> {
+        self.inner.lease_duration()
+    }
     async fn put_delayed(
         &self,
         queue: &str,

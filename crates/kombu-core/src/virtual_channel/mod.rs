@@ -850,6 +850,31 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
         Ok(())
     }
 
+    async fn extend_lease(&self, delivery_tag: u64, by: Duration) -> Result<()> {
+        self.state.ensure_open()?;
+        if self.state.backend.acks_are_local() {
+            // Held by this channel until it gives it back: nothing to do.
+            return if self.state.lock().unacked.contains(delivery_tag) {
+                Ok(())
+            } else {
+                Err(unknown_tag(delivery_tag))
+            };
+        }
+        let (queue, receipt) = {
+            let inner = self.state.lock();
+            let item = inner
+                .unacked
+                .get(delivery_tag)
+                .ok_or_else(|| unknown_tag(delivery_tag))?;
+            (item.queue.clone(), item.receipt.clone())
+        };
+        self.state.backend.extend_lease(&queue, &receipt, by).await
+    }
+
+    fn lease_duration(&self) -> Option<Duration> {
+        self.state.backend.lease_duration()
+    }
+
     async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
         self.state.ensure_open()?;
         let local = self.state.backend.acks_are_local();

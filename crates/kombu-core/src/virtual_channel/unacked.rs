@@ -113,6 +113,11 @@ impl UnackedTable {
             .filter(|i| *i < self.slots.len())
     }
 
+    /// The message held under `tag`.
+    pub(super) fn get(&self, tag: u64) -> Option<&Unacked> {
+        self.slots.get(self.index(tag)?)?.as_ref()
+    }
+
     /// Take the message held under `tag`.
     pub(super) fn remove(&mut self, tag: u64) -> Option<Unacked> {
         let index = self.index(tag)?;
