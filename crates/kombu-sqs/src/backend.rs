@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, VirtualBackend};
+use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, StoredMessage, VirtualBackend};
 use kombu_core::{
     Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result, TransportKind,
 };
@@ -15,6 +15,7 @@ use crate::bulk::{self, DeleteItem, SendItem};
 use crate::catalog;
 use crate::clients::AwsClients;
 use crate::codec::{decode_body, encode_body, Outgoing};
+use crate::delay::{self, NOT_BEFORE_ATTRIBUTE};
 use crate::errors::{code_of, from_sdk, is_missing_queue};
 use crate::fanout::policy_allowing;
 use crate::lease;
@@ -58,6 +59,7 @@ pub(crate) fn capabilities(fanout: bool, max_body: u64) -> Capabilities {
         .with_fanout_note("SNS")
         .with_priority(false)
         .with_max_length(false)
+        .with_delayed_delivery(true)
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_max_body_size(Some(max_body))
@@ -556,16 +558,24 @@ impl SqsBackend {
             .max_number_of_messages(max.clamp(1, MAX_BATCH) as i32)
             .wait_time_seconds(wait_seconds)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            // All of them: a message re-delayed is sent again with them.
+            .message_attribute_names("All")
             .customize()
             .config_override(AwsClients::receive_timeouts(&self.settings, wait_seconds))
             .send()
             .await
             .map_err(|e| from_sdk(&format!("receiving from SQS queue {}", q.sqs_name), e))?;
         let mut fetched = Vec::new();
+        let mut early = Vec::new();
+        let now = delay::now_ms();
         for message in out.messages() {
             let Some(receipt) = message.receipt_handle() else {
                 continue;
             };
+            if let Some(due) = delay::not_before(message).filter(|due| *due > now) {
+                early.push((message, receipt, due));
+                continue;
+            }
             let mut envelope = decode_body(message.body().unwrap_or_default(), queue);
             let receives = message
                 .attributes()
@@ -594,7 +604,74 @@ impl SqsBackend {
             lease::hold(receipt, &q.client, &q.url);
             fetched.push(Fetched::new(queue, receipt, envelope));
         }
+        if !early.is_empty() {
+            let redelays = early
+                .into_iter()
+                .map(|(message, receipt, due)| self.redelay(&q, message, receipt, due));
+            for (outcome, (message_id, due)) in futures::future::join_all(redelays).await {
+                if let Err(error) = outcome {
+                    // Left in flight: it comes back after the visibility
+                    // timeout and is re-delayed (or delivered) then.
+                    tracing::warn!(
+                        queue,
+                        message_id,
+                        due,
+                        %error,
+                        "could not re-delay an early SQS message"
+                    );
+                }
+            }
+        }
         Ok(fetched)
+    }
+
+    /// Send a message received before its due time (`due`, Unix ms) again
+    /// with the delay left (at most `max_delay_seconds`), its body and
+    /// message attributes as received, then delete the copy received (in
+    /// that order: a failure between the two leaves two copies, never
+    /// none). Returns the outcome with the message id and due time.
+    async fn redelay(
+        &self,
+        q: &QueueRef,
+        message: &aws_sdk_sqs::types::Message,
+        receipt: &str,
+        due: u64,
+    ) -> (Result<()>, (String, u64)) {
+        let id = message.message_id().unwrap_or_default().to_owned();
+        let (seconds, _) = delay::delay_step(due, delay::now_ms(), self.settings.max_delay_seconds);
+        tracing::debug!(
+            queue = q.sqs_name,
+            message_id = id,
+            due,
+            seconds,
+            "re-delaying an early SQS message"
+        );
+        let sent = q
+            .client
+            .send_message()
+            .queue_url(&q.url)
+            .message_body(message.body().unwrap_or_default())
+            .set_message_attributes(message.message_attributes().cloned())
+            .delay_seconds(seconds)
+            .send()
+            .await
+            .map_err(|e| {
+                from_sdk(
+                    &format!("re-delaying a message in SQS queue {}", q.sqs_name),
+                    e,
+                )
+            });
+        let outcome = match sent {
+            Ok(_) => {
+                let item = DeleteItem {
+                    client: q.client.clone(),
+                    receipt: receipt.to_owned(),
+                };
+                self.deleter.submit(&q.url, item, 0).await
+            }
+            Err(e) => Err(e),
+        };
+        (outcome, (id, due))
     }
 
     /// How long the next receive of `queue` waits, at most `long_poll`
@@ -858,6 +935,56 @@ impl VirtualBackend for SqsBackend {
             &self.settings.message_attributes,
             self.settings.max_message_size,
         )?;
+        self.send_to_url(&q.client, &q.url, outgoing).await
+    }
+
+    /// `DelaySeconds` up to `max_delay_seconds` (900 s); a longer delay
+    /// also carries [`NOT_BEFORE_ATTRIBUTE`] and is re-delayed by the
+    /// consumer that receives it early (see the `delay` module). A FIFO
+    /// queue takes no per-message delay: refused with `Unsupported`.
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        _priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        let q = self.ensure_queue(queue, &[]).await?;
+        if is_fifo(&q.sqs_name) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "SQS FIFO queue {} takes no per-message delay: a delayed publish is refused",
+                    q.sqs_name
+                ),
+            ));
+        }
+        let (seconds, long) = delay::delay_step(
+            not_before_ms,
+            delay::now_ms(),
+            self.settings.max_delay_seconds,
+        );
+        let mut attributes = self.settings.message_attributes.clone();
+        if long {
+            attributes.insert(NOT_BEFORE_ATTRIBUTE.to_owned(), not_before_ms.to_string());
+        }
+        let mut outgoing = Outgoing::new(
+            &message.into_envelope(),
+            &q.sqs_name,
+            self.settings.base64_encoding,
+            &attributes,
+            self.settings.max_message_size,
+        )?;
+        outgoing.delay_seconds = Some(seconds);
+        if long {
+            // Ours wins over a per-message attribute of the same name.
+            outgoing
+                .attributes
+                .retain(|(k, _)| k != NOT_BEFORE_ATTRIBUTE);
+            outgoing
+                .attributes
+                .push((NOT_BEFORE_ATTRIBUTE.to_owned(), not_before_ms.to_string()));
+        }
         self.send_to_url(&q.client, &q.url, outgoing).await
     }
 

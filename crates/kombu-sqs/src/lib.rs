@@ -6,6 +6,7 @@ mod bulk;
 mod catalog;
 mod clients;
 mod codec;
+mod delay;
 mod errors;
 mod fanout;
 mod lease;
@@ -21,6 +22,7 @@ use kombu_core::{
 pub use backend::SqsBackend;
 pub use clients::DEFAULT_REGION;
 pub use codec::{decode_body, encode_body, MAX_DELAY_SECONDS};
+pub use delay::{delay_step, NOT_BEFORE_ATTRIBUTE};
 pub use errors::error_kind_for_code;
 pub use lease::{extend_visibility, Lease};
 pub use names::{entity_name, FIFO_SUFFIX, MAX_NAME_LEN};

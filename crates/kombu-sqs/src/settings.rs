@@ -8,7 +8,8 @@ use kombu_core::{BrokerUrl, Error, Result, TransportOptions};
 use serde_json::Value;
 
 /// Transport options `sqs://` understands (kombu 5.7's names, plus
-/// `binding_cache_seconds`, `max_message_size` and `socket_timeout`); the
+/// `binding_cache_seconds`, `max_message_size`, `socket_timeout` and
+/// `max_delay_seconds`); the
 /// core's `unroutable_queue` and `operation_timeout` are accepted too.
 pub const KNOWN_OPTIONS: &[&str] = &[
     "region",
@@ -27,6 +28,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "binding_cache_seconds",
     "max_message_size",
     "socket_timeout",
+    "max_delay_seconds",
 ];
 
 /// How long one attempt at a request waits for its answer by default.
@@ -78,6 +80,9 @@ pub(crate) struct SqsSettings {
     pub(crate) base64_encoding: bool,
     pub(crate) binding_cache: Duration,
     pub(crate) max_message_size: usize,
+    /// The longest `DelaySeconds` sent for a delayed message (1-900): a
+    /// longer delay is re-delayed in steps of this.
+    pub(crate) max_delay_seconds: i32,
     /// Bound of one attempt at a request (a long poll: plus its wait).
     pub(crate) socket_timeout: Duration,
     /// Bound on opening a connection (kombu's `connect_timeout`).
@@ -230,6 +235,17 @@ impl SqsSettings {
         let max_message_size = options
             .get_u64("max_message_size")?
             .map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as usize);
+        let max_delay_seconds = seconds_i32(
+            options,
+            "max_delay_seconds",
+            crate::codec::MAX_DELAY_SECONDS,
+            crate::codec::MAX_DELAY_SECONDS,
+        )?;
+        if max_delay_seconds < 1 {
+            return Err(Error::invalid_option(
+                "transport option max_delay_seconds must be at least 1 second",
+            ));
+        }
         Ok(SqsSettings {
             keys,
             endpoint_url,
@@ -253,6 +269,7 @@ impl SqsSettings {
                 .get_duration_secs("binding_cache_seconds")?
                 .unwrap_or(Duration::from_secs(1)),
             max_message_size,
+            max_delay_seconds,
             socket_timeout: match options.get_duration_secs("socket_timeout")? {
                 None => DEFAULT_SOCKET_TIMEOUT,
                 Some(d) if d.is_zero() => {
@@ -352,6 +369,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.endpoint_url.as_deref(), Some("https://other"));
+    }
+
+    #[test]
+    fn max_delay_seconds_is_one_to_900() {
+        let s = settings("sqs://", TransportOptions::new()).unwrap();
+        assert_eq!(s.max_delay_seconds, 900);
+        let s = settings(
+            "sqs://",
+            TransportOptions::new().set("max_delay_seconds", "2"),
+        )
+        .unwrap();
+        assert_eq!(s.max_delay_seconds, 2);
+        for bad in [0, 901] {
+            let options = TransportOptions::new().set("max_delay_seconds", bad);
+            assert!(settings("sqs://", options).is_err(), "{bad}");
+        }
     }
 
     #[test]

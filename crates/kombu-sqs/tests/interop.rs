@@ -206,3 +206,80 @@ print('ok')
     clean.run(consumers[0].channel().as_ref()).await;
     conn.close().await.unwrap();
 }
+
+/// What a Python kombu 5.7 consumer sees of kombu-rs delayed messages: a
+/// delay within one `DelaySeconds` step on time (SQS hides it); a longer
+/// one (here `max_delay_seconds=1`, so a 4 s delay goes in steps) as soon
+/// as its first step ends, early, because Python kombu does not read the
+/// due-time attribute and so does not re-delay. Both decode as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sees_short_delays_on_time_and_long_ones_early() {
+    let Some(url) = test_url("sqs") else { return };
+    let Some(python) = python_peer() else { return };
+    let mut registry = Registry::new();
+    kombu_sqs::register(&mut registry);
+    let options = ConnectionOptions::new().transport_options(
+        TransportOptions::new()
+            .set("region", "us-east-1")
+            .set("wait_time_seconds", 1)
+            .set("max_delay_seconds", 1),
+    );
+    let conn = Connection::with_registry_options(&url, options, Arc::new(registry)).unwrap();
+    let mut clean = Cleanup::new();
+    let q = Queue::new(clean.queue(&format!("{}.delay", unique("interop"))));
+    let channel = conn.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let p = Producer::new(&conn);
+    for (body, ms) in [("short", 900), ("long", 4000)] {
+        p.publish(
+            json!(body),
+            PublishOptions::new()
+                .routing_key(&q.name)
+                .delay(std::time::Duration::from_millis(ms)),
+        )
+        .await
+        .unwrap();
+    }
+    let script = format!(
+        r#"
+import os, json, time, kombu
+out = {{}}
+started = float(os.environ['STARTED'])
+with kombu.Connection(os.environ['SQS_URL'], transport_options={OPTIONS}) as conn:
+    q = kombu.Queue({queue:?})(conn.default_channel)
+    deadline = time.time() + 30
+    while len(out) < 2 and time.time() < deadline:
+        m = q.get(no_ack=False)
+        if m is None:
+            time.sleep(0.05)
+            continue
+        out[m.decode()] = time.time() - started
+        m.ack()
+print(json.dumps(out))
+"#,
+        queue = q.name
+    );
+    let out = run_python(
+        &python,
+        &script,
+        &[("SQS_URL", &url), ("STARTED", &started.to_string())],
+    )
+    .await
+    .unwrap();
+    let seen: Value = serde_json::from_str(out.trim()).unwrap();
+    println!("Python kombu saw (seconds after the publish): {seen}");
+    let short = seen["short"].as_f64().expect("short delivered");
+    let long = seen["long"].as_f64().expect("long delivered");
+    assert!(short >= 0.9, "short delay seen early: {short}");
+    assert!(
+        long < 4.0,
+        "the long delay was expected early for Python: {long}"
+    );
+    assert!(long >= 1.0, "seen before its first step ended: {long}");
+    clean.run(channel.as_ref()).await;
+    conn.close().await.unwrap();
+}

@@ -1,7 +1,7 @@
 //! SQS-specific behaviour against a real SQS API (moto in CI).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kombu_core::{
     Connection, ConnectionOptions, Consumer, ErrorKind, Exchange, Producer, PublishOptions, Queue,
@@ -435,6 +435,180 @@ async fn delay_seconds_hides_a_message() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let got = channel.basic_get(&q.name, true).await.unwrap();
     assert!(got.is_some(), "the delayed message did not appear");
+    clean.run(channel.as_ref()).await;
+    conn.close().await.unwrap();
+}
+
+/// Publish `body` delayed by `delay` to `q` and return when it was sent.
+async fn publish_delayed(conn: &Connection, q: &Queue, body: &str, delay: Duration) -> Instant {
+    let sent = Instant::now();
+    Producer::new(conn)
+        .publish(
+            json!(body),
+            PublishOptions::new().routing_key(&q.name).delay(delay),
+        )
+        .await
+        .unwrap();
+    sent
+}
+
+/// A delay within one `DelaySeconds` step: SQS hides the message, no
+/// attribute is added (a Python consumer gets it on time too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_delay_is_delay_seconds() {
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
+    let Some(sqs) = raw_sqs().await else { return };
+    let mut clean = Cleanup::new();
+    let q = Queue::new(clean.queue(&unique("delay-short")));
+    let channel = conn.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    let delay = Duration::from_millis(1500);
+    let sent = publish_delayed(&conn, &q, "later", delay).await;
+    assert!(channel.basic_get(&q.name, true).await.unwrap().is_none());
+    let url = sqs
+        .get_queue_url()
+        .queue_name(&q.name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    // Read behind kombu's back once visible: no due-time attribute.
+    let raw = loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(&url)
+            .message_attribute_names("All")
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if let Some(m) = out.messages().first() {
+            break m.clone();
+        }
+        assert!(
+            sent.elapsed() < delay + Duration::from_secs(5),
+            "nothing came"
+        );
+    };
+    let took = sent.elapsed();
+    println!("delay {delay:?} (DelaySeconds 2): visible after {took:?}");
+    assert!(took >= delay, "visible after {took:?}");
+    assert!(raw
+        .message_attributes()
+        .is_none_or(|a| !a.contains_key(kombu_sqs::NOT_BEFORE_ATTRIBUTE)));
+    clean.run(channel.as_ref()).await;
+    conn.close().await.unwrap();
+}
+
+/// A delay longer than `max_delay_seconds` (900 s; 1 s here so it runs
+/// in real time) goes in steps: the message carries its due time, and a
+/// consumer that receives it early sends it again with the delay left and
+/// deletes the early copy, handing nothing over. It arrives once, not
+/// before its time, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_delay_is_re_delayed_in_steps() {
+    let Some(conn) = connection(TransportOptions::new().set("max_delay_seconds", 1)) else {
+        return;
+    };
+    let Some(sqs) = raw_sqs().await else { return };
+    let mut clean = Cleanup::new();
+    let q = Queue::new(clean.queue(&unique("delay-long")));
+    let channel = conn.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    let mut c = consumer(&conn, &q).await;
+    let delay = Duration::from_millis(3200);
+    let sent = publish_delayed(&conn, &q, "much later", delay).await;
+    let m = kombu_testkit::recv_within(
+        &mut c,
+        delay + Duration::from_secs(10),
+        "the delayed message",
+    )
+    .await
+    .unwrap();
+    let took = sent.elapsed();
+    println!("delay {delay:?} in steps of 1 s: delivered after {took:?}");
+    assert_eq!(m.decode::<String>().unwrap(), "much later");
+    assert!(!m.redelivered());
+    assert!(
+        took >= delay,
+        "delivered after {took:?}, before its {delay:?}"
+    );
+    assert!(
+        took <= delay + Duration::from_secs(2),
+        "delivered after {took:?}, long after its {delay:?}"
+    );
+    m.ack().await.unwrap();
+    // Every early copy was deleted: nothing visible, in flight or delayed.
+    let url = sqs
+        .get_queue_url()
+        .queue_name(&q.name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let count = |name: aws_sdk_sqs::types::QueueAttributeName| {
+            attrs
+                .attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let left = count(A::ApproximateNumberOfMessages)
+            + count(A::ApproximateNumberOfMessagesNotVisible)
+            + count(A::ApproximateNumberOfMessagesDelayed);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} copies of the re-delayed message left in the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(c);
+    clean.run(channel.as_ref()).await;
+    conn.close().await.unwrap();
+}
+
+/// SQS FIFO queues take no per-message delay: a delayed publish is
+/// refused, nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_publish_to_a_fifo_queue_is_refused() {
+    let Some(conn) = connection(TransportOptions::new()) else {
+        return;
+    };
+    let mut clean = Cleanup::new();
+    let q = Queue::new(clean.queue(&format!("{}.fifo", unique("delay-fifo"))));
+    let channel = conn.channel().await.unwrap();
+    q.declare(channel.as_ref()).await.unwrap();
+    let err = Producer::new(&conn)
+        .publish(
+            json!("later"),
+            PublishOptions::new()
+                .routing_key(&q.name)
+                .delay(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("FIFO"), "{err}");
+    assert_eq!(channel.queue_size(&q.name).await.unwrap(), 0);
     clean.run(channel.as_ref()).await;
     conn.close().await.unwrap();
 }
