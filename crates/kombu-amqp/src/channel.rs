@@ -20,6 +20,7 @@ use lapin::types::ShortString;
 use lapin::{Confirmation, ExchangeKind};
 
 use crate::config::Settings;
+use crate::delayed;
 use crate::errors::{op, LinkState};
 use crate::field_table::{short_string, to_field_table};
 use crate::properties::{no_arguments, to_basic_properties, to_delivery};
@@ -36,6 +37,7 @@ pub struct AmqpChannel {
     /// and from the first `mandatory` publish on).
     confirming: AtomicBool,
     confirm_select: tokio::sync::Mutex<()>,
+    settings: Settings,
 }
 
 impl fmt::Debug for AmqpChannel {
@@ -75,6 +77,7 @@ impl AmqpChannel {
             link,
             confirming: AtomicBool::new(false),
             confirm_select: tokio::sync::Mutex::new(()),
+            settings,
         };
         if settings.confirm_publish {
             this.enable_confirms().await?;
@@ -150,6 +153,152 @@ impl AmqpChannel {
             self.confirming.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Publish `message` as it is (no delay).
+    async fn publish_now(
+        &self,
+        message: RawMessage,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<()> {
+        if mandatory {
+            // RabbitMQ sends basic.return before the confirm of the same
+            // message: waiting for the confirm tells whether it was routed.
+            self.enable_confirms().await?;
+        }
+        let properties = to_basic_properties(&message)?;
+        let confirm = self
+            .channel()
+            .basic_publish(
+                name("exchange name", exchange)?,
+                name("routing key", routing_key)?,
+                BasicPublishOptions {
+                    mandatory,
+                    immediate: false,
+                },
+                &message.body,
+                properties,
+            )
+            .await
+            .map_err(self.link.op("basic.publish"))?;
+        if !self.confirms_enabled() {
+            self.tracked.mark();
+        } else {
+            // A broker that stops answering never confirms: the wait ends
+            // when a heartbeat finds the connection lost.
+            let link_down = async {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if let Err(err) = self.check_link("waiting for the publish confirm") {
+                        return err;
+                    }
+                }
+            };
+            let confirmation = tokio::select! {
+                confirmation = confirm => confirmation
+                    .map_err(self.link.op("waiting for the publish confirm"))?,
+                err = link_down => return Err(err),
+            };
+            Self::check_confirmation(confirmation, exchange, routing_key)?;
+        }
+        Ok(())
+    }
+
+    /// Get a delayed publish ready: declare the delay topology (once per
+    /// connection) and bind the destination to the delivery exchange, on a
+    /// channel of their own (a refused declare or a missing queue closes
+    /// that channel, not this one). Returns the routing key to publish to
+    /// [`delayed::ENTRY_EXCHANGE`] with, or `None` when the message goes
+    /// to the default exchange for a queue that does not exist.
+    async fn prepare_delayed(
+        &self,
+        message: &RawMessage,
+        exchange: &str,
+        routing_key: &str,
+        seconds: u64,
+        mandatory: bool,
+    ) -> Result<Option<String>> {
+        if message.properties.expiration.is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "amqp: a delayed message cannot carry an expiration: RabbitMQ would expire it \
+                 out of its delay queue early and deliver it before its time; the message was \
+                 not sent",
+            ));
+        }
+        let key = delayed::routing_key(seconds, routing_key)?;
+        let side = self.side_channel().await?;
+        let prepared = self
+            .prepare_on(&side, exchange, routing_key, mandatory)
+            .await;
+        let _ = side.close().await;
+        Ok(prepared?.then_some(key))
+    }
+
+    /// What [`Self::prepare_delayed`] does on `side`; false when the
+    /// message is to be dropped.
+    async fn prepare_on(
+        &self,
+        side: &AmqpChannel,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+    ) -> Result<bool> {
+        {
+            let mut declared = self.link.delay_topology.lock().await;
+            if !*declared {
+                let queue_type = self.settings.delay_queue_type;
+                delayed::declare_topology(side, queue_type)
+                    .await
+                    .map_err(|err| explain_topology_error(err, queue_type))?;
+                *declared = true;
+            }
+        }
+        let key = delayed::delivery_binding_key(routing_key);
+        if exchange.is_empty() {
+            let bound = side
+                .queue_bind(routing_key, &Binding::new(delayed::DELIVERY_EXCHANGE, key))
+                .await;
+            return match bound {
+                Ok(()) => Ok(true),
+                Err(err) if err.kind() == ErrorKind::NotFound && mandatory => Err(Error::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "delayed message to the default exchange with routing key \
+                         {routing_key:?}: no such queue (unroutable, mandatory)"
+                    ),
+                )
+                .with_source(err)),
+                Err(err) if err.kind() == ErrorKind::NotFound => Ok(false),
+                Err(err) => Err(err),
+            };
+        }
+        side.exchange_bind(exchange, delayed::DELIVERY_EXCHANGE, &key)
+            .await?;
+        Ok(true)
+    }
+
+    /// A channel of this connection for declarations that may fail.
+    async fn side_channel(&self) -> Result<AmqpChannel> {
+        let channel = self
+            .link
+            .connection
+            .create_channel()
+            .await
+            .map_err(self.link.op("opening a channel"))?;
+        let settings = Settings {
+            confirm_publish: false,
+            ..self.settings
+        };
+        Box::pin(AmqpChannel::new(
+            channel,
+            self.link.clone(),
+            self.sync.clone(),
+            settings,
+        ))
+        .await
     }
 
     fn check_confirmation(
@@ -334,57 +483,27 @@ impl Channel for AmqpChannel {
         mandatory: bool,
     ) -> Result<()> {
         self.check_link("basic.publish")?;
-        if message
-            .not_before
-            .is_some_and(|when| when > std::time::SystemTime::now())
+        let delay = match message.not_before {
+            Some(when) => delayed::delay_seconds(when, std::time::SystemTime::now())?,
+            None => None,
+        };
+        let Some(seconds) = delay else {
+            return self
+                .publish_now(message, exchange, routing_key, mandatory)
+                .await;
+        };
+        match self
+            .prepare_delayed(&message, exchange, routing_key, seconds, mandatory)
+            .await?
         {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "amqp: delayed delivery is not implemented yet (issue 21: Celery's native \
-                 delayed delivery); the message was not sent",
-            ));
+            Some(key) => {
+                self.publish_now(message, delayed::ENTRY_EXCHANGE, &key, mandatory)
+                    .await
+            }
+            // To the default exchange for a queue that does not exist:
+            // dropped, as an undelayed message would be.
+            None => Ok(()),
         }
-        if mandatory {
-            // RabbitMQ sends basic.return before the confirm of the same
-            // message: waiting for the confirm tells whether it was routed.
-            self.enable_confirms().await?;
-        }
-        let properties = to_basic_properties(&message)?;
-        let confirm = self
-            .channel()
-            .basic_publish(
-                name("exchange name", exchange)?,
-                name("routing key", routing_key)?,
-                BasicPublishOptions {
-                    mandatory,
-                    immediate: false,
-                },
-                &message.body,
-                properties,
-            )
-            .await
-            .map_err(self.link.op("basic.publish"))?;
-        if !self.confirms_enabled() {
-            self.tracked.mark();
-        } else {
-            // A broker that stops answering never confirms: the wait ends
-            // when a heartbeat finds the connection lost.
-            let link_down = async {
-                loop {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    if let Err(err) = self.check_link("waiting for the publish confirm") {
-                        return err;
-                    }
-                }
-            };
-            let confirmation = tokio::select! {
-                confirmation = confirm => confirmation
-                    .map_err(self.link.op("waiting for the publish confirm"))?,
-                err = link_down => return Err(err),
-            };
-            Self::check_confirmation(confirmation, exchange, routing_key)?;
-        }
-        Ok(())
     }
 
     async fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<Delivery>> {
@@ -511,6 +630,28 @@ impl Channel for AmqpChannel {
     fn is_open(&self) -> bool {
         self.tracked.channel.status().connected()
     }
+}
+
+/// A refused declaration of the delay topology, with the likely cause.
+fn explain_topology_error(err: Error, queue_type: delayed::DelayQueueType) -> Error {
+    if err.kind() != ErrorKind::PreconditionFailed {
+        return err;
+    }
+    let other = match queue_type {
+        delayed::DelayQueueType::Quorum => "classic",
+        _ => "quorum",
+    };
+    Error::new(
+        ErrorKind::PreconditionFailed,
+        format!(
+            "amqp: the native delayed delivery queues exist with other arguments than {} ones \
+             (declared by Celery with broker_native_delayed_delivery_queue_type={other}? set \
+             transport option delayed_delivery_queue_type={other}): {}",
+            queue_type.as_str(),
+            err.message()
+        ),
+    )
+    .with_source(err)
 }
 
 /// The ready-message count of `queue` by passive declares on `side`.

@@ -11,6 +11,7 @@ use lapin::uri::{
 };
 use lapin::ConnectionProperties;
 
+use crate::delayed::DelayQueueType;
 use crate::field_table::{short_string, to_amqp_value};
 
 /// Transport options `amqp://` understands.
@@ -21,6 +22,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "client_properties",
     "connection_name",
     "ack_coalescing",
+    "delayed_delivery_queue_type",
 ];
 
 /// Everything needed to open one connection.
@@ -42,6 +44,8 @@ pub(crate) struct Settings {
     pub(crate) confirm_publish: bool,
     /// In-order acks are sent as multiple-acks (see `acks.rs`).
     pub(crate) ack_coalescing: bool,
+    /// The type of the native delayed delivery queues.
+    pub(crate) delay_queue_type: DelayQueueType,
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -147,6 +151,11 @@ impl ConnectConfig {
             ack_coalescing: transport_options
                 .get_bool("ack_coalescing")?
                 .unwrap_or(true),
+            delay_queue_type: transport_options
+                .get_str("delayed_delivery_queue_type")?
+                .map(DelayQueueType::parse)
+                .transpose()?
+                .unwrap_or_default(),
         };
         Ok(ConnectConfig {
             uri,
@@ -260,6 +269,18 @@ mod tests {
         assert_eq!(c.endpoint, "h:1234");
         let c = config("amqp://h/?ack_coalescing=0", ConnectionOptions::new()).unwrap();
         assert!(!c.settings.ack_coalescing);
+        assert_eq!(c.settings.delay_queue_type, DelayQueueType::Quorum);
+        let c = config(
+            "amqp://h/?delayed_delivery_queue_type=classic",
+            ConnectionOptions::new(),
+        )
+        .unwrap();
+        assert_eq!(c.settings.delay_queue_type, DelayQueueType::Classic);
+        assert!(config(
+            "amqp://h/?delayed_delivery_queue_type=stream",
+            ConnectionOptions::new()
+        )
+        .is_err());
     }
 
     #[test]

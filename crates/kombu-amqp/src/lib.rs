@@ -3,6 +3,7 @@
 mod acks;
 mod channel;
 mod config;
+pub mod delayed;
 mod errors;
 mod field_table;
 mod properties;
@@ -43,11 +44,13 @@ pub fn register(registry: &mut Registry) {
 
 /// What AMQP (RabbitMQ) does: it routes every exchange type, honours
 /// priorities, TTL, dead-lettering and max length, shares declarations
-/// between clients and keeps durable queues' persistent messages on disk.
+/// between clients, keeps durable queues' persistent messages on disk and
+/// delays messages (Celery's native delayed delivery, see [`delayed`]).
 ///
 /// ```
 /// let caps = kombu_amqp::capabilities();
 /// assert!(caps.shared_declarations && caps.persistent && caps.priority);
+/// assert!(caps.delayed_delivery);
 /// ```
 pub fn capabilities() -> Capabilities {
     Capabilities::new(TransportKind::Native)
@@ -58,6 +61,7 @@ pub fn capabilities() -> Capabilities {
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_redelivers_unacked(true)
+        .with_delayed_delivery(true)
 }
 
 /// What `amqp://` is: the one transport with a default login (kombu's

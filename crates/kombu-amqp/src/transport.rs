@@ -28,6 +28,9 @@ pub(crate) struct Link {
     closed: AtomicBool,
     /// Found dead by a heartbeat check (lapin may not know yet).
     lost: AtomicBool,
+    /// The native delayed delivery topology was declared on this
+    /// connection (held while declaring it).
+    pub(crate) delay_topology: tokio::sync::Mutex<bool>,
 }
 
 impl Link {
@@ -112,6 +115,7 @@ impl AmqpTransport {
                 connection,
                 closed: AtomicBool::new(false),
                 lost: AtomicBool::new(false),
+                delay_topology: tokio::sync::Mutex::new(false),
             }),
             settings,
             endpoint,
