@@ -21,6 +21,8 @@ pub enum BrokerKind {
     Amqp,
     /// `beanstalkd` with a binlog fsynced on every write.
     Beanstalk,
+    /// `nats-server` with JetStream and its file store.
+    Nats,
 }
 
 /// The RabbitMQ start script that runs the node in the foreground as the
@@ -29,12 +31,13 @@ pub enum BrokerKind {
 pub const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
 impl BrokerKind {
-    /// The transport name (`redis`, `amqp`, `beanstalk`).
+    /// The transport name (`redis`, `amqp`, `beanstalk`, `nats`).
     pub fn name(self) -> &'static str {
         match self {
             BrokerKind::Redis => "redis",
             BrokerKind::Amqp => "amqp",
             BrokerKind::Beanstalk => "beanstalk",
+            BrokerKind::Nats => "nats",
         }
     }
 
@@ -44,6 +47,7 @@ impl BrokerKind {
             BrokerKind::Redis => "/usr/bin/redis-server",
             BrokerKind::Amqp => RABBITMQ_SERVER,
             BrokerKind::Beanstalk => "/usr/bin/beanstalkd",
+            BrokerKind::Nats => "/usr/sbin/nats-server",
         }
     }
 
@@ -187,6 +191,7 @@ impl PrivateBroker {
             BrokerKind::Redis => format!("redis://127.0.0.1:{}/0", self.port),
             BrokerKind::Amqp => format!("amqp://guest:guest@127.0.0.1:{}//", self.port),
             BrokerKind::Beanstalk => format!("beanstalk://127.0.0.1:{}", self.port),
+            BrokerKind::Nats => format!("nats://127.0.0.1:{}", self.port),
         }
     }
 
@@ -203,6 +208,11 @@ impl PrivateBroker {
             }
             BrokerKind::Beanstalk => {
                 cmd.args(["-l", "127.0.0.1", "-p", &port, "-b", dir, "-f", "0"]);
+            }
+            BrokerKind::Nats => {
+                // JetStream's file store in the broker's directory: a
+                // restart on the same directory finds the streams again.
+                cmd.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", dir]);
             }
             BrokerKind::Amqp => {
                 let plugins = self.dir.join("enabled_plugins");

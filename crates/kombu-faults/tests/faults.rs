@@ -1,6 +1,6 @@
 //! Fault tests on private brokers (see docs/reliability.md).
 //!
-//! For redis, amqp and beanstalk: a publisher and a consumer (`fault-peer`
+//! For redis, amqp, beanstalk and nats: a publisher and a consumer (`fault-peer`
 //! processes) pass `COUNT` numbered, checksummed, persistent messages
 //! through a durable queue of a broker process of our own while the test
 //! (a) SIGKILLs the broker and restarts it on the same data, (b) SIGSTOPs
@@ -135,6 +135,10 @@ fn available(kind: BrokerKind) -> bool {
 /// core has dropped that connection, so nobody releases the lock and with
 /// 300 s no connection restores the consumer's unacked prefetch window
 /// within the peers' deadline. amqp publishes wait for the broker's confirm.
+/// The nats query of [`peer_url`]: a dead consumer's messages come back
+/// after 10 s, as on redis (longer than the SIGSTOP); a request unanswered
+/// for 2 s is a lost connection.
+const NATS_QUERY: &str = "visibility_timeout=10&request_timeout=2";
 /// The redis query of [`peer_url`].
 const REDIS_QUERY: &str = "visibility_timeout=10&unacked_restore_interval=1&unacked_mutex_expire=5";
 
@@ -156,6 +160,7 @@ fn peer_url(target: &Target) -> String {
         BrokerKind::Redis => format!("{base}?heartbeat={HEARTBEAT_S}&{REDIS_QUERY}"),
         BrokerKind::Amqp => format!("{base}?heartbeat={HEARTBEAT_S}&confirm_publish=1"),
         BrokerKind::Beanstalk => format!("{base}?heartbeat={HEARTBEAT_S}"),
+        BrokerKind::Nats => format!("{base}?heartbeat={HEARTBEAT_S}&{NATS_QUERY}"),
     }
 }
 
@@ -478,6 +483,21 @@ fn amqp_consumer_killed_mid_batch() {
 }
 
 #[test]
+fn nats_broker_killed_and_restarted() {
+    run(BrokerKind::Nats, Fault::KillBroker);
+}
+
+#[test]
+fn nats_broker_stopped_past_the_heartbeat() {
+    run(BrokerKind::Nats, Fault::StopBroker);
+}
+
+#[test]
+fn nats_consumer_killed_mid_batch() {
+    run(BrokerKind::Nats, Fault::KillConsumer);
+}
+
+#[test]
 fn beanstalk_broker_killed_and_restarted() {
     run(BrokerKind::Beanstalk, Fault::KillBroker);
 }
@@ -616,4 +636,9 @@ fn amqp_consumer_killed_with_acks_pending() {
 #[test]
 fn beanstalk_consumer_killed_with_acks_pending() {
     killed_with_acks_pending(BrokerKind::Beanstalk);
+}
+
+#[test]
+fn nats_consumer_killed_with_acks_pending() {
+    killed_with_acks_pending(BrokerKind::Nats);
 }
