@@ -19,6 +19,7 @@ pub const ENV_VAR: &str = "KOMBU_TEST_PYTHON";
 /// serializers and every compression kombu 5.7 can use on Python 3.11).
 pub const REQUIREMENTS: &[&str] = &[
     "kombu==5.7.0",
+    "celery==5.7.0",
     "amqp==5.4.2",
     "redis==8.1.0",
     // kombu 5.7's redis transport imports it; redis-py 8 no longer pulls it in.

@@ -417,3 +417,217 @@ async fn rust_publishes_python_consumes() {
     assert_eq!(res["qreq"][0]["redelivered"], true);
     cleanup(&conn, &n).await;
 }
+
+/// The Celery 5.7 app of the delayed-task test: its default queue is a
+/// quorum queue on a topic exchange of the same name (native delayed
+/// delivery needs a topic or fanout exchange), publisher confirms on, and
+/// one task that writes when it ran and how it got there.
+const CELERY_APP: &str = r#"
+import json, os, time
+from celery import Celery
+
+QUEUE = os.environ['KOMBU_RS_QUEUE']
+app = Celery('kombu_rs_celery_delay', broker=os.environ['KOMBU_RS_URL'])
+app.conf.update(
+    task_default_queue=QUEUE,
+    task_default_exchange=QUEUE,
+    task_default_exchange_type='topic',
+    task_default_routing_key=QUEUE,
+    task_default_queue_type='quorum',
+    worker_detect_quorum_queues=True,
+    broker_transport_options={'confirm_publish': True},
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=1,
+)
+
+@app.task(name='kombu_rs.record_run', bind=True)
+def record_run(self, path):
+    info = self.request.delivery_info or {}
+    with open(path + '.tmp', 'w') as f:
+        json.dump({'ran_at': time.time(), 'id': self.request.id, 'eta': self.request.eta,
+                   'exchange': info.get('exchange'), 'routing_key': info.get('routing_key')}, f)
+    os.rename(path + '.tmp', path)
+"#;
+
+/// A worker process, killed (and reaped) when the test ends, even on a panic.
+struct Worker(std::process::Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Seconds since the epoch as Python's `datetime.isoformat()` writes a UTC
+/// time: `2026-12-05T06:39:07.763807+00:00` (what Celery puts in `eta`).
+fn iso_utc(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let (days, secs) = ((d.as_secs() / 86_400) as i64, d.as_secs() % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        d.subsec_micros()
+    )
+}
+
+/// A Celery 5.7 worker with quorum queues (so native delayed delivery: it
+/// declares the `celery_delayed_*` levels and binds its queue at startup)
+/// runs a task Rust published with `delay(3 s)`, as Celery's own
+/// `apply_async(countdown=3)` message (protocol 2 headers, `eta` included),
+/// no sooner than 3 s after the publish and within 3 s after that; the
+/// task saw the message come from `celery_delayed_delivery` with the delay
+/// digits in its routing key, so the broker held it, not the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_worker_runs_a_task_rust_delayed() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    let (Some(url), Some(python)) = (common::url(), python_peer()) else {
+        return;
+    };
+    let has_celery = Command::new(&python)
+        .args([
+            "-c",
+            "import celery; assert celery.__version__.startswith('5.7')",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_celery {
+        let why = "KOMBU_TEST_PYTHON has no Celery 5.7 (run `cargo xtask python`)";
+        assert!(std::env::var("KOMBU_TEST_REQUIRE").is_err(), "{why}");
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let queue = unique("celery-delay");
+    let dir = std::env::temp_dir().join(unique("kombu-rs-celery"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kombu_rs_celery_delay.py"), CELERY_APP).unwrap();
+    let out = dir.join("ran.json");
+    let mut child = Command::new(&python)
+        .args(["-m", "celery", "-A", "kombu_rs_celery_delay", "worker"])
+        .args(["--pool=solo", "--loglevel=INFO", "-Q", &queue])
+        .args([
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ])
+        .arg(format!("--hostname={queue}@localhost"))
+        .current_dir(&dir)
+        .env("PYTHONPATH", &dir)
+        .env("KOMBU_RS_URL", &url)
+        .env("KOMBU_RS_QUEUE", &queue)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the Celery worker");
+    let mut log = kombu_testkit::ChildLines::new(child.stderr.take().unwrap());
+    let worker = Worker(child);
+    // Ready comes after its DelayedDelivery step declared and bound.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.next_within(left) {
+            Some(line) if line.ends_with(" ready.") => break,
+            Some(line) => seen.push(line),
+            None => panic!(
+                "the Celery worker was not ready within 60 s:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+
+    let conn = common::connection(
+        &url,
+        ConnectionOptions::new().transport_option("confirm_publish", true),
+    );
+    let id = unique("task");
+    let countdown = Duration::from_secs(3);
+    let sent = SystemTime::now();
+    let eta = sent + countdown;
+    let path = out.to_str().unwrap();
+    Producer::new(&conn)
+        .publish(
+            json!([[path], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]),
+            PublishOptions::new()
+                .exchange(Exchange::topic(&queue))
+                .routing_key(&queue)
+                .eta(eta)
+                .header("lang", "py")
+                .header("task", "kombu_rs.record_run")
+                .header("id", id.as_str())
+                .header("shadow", Value::Null)
+                .header("eta", iso_utc(eta))
+                .header("expires", Value::Null)
+                .header("group", Value::Null)
+                .header("group_index", Value::Null)
+                .header("retries", 0)
+                .header("timelimit", json!([null, null]))
+                .header("root_id", id.as_str())
+                .header("parent_id", Value::Null)
+                .header("argsrepr", format!("[{path:?}]"))
+                .header("kwargsrepr", "{}")
+                .header("origin", "kombu-rs")
+                .header("ignore_result", false)
+                .header("replaced_task_nesting", 0)
+                .header("stamped_headers", Value::Null)
+                .header("stamps", json!({}))
+                .correlation_id(id.as_str())
+                .reply_to(""),
+        )
+        .await
+        .unwrap();
+
+    let wait_until = Instant::now() + countdown + Duration::from_secs(15);
+    while !out.exists() {
+        if Instant::now() > wait_until {
+            let rest = log.rest_within(Duration::from_millis(200));
+            panic!(
+                "the Celery worker did not run the task within {:?}:\n{}",
+                countdown + Duration::from_secs(15),
+                seen.iter()
+                    .chain(&rest)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(worker);
+    let ran: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let sent_at = sent.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let after = ran["ran_at"].as_f64().unwrap() - sent_at;
+    eprintln!("Celery ran the task {after:.3} s after the publish (countdown 3 s): {ran}");
+    assert_eq!(ran["id"], id.as_str());
+    assert!(after >= countdown.as_secs_f64(), "ran early: {after:.3} s");
+    assert!(
+        after <= countdown.as_secs_f64() + 3.0,
+        "ran late: {after:.3} s"
+    );
+    assert_eq!(ran["exchange"], "celery_delayed_delivery");
+    assert_eq!(
+        ran["routing_key"],
+        format!("{}1.1.{queue}", "0.".repeat(26)).as_str()
+    );
+    let mut clean = Cleanup::new();
+    clean.queue(&queue);
+    clean.exchange(&queue);
+    clean.run(conn.channel().await.unwrap().as_ref()).await;
+    conn.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
