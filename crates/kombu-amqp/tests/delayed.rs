@@ -137,6 +137,7 @@ async fn topology_is_the_one_kombu_declares() {
     let channel = conn.channel().await.unwrap();
     let q = Queue::new("delay-topology-q");
     q.declare(channel.as_ref()).await.unwrap();
+    let first = Instant::now();
     Producer::new(&conn)
         .publish(
             json!("later"),
@@ -146,6 +147,10 @@ async fn topology_is_the_one_kombu_declares() {
         )
         .await
         .unwrap();
+    eprintln!(
+        "first delayed publish in a fresh vhost (declares the 28 levels): {:?}",
+        first.elapsed()
+    );
 
     let from_python = topology_listing(&py_vhost.0);
     let from_rust = topology_listing(&rs_vhost.0);
@@ -283,6 +288,7 @@ async fn delay_through_a_topic_exchange() {
     .await
     .unwrap();
     let took = sent.elapsed();
+    eprintln!("delayed 3 s through a topic exchange: delivered after {took:?}");
     m.ack().await.unwrap();
     assert_eq!(m.decode::<serde_json::Value>().unwrap(), json!({"job": 1}));
     assert!(took >= Duration::from_secs(3), "early: {took:?}");
