@@ -287,14 +287,19 @@ pub async fn declare_topology(channel: &dyn Channel, queue_type: DelayQueueType)
 ///
 /// Call it where a consumer starts, after declaring the queue, when
 /// messages for it are published with a delay to a topic or fanout exchange.
+/// [`DELIVERY_EXCHANGE`] must exist: call [`declare_topology`] first, as a
+/// Celery worker does, unless you know a delayed publish or a worker has
+/// declared it on this vhost.
 ///
 /// ```no_run
 /// # async fn demo(conn: &kombu_core::Connection) -> kombu_core::Result<()> {
+/// use kombu_amqp::delayed::{bind_queue, declare_topology, DelayQueueType};
 /// use kombu_core::{Exchange, Queue};
 /// let tasks = Queue::new("tasks").quorum().bind(&Exchange::topic("tasks"), "tasks");
 /// let channel = conn.channel().await?;
 /// tasks.declare(channel.as_ref()).await?;
-/// kombu_amqp::delayed::bind_queue(channel.as_ref(), &tasks).await?;
+/// declare_topology(channel.as_ref(), DelayQueueType::Quorum).await?;
+/// bind_queue(channel.as_ref(), &tasks).await?;
 /// # Ok(()) }
 /// ```
 pub async fn bind_queue(channel: &dyn Channel, queue: &Queue) -> Result<()> {

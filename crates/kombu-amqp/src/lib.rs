@@ -61,6 +61,8 @@ pub fn capabilities() -> Capabilities {
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_redelivers_unacked(true)
+        // RabbitMQ honours x-delivery-limit on quorum queues.
+        .with_delivery_limit(true)
         .with_delayed_delivery(true)
 }
 

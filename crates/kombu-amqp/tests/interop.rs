@@ -631,3 +631,109 @@ async fn celery_worker_runs_a_task_rust_delayed() {
     conn.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The other way: Celery 5.7's `send_task(countdown=2)` with quorum queues
+/// (native delayed delivery: to `celery_delayed_27`) reaches a Rust
+/// consumer that declared the levels and bound its queue with
+/// `kombu_amqp::delayed::bind_queue`, as a Celery worker does at startup:
+/// no sooner than 2 s after the send, the task message intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_countdown_reaches_a_rust_consumer() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    let (Some(url), Some(python)) = (common::url(), python_peer()) else {
+        return;
+    };
+    let has_celery = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import celery; assert celery.__version__.startswith('5.7')",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_celery {
+        let why = "KOMBU_TEST_PYTHON has no Celery 5.7 (run `cargo xtask python`)";
+        assert!(std::env::var("KOMBU_TEST_REQUIRE").is_err(), "{why}");
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let queue_name = unique("celery-countdown");
+    let dir = std::env::temp_dir().join(unique("kombu-rs-celery"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("kombu_rs_celery_delay.py"), CELERY_APP).unwrap();
+
+    // The queue as Celery's worker would declare it, and its delay bindings.
+    let conn = common::connection(&url, ConnectionOptions::new());
+    let channel = conn.channel().await.unwrap();
+    let exchange = Exchange::topic(&queue_name);
+    let queue = Queue::new(&queue_name)
+        .quorum()
+        .bind(&exchange, &queue_name);
+    queue.declare(channel.as_ref()).await.unwrap();
+    kombu_amqp::delayed::declare_topology(
+        channel.as_ref(),
+        kombu_amqp::delayed::DelayQueueType::Quorum,
+    )
+    .await
+    .unwrap();
+    kombu_amqp::delayed::bind_queue(channel.as_ref(), &queue)
+        .await
+        .unwrap();
+
+    let script = r#"
+import json, time
+from kombu_rs_celery_delay import app
+sent = time.time()
+r = app.send_task('kombu_rs.record_run', args=['unused'], countdown=2)
+print(json.dumps({'sent': sent, 'id': r.id}))
+"#;
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let out = run_python(
+        &python,
+        script,
+        &[
+            ("PYTHONPATH", dir_text.as_str()),
+            ("KOMBU_RS_URL", url.as_str()),
+            ("KOMBU_RS_QUEUE", queue_name.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    let sent: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let mut consumer = Consumer::builder(&conn)
+        .queue(queue.clone())
+        .declare(false)
+        .accept(Accept::all())
+        .prefetch_count(1)
+        .build()
+        .await
+        .unwrap();
+    let m = kombu_testkit::recv_within(&mut consumer, Duration::from_secs(15), "the task")
+        .await
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let after = now - sent["sent"].as_f64().unwrap();
+    eprintln!("Celery's countdown=2 task reached Rust {after:.3} s after the send");
+    m.ack().await.unwrap();
+    assert!(after >= 2.0, "early: {after:.3} s");
+    assert!(after <= 5.0, "late: {after:.3} s");
+    assert_eq!(m.headers().get("task"), Some(&json!("kombu_rs.record_run")));
+    assert_eq!(m.headers().get("id"), Some(&sent["id"]));
+    assert!(m.headers().get("eta").is_some_and(Value::is_string));
+    assert_eq!(
+        m.delivery_info().routing_key,
+        format!("{}1.0.{queue_name}", "0.".repeat(26))
+    );
+    let body: Value = m.decode().unwrap();
+    assert_eq!(body[0], json!(["unused"]));
+    drop(consumer);
+    let mut clean = Cleanup::new();
+    clean.queue(&queue_name);
+    clean.exchange(&queue_name);
+    clean.run(channel.as_ref()).await;
+    conn.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
