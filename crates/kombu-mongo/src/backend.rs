@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use kombu_core::routing::QueueBinding;
-use kombu_core::spi::{async_trait, Fetched, Receipt, StopWaiting, VirtualBackend};
+use kombu_core::spi::{async_trait, Fetched, Receipt, StopWaiting, StoredMessage, VirtualBackend};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, ExchangeType, Queue, Result};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::{Collection, Database};
@@ -18,6 +18,7 @@ use tokio::task::AbortHandle;
 
 use crate::broadcast::{Broadcast, RECEIPT_PREFIX};
 use crate::config::MongoConfig;
+use crate::delayed::{parked_name, Delays, NOT_BEFORE};
 use crate::documents::{
     after_millis, arguments_from_bson, arguments_to_bson, binding_pattern, exchange_document,
     exchange_from_document, lease, message_document, payload_of, queue_from_document,
@@ -115,6 +116,8 @@ pub struct MongoBackend {
     watch: ChangeWatch,
     /// The pause of idle fetches when no change stream runs.
     idle: IdleBackoff,
+    /// Delayed messages: parked until due (see [`crate::delayed`]).
+    delays: Arc<Delays>,
 }
 
 impl std::fmt::Debug for MongoBackend {
@@ -156,7 +159,9 @@ impl MongoBackend {
             SHORTEST_PAUSE,
             config.polling_interval.max(LONGEST_PAUSE_FLOOR),
         );
+        let delays = Delays::new(collections.messages.clone(), wakeups.clone());
         MongoBackend {
+            delays,
             broadcast: Broadcast::new(collections.broadcast.clone(), retry_pause),
             config,
             client,
@@ -279,6 +284,13 @@ impl MongoBackend {
         // False after a pause that ended without a wake-up.
         let mut woken = true;
         loop {
+            // Due delayed messages into their queues, before this fetch
+            // opens its hand-over slot (a poll is kept short while it is
+            // open: a message handed over meanwhile comes after the ones
+            // the poll claims).
+            for queue in queues {
+                self.delays.check(queue).await?;
+            }
             // Listen before looking: a message that arrives after the poll
             // looked wakes the wait below.
             let signals = self.wakeups.listen(&wakeups, &self.broadcast.arrived);
@@ -323,6 +335,11 @@ impl MongoBackend {
                 self.idle.next()
             }
             .min(deadline - now);
+            // Awake when the next delayed message known of is due.
+            let pause = self
+                .delays
+                .due_in(queues)
+                .map_or(pause, |due| pause.min(due));
             let signalled = async {
                 futures::future::select_all(signals).await;
                 true
@@ -416,6 +433,7 @@ impl Drop for MongoBackend {
         }
         self.broadcast.shutdown();
         self.watch.stop();
+        self.delays.stop();
     }
 }
 
@@ -529,9 +547,10 @@ impl VirtualBackend for MongoBackend {
             .await
             .map_err(driver("deleting a queue's bindings"))?;
         c.messages
-            .delete_many(doc! { "queue": queue })
+            .delete_many(doc! { "queue": { "$in": [queue, parked_name(queue)] } })
             .await
             .map_err(driver("deleting a queue's messages"))?;
+        self.delays.forget(queue);
         c.queues
             .delete_one(doc! { "_id": queue })
             .await
@@ -551,7 +570,14 @@ impl VirtualBackend for MongoBackend {
             .delete_many(Self::claimable(queue, DateTime::now()))
             .await
             .map_err(driver("purging a queue"))?;
-        Ok(deleted.deleted_count + self.broadcast.purge(queue))
+        // Its delayed messages too (as memory:// and redis:// do).
+        let parked = self
+            .collections
+            .messages
+            .delete_many(doc! { "queue": parked_name(queue) })
+            .await
+            .map_err(driver("purging a queue's delayed messages"))?;
+        Ok(deleted.deleted_count + parked.deleted_count + self.broadcast.purge(queue))
     }
 
     async fn size(&self, queue: &str) -> Result<u64> {
@@ -606,6 +632,38 @@ impl VirtualBackend for MongoBackend {
                 self.release(queue, handed.id, &handed.lease_id).await;
             }
         }
+        Ok(())
+    }
+
+    /// One insert, parked under [`parked_name`] with its due time in
+    /// `not_before` until a fetch or this transport's mover moves it into
+    /// `queue` (see [`crate::delayed`]); never handed over to a waiting
+    /// fetch.
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        let envelope = message.into_envelope();
+        let expire_at = self.expiries(queue, &[&envelope]).await?.pop().flatten();
+        let mut document = message_document(
+            &parked_name(queue),
+            payload_of(&envelope),
+            priority,
+            expire_at,
+        );
+        let due = i64::try_from(not_before_ms).unwrap_or(i64::MAX);
+        document.insert(NOT_BEFORE, DateTime::from_millis(due));
+        self.collections
+            .messages
+            .insert_one(document)
+            .await
+            .map_err(driver("storing a delayed message"))?;
+        self.delays.parked(queue, due);
+        // Waiting fetches look again and wait until it is due.
+        self.wakeups.wake(queue);
         Ok(())
     }
 

@@ -86,8 +86,9 @@ fn apply_ssl(options: &mut ClientOptions, ssl: &SslOptions) -> Result<()> {
 }
 
 /// kombu's collections and indexes (its `_create_broadcast` and
-/// `_ensure_indexes`). kombu-rs adds no index of its own: lease renewal
-/// looks its messages up by `_id`.
+/// `_ensure_indexes`), and kombu-rs's one index of its own, on delayed
+/// messages only ([`ensure_delayed_index`]); lease renewal looks its
+/// messages up by `_id`.
 pub(crate) async fn prepare(database: &Database, config: &MongoConfig) -> Result<()> {
     let secret = config.secret();
     let names = &config.collections;
@@ -152,7 +153,31 @@ pub(crate) async fn prepare(database: &Database, config: &MongoConfig) -> Result
             }
         }
     }
+    ensure_delayed_index(database, &names.messages).await;
     Ok(())
+}
+
+/// The partial index `queue_1_not_before_1` on the delayed messages of
+/// `messages` (only documents with `not_before`: nothing is added to
+/// indexing ordinary messages), for finding the next due one of a queue.
+/// A server that refuses it is warned about and used without it (the
+/// lookups then scan the queue's delayed messages).
+async fn ensure_delayed_index(database: &Database, messages: &str) {
+    let index = doc! {
+        "key": { "queue": 1, crate::delayed::NOT_BEFORE: 1 },
+        "name": "queue_1_not_before_1",
+        "partialFilterExpression": { crate::delayed::NOT_BEFORE: { "$exists": true } },
+    };
+    let created = database
+        .run_command(doc! { "createIndexes": messages, "indexes": [index] })
+        .await;
+    if let Err(err) = created {
+        tracing::warn!(
+            error = %err,
+            "the index on delayed messages (queue_1_not_before_1) could not be created; \
+             delayed messages are looked up without it"
+        );
+    }
 }
 
 /// True when `error` says an index of that name exists with other options

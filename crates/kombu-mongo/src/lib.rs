@@ -4,6 +4,7 @@ mod backend;
 mod broadcast;
 mod config;
 mod connect;
+mod delayed;
 mod documents;
 mod error;
 mod handoff;
@@ -21,6 +22,7 @@ use kombu_core::{
 
 pub use backend::MongoBackend;
 pub use config::{CORE_QUERY_KEYS, DEFAULT_DATABASE};
+pub use delayed::{parked_name, PARKED_PREFIX};
 
 /// The URL schemes this transport serves.
 pub const SCHEMES: &[&str] = &["mongodb", "mongodb+srv"];
@@ -94,6 +96,7 @@ pub fn capabilities() -> Capabilities {
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_redelivers_unacked(true)
+        .with_delayed_delivery(true)
 }
 
 /// Opens `mongodb://` backends. Every operation is bounded by the
