@@ -88,6 +88,9 @@ pub struct Capabilities {
     /// deliveries stay reserved while the channel lives, so there is
     /// nothing to extend).
     pub lease_extension: bool,
+    /// A queue's `x-delivery-limit` is honoured: a message returned more
+    /// often than the limit is dead-lettered instead of delivered again.
+    pub delivery_limit: bool,
 }
 
 impl Capabilities {
@@ -108,6 +111,7 @@ impl Capabilities {
             max_body_size: None,
             delayed_delivery: false,
             lease_extension: false,
+            delivery_limit: false,
         }
     }
 
@@ -159,6 +163,11 @@ impl Capabilities {
     /// Set whether unacked messages of a dead consumer come back.
     pub fn with_redelivers_unacked(mut self, yes: bool) -> Self {
         self.redelivers_unacked = yes;
+        self
+    }
+    /// Set whether `x-delivery-limit` is honoured.
+    pub fn with_delivery_limit(mut self, yes: bool) -> Self {
+        self.delivery_limit = yes;
         self
     }
     /// Set whether leases can be extended.

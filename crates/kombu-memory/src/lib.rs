@@ -50,6 +50,7 @@ fn capabilities() -> Capabilities {
         .with_persistent(false)
         .with_delayed_delivery(true)
         .with_lease_extension(true)
+        .with_delivery_limit(true)
 }
 
 /// Open a `memory://` backend. Every connection to the same

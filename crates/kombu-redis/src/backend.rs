@@ -841,6 +841,18 @@ impl Shared {
         };
         let mut envelope = Envelope::from_json(&message)?;
         envelope.mark_redelivered();
+        // A queue with a delivery limit counts this return too (a crashed
+        // consumer's delivery counts).
+        let home = if self.keys.is_cluster() {
+            queue
+        } else if exchange.is_empty() {
+            routing_key.as_str()
+        } else {
+            ""
+        };
+        if !home.is_empty() && self.has_delivery_limit(home).await? {
+            envelope.count_return();
+        }
         let wire = envelope
             .properties
             .get("priority")
@@ -867,6 +879,17 @@ impl Shared {
             .await
             .map_err(map_redis)?;
         Ok(done == 1)
+    }
+
+    /// Whether `queue` was declared with an `x-delivery-limit`.
+    async fn has_delivery_limit(&self, queue: &str) -> Result<bool> {
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.queue_declarations())
+            .arg(queue)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(map_redis)?;
+        Ok(stored.is_some_and(|json| json.contains("\"x-delivery-limit\"")))
     }
 
     /// Keep the binding tables of expiring queues bound here alive (kombu's

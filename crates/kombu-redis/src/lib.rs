@@ -125,6 +125,7 @@ pub fn capabilities() -> Capabilities {
         .with_redelivers_unacked(true)
         .with_delayed_delivery(true)
         .with_lease_extension(true)
+        .with_delivery_limit(true)
 }
 
 /// Open a `redis://`, `rediss://` or `redis+socket://` backend (what

@@ -34,8 +34,13 @@ async fn child_consumer() {
         parts.next().unwrap().to_owned(),
     );
     let conn = connect(&url, &prefix, &[]);
+    let declared = if mode == "hold-limited" {
+        limited(&queue)
+    } else {
+        Queue::new(&queue)
+    };
     let mut c = Consumer::builder(&conn)
-        .queue(Queue::new(&queue))
+        .queue(declared)
         .prefetch_count(5)
         .build()
         .await
@@ -44,7 +49,7 @@ async fn child_consumer() {
     while let Some(m) = c.next().await {
         let m = m.unwrap();
         let n: u64 = m.decode().unwrap();
-        if mode == "hold" {
+        if mode.starts_with("hold") {
             println!("holding {n}");
             std::mem::forget(m);
             continue;
@@ -54,6 +59,14 @@ async fn child_consumer() {
         m.ack().await.unwrap();
         println!("acked {n}");
     }
+}
+
+/// `queue` with a delivery limit of 1, dead-lettering to `<queue>.dead`.
+fn limited(queue: &str) -> Queue {
+    Queue::new(queue)
+        .delivery_limit(1)
+        .dead_letter_exchange("")
+        .dead_letter_routing_key(format!("{queue}.dead"))
 }
 
 fn spawn_child(mode: &str, url: &str, prefix: &str, queue: &str) -> std::process::Child {
@@ -280,5 +293,74 @@ print(json.dumps([[m['body'], m['redelivered']] for m in got]))
         got.iter().all(|(_, redelivered)| *redelivered),
         "restored from the dead consumer's unacked, flagged redelivered: {got:?}"
     );
+    conn.close().await.unwrap();
+}
+
+/// Deliveries cut short by a crash count towards a queue's delivery
+/// limit: a consumer process SIGKILLed holding the message, twice, and
+/// the restored message is then over its limit of 1 and dead-lettered
+/// (with `x-delivery-count` 2) instead of delivered a third time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_count_towards_the_delivery_limit() {
+    let Some(url) = base_url() else { return };
+    let prefix = prefix("limit");
+    let queue = unique("crash-limit");
+    let conn = connect(
+        &url,
+        &prefix,
+        &[
+            ("visibility_timeout", json!(1)),
+            ("unacked_restore_interval", json!(0.2)),
+        ],
+    );
+    let channel = conn.channel().await.unwrap();
+    let dead = Queue::new(format!("{queue}.dead"));
+    dead.declare(channel.as_ref()).await.unwrap();
+    limited(&queue).declare(channel.as_ref()).await.unwrap();
+    Producer::new(&conn)
+        .publish(json!(7u64), PublishOptions::new().routing_key(&queue))
+        .await
+        .unwrap();
+    for round in 0..2 {
+        let mut child = spawn_child("hold-limited", &url, &prefix, &queue);
+        let mut lines = ChildLines::new(child.stdout.take().unwrap());
+        lines.wait_for("holding 7", Duration::from_secs(20));
+        child.kill().unwrap(); // SIGKILL, the message unacked
+        child.wait().unwrap();
+        // Restored by `conn` once its 1 s lease is over.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while channel.queue_size(&queue).await.unwrap() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the crashed consumer's message was not restored"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut c = Consumer::builder(&conn)
+        .queue(limited(&queue))
+        .prefetch_count(1)
+        .build()
+        .await
+        .unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(3), c.next()).await;
+    assert!(third.is_err(), "delivered a third time past its limit of 1");
+    let mut d = Consumer::builder(&conn)
+        .queue(dead.clone())
+        .prefetch_count(1)
+        .build()
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), d.next())
+        .await
+        .expect("dead-lettered within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.decode::<u64>().unwrap(), 7);
+    assert_eq!(m.headers().get("x-delivery-count"), Some(&json!(2)));
+    m.ack().await.unwrap();
+    for name in [queue.as_str(), dead.name.as_str()] {
+        channel.queue_delete(name).await.unwrap();
+    }
     conn.close().await.unwrap();
 }

@@ -837,6 +837,68 @@ pub async fn lease_extension_keeps_a_message(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// A message its consumers keep putting back (a poison message) stops
+/// coming once it was returned more often than its queue's
+/// `x-delivery-limit` (RabbitMQ's rule: a limit of 3 allows 4 deliveries)
+/// and lands in the queue's dead-letter queue, with its
+/// `x-delivery-count`. The queue is declared as RabbitMQ's quorum queues
+/// need (`Queue::quorum`); other transports keep the type as an argument.
+pub async fn delivery_limit_dead_letters(conn: &Connection) -> Result<()> {
+    let caps = conn.capabilities().await?;
+    let mut clean = Cleanup::new();
+    let channel = conn.channel().await?;
+    let dead = Queue::new(clean.queue(&unique("limit-dead")));
+    dead.declare(channel.as_ref()).await?;
+    let q = Queue::new(clean.queue(&unique("limit-q")))
+        .quorum()
+        .delivery_limit(3)
+        .dead_letter_exchange("")
+        .dead_letter_routing_key(&dead.name);
+    let declared = q.declare(channel.as_ref()).await;
+    if !caps.delivery_limit {
+        let refused = matches!(&declared, Err(e) if e.kind() == ErrorKind::Unsupported);
+        check(
+            refused,
+            format!(
+                "no delivery limit: declaring x-delivery-limit must be refused, got {declared:?}"
+            ),
+        )?;
+        clean.run(channel.as_ref()).await;
+        return Ok(());
+    }
+    declared?;
+    Producer::new(conn)
+        .publish(json!("poison"), PublishOptions::new().routing_key(&q.name))
+        .await?;
+    let mut c = consumer(conn, &q, 1).await?;
+    let mut deliveries = 0;
+    step("putting the message back until it stops coming");
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), c.next()).await {
+        let m = m?;
+        deliveries += 1;
+        check(
+            deliveries <= 4,
+            "delivered past its limit (round and round)",
+        )?;
+        m.requeue().await?;
+    }
+    expect_eq(
+        deliveries,
+        4,
+        "deliveries of a limit-3 message (1 + 3 returns)",
+    )?;
+    let mut d = consumer(conn, &dead, 1).await?;
+    let m = recv_within(&mut d, Duration::from_secs(10), "the dead-lettered message").await?;
+    expect_eq(
+        m.decode::<String>()?,
+        "poison".into(),
+        "the dead-lettered message",
+    )?;
+    m.ack().await?;
+    clean.run(channel.as_ref()).await;
+    Ok(())
+}
+
 /// A message past its expiration is not delivered.
 pub async fn message_ttl_expires(conn: &Connection) -> Result<()> {
     if !conn.capabilities().await?.ttl {

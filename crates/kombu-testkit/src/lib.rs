@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
             delayed_message_waits_its_time,
             queue_ttl_expires,
             dead_letter_on_reject,
+            delivery_limit_dead_letters,
             max_length_drops_oldest,
             large_body_1mib,
             many_producers_many_consumers,

@@ -10,8 +10,22 @@ use super::convert::{from_envelope_with_body, priority_and_expiration, published
 use super::unacked::{Held, Unacked};
 use super::{Fetched, FetchedBody, Receipt, State, StoredMessage, VirtualBackend};
 use crate::entity::Queue;
+use crate::envelope::delivery_count;
 use crate::error::{Error, Result};
 use crate::message::{Delivery, DeliveryInfo, RawMessage};
+
+/// True when a message put back `returned` times is over its queue's
+/// `x-delivery-limit` (RabbitMQ's rule: dead-lettered once it was returned
+/// more often than the limit, so a limit of 3 allows 4 deliveries).
+fn over_delivery_limit(returned: u64, declaration: Option<&Queue>) -> bool {
+    declaration
+        .and_then(|q| q.arguments.get("x-delivery-limit"))
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .is_some_and(|limit| returned > limit)
+}
 
 /// How a fetched message was admitted.
 pub(super) enum Admitted {
@@ -52,16 +66,24 @@ impl<B: VirtualBackend> State<B> {
             queue,
             receipt,
             body,
+            returned,
         } = fetched;
+        let broker_returned = returned.unwrap_or(0);
         let (message, info, held) = match body {
             FetchedBody::Envelope(mut envelope) => {
                 let ttl = priority_and_expiration(&envelope).1;
-                if self.expired(published_ms(&envelope), ttl, declaration) {
+                if self.expired(published_ms(&envelope), ttl, declaration)
+                    || over_delivery_limit(
+                        delivery_count(&envelope.headers).max(broker_returned),
+                        declaration,
+                    )
+                {
                     let body = FetchedBody::Envelope(envelope);
                     return Err(Fetched {
                         queue,
                         receipt,
                         body,
+                        returned,
                     });
                 }
                 let body = Bytes::from(std::mem::take(&mut envelope.body));
@@ -69,12 +91,18 @@ impl<B: VirtualBackend> State<B> {
                 (message, info, Held::Envelope { envelope, body })
             }
             FetchedBody::Message(stored) => {
-                if self.expired(stored.published_ms(), stored.expiration(), declaration) {
+                if self.expired(stored.published_ms(), stored.expiration(), declaration)
+                    || over_delivery_limit(
+                        stored.delivery_count().max(broker_returned),
+                        declaration,
+                    )
+                {
                     let body = FetchedBody::Message(stored);
                     return Err(Fetched {
                         queue,
                         receipt,
                         body,
+                        returned,
                     });
                 }
                 let (message, info) = (stored.to_raw_message(), stored.delivery_info());
@@ -85,6 +113,7 @@ impl<B: VirtualBackend> State<B> {
                     queue,
                     receipt,
                     body,
+                    returned,
                 })
             }
         };
@@ -153,6 +182,8 @@ impl<B: VirtualBackend> State<B> {
                 queue,
                 receipt,
                 body,
+                returned,
+                ..
             }) => {
                 return match body {
                     FetchedBody::Corrupt { raw, error } => {
@@ -163,8 +194,20 @@ impl<B: VirtualBackend> State<B> {
                         let Some(item) = Unacked::fetched(queue, receipt, body) else {
                             return Ok(Admitted::Skipped);
                         };
-                        self.dead_letter(&item.queue, item.held.into_stored(), "expired")
-                            .await?;
+                        let message = item.held.into_stored();
+                        let returned = message.delivery_count().max(returned.unwrap_or(0));
+                        // RabbitMQ's x-death reasons.
+                        let reason = if over_delivery_limit(returned, declaration.as_deref()) {
+                            tracing::warn!(
+                                queue = %item.queue,
+                                deliveries = returned + 1,
+                                "message over its queue's x-delivery-limit: dead-lettered"
+                            );
+                            "delivery_limit"
+                        } else {
+                            "expired"
+                        };
+                        self.dead_letter(&item.queue, message, reason).await?;
                         self.backend.ack(&item.queue, &item.receipt).await?;
                         Ok(Admitted::Skipped)
                     }

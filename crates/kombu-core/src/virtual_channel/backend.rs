@@ -48,15 +48,28 @@ pub struct Fetched {
     pub receipt: Receipt,
     /// The message.
     pub body: FetchedBody,
+    /// How often the broker delivered it before (and it came back), where
+    /// the broker counts (beanstalk's reserves, SQS's receive count): the
+    /// core reads a queue's `x-delivery-limit` against the larger of this
+    /// and the message's `x-delivery-count` header. `None`: the header only.
+    pub returned: Option<u64>,
 }
 
 impl Fetched {
+    /// Say how often the broker delivered it before (see
+    /// [`returned`](Self::returned)).
+    pub fn with_returned(mut self, returned: u64) -> Self {
+        self.returned = Some(returned);
+        self
+    }
+
     /// A fetched envelope.
     pub fn new(queue: impl Into<String>, receipt: impl Into<Receipt>, envelope: Envelope) -> Self {
         Fetched {
             queue: queue.into(),
             receipt: receipt.into(),
             body: FetchedBody::Envelope(envelope),
+            returned: None,
         }
     }
 
@@ -70,6 +83,7 @@ impl Fetched {
             queue: queue.into(),
             receipt: receipt.into(),
             body: FetchedBody::Message(message),
+            returned: None,
         }
     }
 
@@ -86,6 +100,7 @@ impl Fetched {
             queue: queue.into(),
             receipt: receipt.into(),
             body,
+            returned: None,
         }
     }
 }

@@ -543,17 +543,29 @@ impl<B: VirtualBackend> State<B> {
             receipt,
             held,
         } = item;
+        // A queue with a delivery limit counts returns in the message.
+        let counted = redelivered
+            && self
+                .known_declaration(&queue)
+                .flatten()
+                .is_some_and(|q| q.arguments.contains_key("x-delivery-limit"));
         match held {
             Held::Envelope { envelope, body } => {
                 let mut envelope = Held::whole_envelope(envelope, body);
                 if redelivered {
                     envelope.mark_redelivered();
                 }
+                if counted {
+                    envelope.count_return();
+                }
                 self.backend.requeue(&queue, &receipt, &envelope).await
             }
             Held::Message(mut message) => {
                 if redelivered {
                     message.mark_redelivered();
+                }
+                if counted {
+                    message.count_return();
                 }
                 self.backend
                     .requeue_message(&queue, &receipt, message)
@@ -679,6 +691,18 @@ impl<B: VirtualBackend> Channel for VirtualChannel<B> {
 
     async fn queue_declare(&self, queue: &Queue) -> Result<QueueInfo> {
         self.state.ensure_open()?;
+        if queue.arguments.contains_key("x-delivery-limit")
+            && !self.state.backend.capabilities().delivery_limit
+        {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "queue {:?}: this transport cannot count deliveries yet, so it cannot \
+                     honour x-delivery-limit",
+                    queue.name
+                ),
+            ));
+        }
         let exists = self.state.backend.has_queue(&queue.name).await?;
         if queue.passive && !exists {
             return Err(Error::new(

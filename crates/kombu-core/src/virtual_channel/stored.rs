@@ -236,6 +236,21 @@ impl StoredMessage {
         self.redelivered = true;
     }
 
+    /// Count one more return to the queue (`x-delivery-count`; see
+    /// [`Envelope::count_return`]).
+    pub fn count_return(&mut self) {
+        let returned = self.delivery_count() + 1;
+        self.headers_mut().insert(
+            crate::envelope::DELIVERY_COUNT_HEADER.into(),
+            returned.into(),
+        );
+    }
+
+    /// How often it was delivered and put back (`x-delivery-count`).
+    pub fn delivery_count(&self) -> u64 {
+        crate::envelope::delivery_count(self.headers())
+    }
+
     /// The publish time in milliseconds, when kept (for a TTL).
     pub fn published_ms(&self) -> Option<u64> {
         self.published_ms
