@@ -256,6 +256,7 @@ impl AmqpChannel {
                 *declared = true;
             }
         }
+        let routing_key = delayed::strip_delay_prefix(routing_key);
         let key = delayed::delivery_binding_key(routing_key);
         if exchange.is_empty() {
             let bound = side

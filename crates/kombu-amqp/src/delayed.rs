@@ -128,6 +128,22 @@ fn has_delay_prefix(routing_key: &str) -> bool {
             .all(|pair| matches!(pair, [b'0' | b'1', b'.']))
 }
 
+/// `routing_key` without a leading delay prefix (28 `0.`/`1.`), as a
+/// delivery of a delayed message carries it.
+///
+/// ```
+/// let delivered = format!("{}1.1.tasks", "0.".repeat(26));
+/// assert_eq!(kombu_amqp::delayed::strip_delay_prefix(&delivered), "tasks");
+/// assert_eq!(kombu_amqp::delayed::strip_delay_prefix("tasks"), "tasks");
+/// ```
+pub fn strip_delay_prefix(routing_key: &str) -> &str {
+    if has_delay_prefix(routing_key) {
+        &routing_key[PREFIX_LEN..]
+    } else {
+        routing_key
+    }
+}
+
 /// The routing key of a message delayed `seconds` (1 ..= 2^28 - 1):
 /// the 28 binary digits of the delay joined by dots, `.`, then
 /// `routing_key` (kombu's `calculate_routing_key`, which also strips a
@@ -153,11 +169,7 @@ pub fn routing_key(seconds: u64, routing_key: &str) -> Result<String> {
              by it, as kombu requires); the message was not sent",
         ));
     }
-    let rest = if has_delay_prefix(routing_key) {
-        &routing_key[PREFIX_LEN..]
-    } else {
-        routing_key
-    };
+    let rest = strip_delay_prefix(routing_key);
     let digits = format!("{seconds:028b}");
     let mut key = String::with_capacity(PREFIX_LEN + rest.len());
     for digit in digits.chars() {
