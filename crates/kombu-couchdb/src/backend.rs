@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kombu_core::spi::{async_trait, Fetched, FetchedBody, QueueBinding, Receipt, VirtualBackend};
+use kombu_core::spi::{
+    async_trait, Fetched, FetchedBody, QueueBinding, Receipt, StoredMessage, VirtualBackend,
+};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -95,23 +97,29 @@ impl CouchBackend {
     /// most `claim_batch` of them). Messages leased by others are skipped
     /// page by page, each page twice the size of the one before (up to
     /// [`PAGE`]), so a queue whose head is leased costs a few requests, not
-    /// one per leased message.
-    async fn candidates(&self, queue: &str, now: u64) -> Result<Vec<Value>> {
+    /// one per leased message. With none ready, also when the first
+    /// delayed message of the queue is due (Unix ms), if it has any.
+    async fn candidates(&self, queue: &str, now: u64) -> Result<(Vec<Value>, Option<u64>)> {
         let mut cursor = Cursor::messages(queue);
         let mut limit = self.claim_batch;
+        let mut next_due: Option<u64> = None;
         while let Some(rows) = self.next_page(&mut cursor, limit, true).await? {
-            let ready: Vec<Value> = rows
-                .into_iter()
-                .filter_map(|row| row.doc)
-                .filter(|doc| layout::is_ready(doc, now))
-                .take(self.claim_batch)
-                .collect();
+            let mut ready = Vec::new();
+            for doc in rows.into_iter().filter_map(|row| row.doc) {
+                if layout::is_ready(&doc, now) {
+                    if ready.len() < self.claim_batch {
+                        ready.push(doc);
+                    }
+                } else if let Some(due) = layout::due_of(&doc, now) {
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                }
+            }
             if !ready.is_empty() {
-                return Ok(ready);
+                return Ok((ready, None));
             }
             limit = (limit * 2).min(PAGE);
         }
-        Ok(Vec::new())
+        Ok((Vec::new(), next_due))
     }
 
     /// The next page of `cursor`'s id range: at most `limit` rows (with
@@ -175,13 +183,14 @@ impl CouchBackend {
         Ok(rows.into_iter().filter_map(Row::from_json).collect())
     }
 
-    /// Lease the oldest ready message of `queue`, if there is one.
-    async fn claim(&self, queue: &str) -> Result<Option<Fetched>> {
+    /// Lease the oldest ready message of `queue`, if there is one; if
+    /// not, when its first delayed message is due (Unix ms), if any.
+    async fn claim(&self, queue: &str) -> Result<(Option<Fetched>, Option<u64>)> {
         for _round in 0..WRITE_ATTEMPTS {
             let now = now_ms();
-            let candidates = self.candidates(queue, now).await?;
+            let (candidates, next_due) = self.candidates(queue, now).await?;
             if candidates.is_empty() {
-                return Ok(None);
+                return Ok((None, next_due));
             }
             let until = now + self.visibility_timeout.as_millis() as u64;
             for mut doc in candidates {
@@ -213,7 +222,7 @@ impl CouchBackend {
                                 envelope.mark_redelivered();
                             }
                         }
-                        return Ok(Some(fetched));
+                        return Ok((Some(fetched), None));
                     }
                     // Another consumer won this one (or it is gone): next.
                     404 | 409 => continue,
@@ -222,16 +231,21 @@ impl CouchBackend {
             }
             // Every candidate went to someone else: look again.
         }
-        Ok(None)
+        Ok((None, None))
     }
 
-    async fn claim_any(&self, queues: &[String]) -> Result<Option<Fetched>> {
+    /// Lease a message of the first of `queues` that has one ready; if
+    /// none has, when the first delayed message of any is due (Unix ms).
+    async fn claim_any(&self, queues: &[String]) -> Result<(Option<Fetched>, Option<u64>)> {
+        let mut next_due: Option<u64> = None;
         for queue in queues {
-            if let Some(found) = self.claim(queue).await? {
-                return Ok(Some(found));
+            match self.claim(queue).await? {
+                (Some(found), _) => return Ok((Some(found), None)),
+                (None, Some(due)) => next_due = Some(next_due.map_or(due, |d| d.min(due))),
+                (None, None) => {}
             }
         }
-        Ok(None)
+        Ok((None, next_due))
     }
 
     /// A document by id (`None` when missing or deleted).
@@ -341,9 +355,10 @@ impl CouchBackend {
         Ok(())
     }
 
-    /// Delete the messages of `queue` (only the ready ones when
-    /// `ready_only`) at the revisions read, page by page; returns how many
-    /// went. A message claimed in between keeps its new revision and stays.
+    /// Delete the messages of `queue` (only the ready and the delayed ones
+    /// when `ready_only`: not those leased by consumers) at the revisions
+    /// read, page by page; returns how many went. A message claimed in
+    /// between keeps its new revision and stays.
     async fn delete_messages(&self, queue: &str, ready_only: bool) -> Result<u64> {
         let mut cursor = Cursor::messages(queue);
         let mut total = 0;
@@ -352,7 +367,10 @@ impl CouchBackend {
             let doomed = rows
                 .iter()
                 .filter(|row| {
-                    !ready_only || row.doc.as_ref().is_some_and(|d| layout::is_ready(d, now))
+                    !ready_only
+                        || row.doc.as_ref().is_some_and(|d| {
+                            layout::is_ready(d, now) || layout::due_of(d, now).is_some()
+                        })
                 })
                 .map(|row| (row.id.as_str(), row.rev.as_str()));
             total += self.bulk_delete(doomed).await?;
@@ -473,6 +491,7 @@ pub(crate) fn capabilities() -> Capabilities {
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_redelivers_unacked(true)
+        .with_delayed_delivery(true)
 }
 
 #[async_trait]
@@ -545,6 +564,30 @@ impl VirtualBackend for CouchBackend {
         Ok(())
     }
 
+    /// One `PUT` of a message document that no claim takes before
+    /// `not_before_ms` ([`layout::delayed_message_doc`]): in its queue's
+    /// id range, placed by its due time. A consumer waiting on the changes
+    /// feed sees it stored, finds it not ready, and looks again when it is
+    /// due.
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        let now = now_ms();
+        let seq = self.seqs.next(now);
+        let envelope = message.into_envelope();
+        let doc = layout::delayed_message_doc(queue, &seq, &envelope, priority, now, not_before_ms);
+        let id = doc["_id"].as_str().unwrap_or_default().to_owned();
+        self.client
+            .send(Method::PUT, &[&id], &[], Some(&doc), None)
+            .await?
+            .ok("store a delayed message")?;
+        Ok(())
+    }
+
     /// The same documents as [`put`](Self::put), written with
     /// `POST /{db}/_bulk_docs`, 256 documents (or 4 MiB of payload) a
     /// request, one request after another. Their sequences follow the
@@ -581,21 +624,32 @@ impl VirtualBackend for CouchBackend {
 
     async fn fetch(&self, queues: &[String], wait: Duration) -> Result<Option<Fetched>> {
         if wait.is_zero() {
-            return self.claim_any(queues).await;
+            return Ok(self.claim_any(queues).await?.0);
         }
         let deadline = tokio::time::Instant::now() + wait;
         // Read the position first: whatever is stored after it wakes us.
         let mut since = self.feed.position(&self.client).await?;
         loop {
-            if let Some(found) = self.claim_any(queues).await? {
+            let (found, next_due) = self.claim_any(queues).await?;
+            if let Some(found) = found {
                 self.feed.remember(since);
                 return Ok(Some(found));
             }
+            // A delayed message becomes ready without a change: look again
+            // when the first one is due (a millisecond after).
+            let wake_at = next_due.map_or(deadline, |due| {
+                let left = Duration::from_millis(due.saturating_sub(now_ms()) + 1);
+                deadline.min(tokio::time::Instant::now() + left)
+            });
             loop {
-                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if remaining.is_zero() {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
                     self.feed.remember(since);
                     return Ok(None);
+                }
+                let remaining = wake_at.saturating_duration_since(now);
+                if remaining.is_zero() {
+                    break;
                 }
                 let (next, relevant) = self
                     .feed

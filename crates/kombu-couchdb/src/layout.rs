@@ -255,6 +255,63 @@ pub fn message_doc(
     })
 }
 
+/// The sequence of a delayed message due at `due_ms`: the due time in
+/// place of the publish time, then the sequence `seq` it was published
+/// with (which keeps it unique). Its id sorts among its queue's messages
+/// by due time, so when due it is served after the messages stored before
+/// that, and claims find ready messages ahead of it.
+///
+/// ```
+/// use kombu_couchdb::layout::delayed_seq;
+/// let seq = delayed_seq(1_700_000_005_000, "0001700000000000-000000-0a1b2c3d");
+/// assert_eq!(seq, "0001700000005000-0001700000000000-000000-0a1b2c3d");
+/// assert!(seq.as_str() > "0001700000004999-000000-0a1b2c3d");
+/// ```
+pub fn delayed_seq(due_ms: u64, seq: &str) -> String {
+    format!("{due_ms:016}-{seq}")
+}
+
+/// A delayed message document: a message document (id by
+/// [`delayed_seq`]) that is not ready until `due_ms`, as if leased by
+/// nobody until then (`lease_until` just before it), with `not_before`
+/// saying so. No claim takes it earlier; at `due_ms` it is ready like any
+/// message, and its first claim is its first delivery.
+///
+/// ```
+/// use kombu_core::Envelope;
+/// use kombu_couchdb::layout::{delayed_message_doc, is_ready, due_of};
+/// let doc = delayed_message_doc("q", "0001-000000-ab", &Envelope::default(), 0, 42, 5_000);
+/// assert_eq!(doc["_id"], r#"message:"q":255-0000000000005000-0001-000000-ab"#);
+/// assert!(!is_ready(&doc, 4_999) && is_ready(&doc, 5_000));
+/// assert_eq!(due_of(&doc, 4_000), Some(5_000));
+/// assert_eq!(due_of(&doc, 5_000), None);
+/// ```
+pub fn delayed_message_doc(
+    queue: &str,
+    seq: &str,
+    envelope: &Envelope,
+    priority: u8,
+    published_at: u64,
+    due_ms: u64,
+) -> Value {
+    let seq = delayed_seq(due_ms, seq);
+    let mut doc = message_doc(queue, &seq, envelope, priority, published_at);
+    doc["lease_until"] = due_ms.saturating_sub(1).into();
+    doc["not_before"] = due_ms.into();
+    doc
+}
+
+/// When a delayed message document becomes ready, if that is after
+/// `now_ms` (`None` for a ready, leased or ordinary message).
+pub fn due_of(doc: &Value, now_ms: u64) -> Option<u64> {
+    if !doc.get("lease_owner").is_none_or(Value::is_null) {
+        return None;
+    }
+    doc.get("not_before")
+        .and_then(Value::as_u64)
+        .filter(|due| *due > now_ms)
+}
+
 /// Lease a message document to `owner` until `until_ms` (the caller saves
 /// it with its `_rev`: of several claimants exactly one succeeds).
 ///
