@@ -362,3 +362,64 @@ async fn delayed_publish_limits() {
     clean.run(channel.as_ref()).await;
     conn.close().await.unwrap();
 }
+
+/// With `delayed_delivery_queue_type=classic` (Celery's
+/// `broker_native_delayed_delivery_queue_type='classic'`), the same
+/// comparison: classic queues, no dead-letter strategy, as kombu declares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_topology_is_the_one_kombu_declares() {
+    let (Some(base), Some(python)) = (common::url(), python_peer()) else {
+        return;
+    };
+    let creds = common::credentials(&base);
+    let user = creds.split(':').next().unwrap().to_owned();
+    let hp = common::host_port(&base);
+    let tag = unique("kombu-delay-classic");
+    let Some(py_vhost) = Vhost::create(&format!("{tag}-py"), &user) else {
+        eprintln!("SKIP: rabbitmqctl is not available");
+        return;
+    };
+    let rs_vhost = Vhost::create(&format!("{tag}-rs"), &user).unwrap();
+    let py_url = format!("amqp://{creds}@{hp}/{}", py_vhost.0);
+    let rs_url = format!(
+        "amqp://{creds}@{hp}/{}?delayed_delivery_queue_type=classic",
+        rs_vhost.0
+    );
+    run_python(
+        &python,
+        PY_DECLARE,
+        &[("URL", py_url.as_str()), ("QTYPE", "classic")],
+    )
+    .await
+    .unwrap();
+    let conn = common::connection(&rs_url, ConnectionOptions::new());
+    let channel = conn.channel().await.unwrap();
+    let q = Queue::new("delay-classic-q");
+    q.declare(channel.as_ref()).await.unwrap();
+    Producer::new(&conn)
+        .publish(
+            json!("later"),
+            PublishOptions::new()
+                .routing_key(&q.name)
+                .delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let from_python = topology_listing(&py_vhost.0);
+    let from_rust = topology_listing(&rs_vhost.0);
+    assert_eq!(from_python.len(), 28 + 29 + 56, "{from_python:#?}");
+    let differ: Vec<_> = from_rust
+        .iter()
+        .zip(&from_python)
+        .filter(|(r, p)| r != p)
+        .collect();
+    assert!(differ.is_empty(), "Rust vs Python: {differ:#?}");
+    assert_eq!(from_rust.len(), from_python.len());
+    let level = from_rust
+        .iter()
+        .find(|l| l.starts_with("list_queues: celery_delayed_0\t"))
+        .unwrap();
+    assert!(level.contains("\tclassic\t"), "{level}");
+    assert!(!level.contains("x-dead-letter-strategy"), "{level}");
+    conn.close().await.unwrap();
+}
