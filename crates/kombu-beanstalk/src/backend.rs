@@ -477,10 +477,13 @@ impl VirtualBackend for BeanstalkBackend {
         Ok(())
     }
 
+    /// Ready and delayed jobs (delayed messages are purged too, as on the
+    /// other transports); reserved and buried ones stay.
     async fn purge(&self, queue: &str) -> Result<u64> {
         self.ensure_open()?;
         check_queue(queue)?;
-        self.delete_all(queue, PeekState::Ready).await
+        let ready = self.delete_all(queue, PeekState::Ready).await?;
+        Ok(ready + self.delete_all(queue, PeekState::Delayed).await?)
     }
 
     async fn size(&self, queue: &str) -> Result<u64> {

@@ -168,6 +168,19 @@ async fn publish_delay_is_a_delayed_job_rounded_up() {
         m.ack().await.unwrap();
     }
     drop(c);
+    // A purge takes delayed jobs too.
+    Producer::new(&conn)
+        .publish(
+            json!("in a minute"),
+            PublishOptions::new()
+                .routing_key(&q.name)
+                .delay(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(backend.delayed(&q.name).await.unwrap(), 1);
+    assert_eq!(channel.queue_purge(&q.name).await.unwrap(), 1);
+    assert_eq!(backend.delayed(&q.name).await.unwrap(), 0);
     channel.queue_delete(&q.name).await.unwrap();
     conn.close().await.unwrap();
 }
