@@ -500,6 +500,27 @@ async fn short_delay_is_delay_seconds() {
     assert!(raw
         .message_attributes()
         .is_none_or(|a| !a.contains_key(kombu_sqs::NOT_BEFORE_ATTRIBUTE)));
+    // Through a kombu-rs consumer (long polling), as the conformance check.
+    let mut c = consumer(&conn, &q).await;
+    for delay in [Duration::from_millis(1200), Duration::from_secs(2)] {
+        let sent = publish_delayed(&conn, &q, "later", delay).await;
+        let m = kombu_testkit::recv_within(
+            &mut c,
+            delay + Duration::from_secs(10),
+            "the delayed message",
+        )
+        .await
+        .unwrap();
+        let took = sent.elapsed();
+        println!("delay {delay:?}: delivered to a consumer after {took:?}");
+        assert!(took >= delay, "delivered after {took:?}");
+        assert!(
+            took <= delay + Duration::from_secs(1),
+            "delivered after {took:?}"
+        );
+        m.ack().await.unwrap();
+    }
+    drop(c);
     clean.run(channel.as_ref()).await;
     conn.close().await.unwrap();
 }
