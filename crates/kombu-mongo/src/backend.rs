@@ -369,11 +369,15 @@ impl MongoBackend {
     }
 
     /// A message handed over while a poll found others: one more when
-    /// `max` has room, else its lease is given back.
+    /// `max` has room, at its place in claim order (it may have been
+    /// stored before messages the poll claimed), else its lease is given
+    /// back.
     async fn take_handed(&self, taken: &mut Vec<Fetched>, handed: Box<Handed>, max: usize) {
         if taken.len() < max {
             self.handoffs.took_one();
-            taken.push(handed.fetched);
+            let key = claim_key(&handed.fetched);
+            let at = taken.partition_point(|f| claim_key(f) <= key);
+            taken.insert(at, handed.fetched);
         } else {
             self.release(&handed.fetched.queue, handed.id, &handed.lease_id)
                 .await;
@@ -435,6 +439,21 @@ impl Drop for MongoBackend {
         self.watch.stop();
         self.delays.stop();
     }
+}
+
+/// Where a fetched message stands in claim order: broadcast messages
+/// (served first) before stored ones, these by stored priority, then `_id`
+/// (the receipt's hex, which sorts as the ObjectId).
+fn claim_key(fetched: &Fetched) -> (i32, &str) {
+    let Some(rest) = fetched.receipt.strip_prefix(MESSAGE_RECEIPT) else {
+        return (i32::MIN, "");
+    };
+    let id = rest.split_once(':').map_or(rest, |(id, _)| id);
+    let priority = match &fetched.body {
+        kombu_core::spi::FetchedBody::Envelope(envelope) => stored_priority(envelope.priority()),
+        _ => i32::MAX,
+    };
+    (priority, id)
 }
 
 /// `expire_at` of a message put with `ttl` on (kombu's `_put`): the earlier
@@ -929,5 +948,47 @@ impl VirtualBackend for MongoBackend {
         self.watch.stop();
         self.client.clone().shutdown().immediate(true).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(id: ObjectId, priority: u8) -> Fetched {
+        let payload = format!(r#"{{"body": "", "properties": {{"priority": {priority}}}}}"#);
+        Fetched::from_json(
+            "q",
+            format!("{MESSAGE_RECEIPT}{}:lease", id.to_hex()),
+            payload.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_handed_over_message_sorts_into_claim_order() {
+        let (a, b, c) = (ObjectId::new(), ObjectId::new(), ObjectId::new());
+        let broadcast = Fetched::from_json("q", format!("{RECEIPT_PREFIX}1"), b"{}");
+        // Stored before `b` and `c`, handed over while a poll claimed them.
+        let taken = [broadcast, fetched(b, 0), fetched(c, 0)];
+        let mut keys: Vec<(i32, String)> = taken
+            .iter()
+            .map(|f| (claim_key(f).0, claim_key(f).1.to_owned()))
+            .collect();
+        let handed = fetched(a, 0);
+        let key = claim_key(&handed);
+        let at = taken.partition_point(|f| claim_key(f) <= key);
+        assert_eq!(at, 1, "after the broadcast, before b and c");
+        keys.insert(at, (key.0, key.1.to_owned()));
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]));
+        // A higher priority goes first; a lower one last.
+        assert_eq!(
+            taken.partition_point(|f| claim_key(f) <= claim_key(&fetched(a, 9))),
+            1
+        );
+        let late = fetched(ObjectId::new(), 0);
+        assert_eq!(
+            taken.partition_point(|f| claim_key(f) <= claim_key(&late)),
+            3
+        );
     }
 }
