@@ -26,7 +26,7 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print messages of a queue as JSON lines, acking each.
     Consume(ConsumeArgs),
-    /// Size, purge or delete a queue.
+    /// Size, purge or delete a queue; show, requeue or purge its quarantine.
     #[command(subcommand)]
     Queue(QueueCommand),
     /// Measure publish and consume throughput, round-trip latency and memory.
@@ -161,6 +161,30 @@ pub enum QueueCommand {
     Purge(QueueArgs),
     /// Delete QUEUE; prints how many messages it held.
     Delete(QueueArgs),
+    /// QUEUE's quarantine (QUEUE.quarantine): what was rejected, unreadable
+    /// or over its delivery limit without a dead-letter exchange.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Print up to COUNT quarantined messages as JSON lines (with why, in
+    /// `x-death` or `x-kombu-error`), leaving them quarantined.
+    Show(QuarantineShowArgs),
+    /// Put every quarantined message back in QUEUE; prints how many.
+    Requeue(QueueArgs),
+    /// Remove every quarantined message; prints how many.
+    Purge(QueueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineShowArgs {
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    /// Most messages to print.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub count: usize,
 }
 
 #[derive(Debug, Args)]

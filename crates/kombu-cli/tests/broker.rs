@@ -437,6 +437,96 @@ fn ctrl_c_returns_unacked_messages(url: &str) {
     assert_eq!(queue_size(url, &q.queue), 20 - printed as u64);
 }
 
+/// A message rejected (no dead-letter exchange) lands in the queue's
+/// quarantine: `kombu queue quarantine show` prints it and leaves it,
+/// `requeue` moves it back, `purge` empties the quarantine.
+fn quarantine_show_requeue_purge(url: &str) {
+    let q = scratch(url, "cli-quar");
+    let quarantine = kombu::quarantine_of(&q.queue);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reject_one = |body: &str| {
+        runtime.block_on(async {
+            kombu::install_default_transports();
+            let conn = kombu::Connection::new(url).unwrap();
+            let channel = conn.channel().await.unwrap();
+            kombu::Queue::new(&q.queue)
+                .declare(channel.as_ref())
+                .await
+                .unwrap();
+            kombu::Producer::new(&conn)
+                .publish(
+                    json!(body),
+                    kombu::PublishOptions::new().routing_key(&q.queue),
+                )
+                .await
+                .unwrap();
+            let mut consumer = kombu::Consumer::builder(&conn)
+                .queue(kombu::Queue::new(&q.queue))
+                .build()
+                .await
+                .unwrap();
+            use futures::StreamExt;
+            let m = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            m.reject().await.unwrap();
+            consumer.close().await.unwrap();
+            conn.close().await.unwrap();
+        })
+    };
+    let caps = runtime.block_on(async {
+        kombu::install_default_transports();
+        kombu::Connection::new(url)
+            .unwrap()
+            .capabilities()
+            .await
+            .unwrap()
+    });
+    if !caps.quarantine {
+        eprintln!("SKIP quarantine commands: {url} keeps no quarantine");
+        return;
+    }
+    reject_one("first");
+    let show = kombu(&["queue", "quarantine", "show", "--url", url, &q.queue]);
+    show.expect_code(0);
+    let lines = show.json_lines();
+    assert_eq!(lines[0]["body"], "first", "{}", show.stdout);
+    assert_eq!(lines[0]["headers"]["x-death"][0]["reason"], "rejected");
+    assert_eq!(
+        queue_size(url, &quarantine),
+        1,
+        "show leaves it quarantined"
+    );
+    let requeue = kombu(&["queue", "quarantine", "requeue", "--url", url, &q.queue]);
+    requeue.expect_code(0);
+    assert_eq!(requeue.stdout.trim(), "1");
+    assert_eq!(queue_size(url, &quarantine), 0);
+    assert_eq!(queue_size(url, &q.queue), 1, "back in its queue");
+    let consumed = kombu(&[
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+    ]);
+    consumed.expect_code(0);
+    assert_eq!(consumed.json_lines()[0]["body"], "first");
+    reject_one("second");
+    let purge = kombu(&["queue", "quarantine", "purge", "--url", url, &q.queue]);
+    purge.expect_code(0);
+    assert_eq!(purge.stdout.trim(), "1");
+    let _ = kombu(&["queue", "delete", "--url", url, &quarantine]);
+}
+
 fn run_all(transport: &str) {
     run_all_on(transport, transport);
 }
@@ -454,6 +544,7 @@ fn run_all_on(service: &str, scheme: &str) {
     count_takes_no_more_than_asked(&url);
     #[cfg(unix)]
     ctrl_c_returns_unacked_messages(&url);
+    quarantine_show_requeue_purge(&url);
     let run = kombu(&[
         "bench",
         "--url",
@@ -516,4 +607,9 @@ fn mongodb_round_trips() {
 #[test]
 fn couchdb_round_trips() {
     run_all("couchdb");
+}
+
+#[test]
+fn nats_round_trips() {
+    run_all("nats");
 }

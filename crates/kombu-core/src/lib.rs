@@ -56,4 +56,5 @@ pub use simple::SimpleQueue;
 pub use transport::{Capabilities, Channel, DeliveryStream, QueueInfo, TransportKind};
 pub use transport_info::TransportInfo;
 pub use url::BrokerUrl;
+pub use virtual_channel::{quarantine_of, QUARANTINE_SUFFIX};
 pub use worker::{Worker, WorkerStats};

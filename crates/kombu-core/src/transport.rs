@@ -91,6 +91,10 @@ pub struct Capabilities {
     /// A queue's `x-delivery-limit` is honoured: a message returned more
     /// often than the limit is dead-lettered instead of delivered again.
     pub delivery_limit: bool,
+    /// What would be dropped for good without a dead-letter exchange (an
+    /// unreadable stored value, a rejected message, one over its delivery
+    /// limit) is kept in the queue's quarantine, `<queue>.quarantine`.
+    pub quarantine: bool,
 }
 
 impl Capabilities {
@@ -112,6 +116,7 @@ impl Capabilities {
             delayed_delivery: false,
             lease_extension: false,
             delivery_limit: false,
+            quarantine: false,
         }
     }
 
@@ -163,6 +168,11 @@ impl Capabilities {
     /// Set whether unacked messages of a dead consumer come back.
     pub fn with_redelivers_unacked(mut self, yes: bool) -> Self {
         self.redelivers_unacked = yes;
+        self
+    }
+    /// Set whether dropped messages are kept in a quarantine.
+    pub fn with_quarantine(mut self, yes: bool) -> Self {
+        self.quarantine = yes;
         self
     }
     /// Set whether `x-delivery-limit` is honoured.

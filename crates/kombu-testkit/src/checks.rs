@@ -899,6 +899,57 @@ pub async fn delivery_limit_dead_letters(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// A message rejected from a queue without a dead-letter exchange is kept
+/// in the queue's quarantine (`<queue>.quarantine`) with an `x-death`
+/// saying why, its body intact; where the transport has no quarantine it
+/// is gone.
+pub async fn rejected_message_is_quarantined(conn: &Connection) -> Result<()> {
+    let caps = conn.capabilities().await?;
+    let mut clean = Cleanup::new();
+    let channel = conn.channel().await?;
+    let q = Queue::new(clean.queue(&unique("quar-q")));
+    let quarantine = kombu_core::quarantine_of(&q.name);
+    clean.queue(&quarantine);
+    q.declare(channel.as_ref()).await?;
+    Producer::new(conn)
+        .publish(
+            json!("unwanted"),
+            PublishOptions::new().routing_key(&q.name),
+        )
+        .await?;
+    let mut c = consumer(conn, &q, 1).await?;
+    let m = recv(&mut c).await?;
+    m.reject().await?;
+    if !caps.quarantine {
+        expect_only_sentinel(conn, &mut c, &q.name).await?;
+        clean.run(channel.as_ref()).await;
+        return Ok(());
+    }
+    let mut held = consumer(conn, &Queue::new(&quarantine), 1).await?;
+    let kept = recv_within(
+        &mut held,
+        Duration::from_secs(10),
+        "the quarantined message",
+    )
+    .await?;
+    expect_eq(
+        kept.decode::<String>()?,
+        "unwanted".into(),
+        "the quarantined body",
+    )?;
+    let reason = kept
+        .headers()
+        .get("x-death")
+        .and_then(|d| d.get(0))
+        .and_then(|d| d.get("reason"))
+        .cloned();
+    expect_eq(reason, Some(json!("rejected")), "x-death reason")?;
+    kept.ack().await?;
+    expect_only_sentinel(conn, &mut c, &q.name).await?;
+    clean.run(channel.as_ref()).await;
+    Ok(())
+}
+
 /// A message past its expiration is not delivered.
 pub async fn message_ttl_expires(conn: &Connection) -> Result<()> {
     if !conn.capabilities().await?.ttl {

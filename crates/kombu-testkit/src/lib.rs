@@ -83,6 +83,7 @@ macro_rules! conformance_tests {
             queue_ttl_expires,
             dead_letter_on_reject,
             delivery_limit_dead_letters,
+            rejected_message_is_quarantined,
             max_length_drops_oldest,
             large_body_1mib,
             many_producers_many_consumers,

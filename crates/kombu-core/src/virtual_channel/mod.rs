@@ -65,7 +65,24 @@ pub struct VirtualOptions {
     pub operation_timeout: Option<Duration>,
     /// The transport's name, for errors and logs.
     pub transport_name: &'static str,
+    /// Keep what would be dropped for good (an unreadable stored value, a
+    /// message rejected or over its delivery limit, without a dead-letter
+    /// exchange) in the queue's quarantine, `<queue>.quarantine` (the
+    /// `quarantine` transport option; default true).
+    pub quarantine: bool,
 }
+
+/// The quarantine queue of `queue`: `<queue>.quarantine`.
+///
+/// ```
+/// assert_eq!(kombu_core::quarantine_of("tasks"), "tasks.quarantine");
+/// ```
+pub fn quarantine_of(queue: &str) -> String {
+    format!("{queue}{QUARANTINE_SUFFIX}")
+}
+
+/// What a quarantine queue's name ends with.
+pub const QUARANTINE_SUFFIX: &str = ".quarantine";
 
 impl Default for VirtualOptions {
     fn default() -> Self {
@@ -73,12 +90,13 @@ impl Default for VirtualOptions {
             unroutable_queue: None,
             operation_timeout: None,
             transport_name: "virtual",
+            quarantine: true,
         }
     }
 }
 
 /// Transport options every virtual transport understands (on top of its own).
-pub const VIRTUAL_OPTIONS: &[&str] = &["unroutable_queue", "operation_timeout"];
+pub const VIRTUAL_OPTIONS: &[&str] = &["unroutable_queue", "operation_timeout", "quarantine"];
 
 impl VirtualOptions {
     /// Keep unroutable messages in `queue` instead of dropping them.
@@ -105,6 +123,7 @@ impl VirtualOptions {
         Ok(VirtualOptions {
             unroutable_queue: options.get_str("unroutable_queue")?.map(str::to_owned),
             operation_timeout: options.get_duration_secs("operation_timeout")?,
+            quarantine: options.get_bool("quarantine")?.unwrap_or(true),
             ..VirtualOptions::default()
         })
     }
@@ -173,7 +192,10 @@ impl<B: VirtualBackend> VirtualTransport<B> {
 #[async_trait]
 impl<B: VirtualBackend> Transport for VirtualTransport<B> {
     fn capabilities(&self) -> Capabilities {
-        self.backend.capabilities()
+        // The quarantine is the virtual channel's own.
+        self.backend
+            .capabilities()
+            .with_quarantine(self.options.quarantine)
     }
 
     async fn create_channel(&self) -> Result<Arc<dyn Channel>> {
@@ -485,14 +507,14 @@ impl<B: VirtualBackend> State<B> {
         mut message: StoredMessage,
         reason: &str,
     ) -> Result<()> {
-        let Some(declaration) = self.declaration(queue).await? else {
-            tracing::debug!(queue, reason, "message dropped (no dead-letter exchange)");
-            return Ok(());
+        let declaration = self.declaration(queue).await?;
+        let Some(dlx) = declaration
+            .as_ref()
+            .and_then(|d| d.dead_letter_exchange.clone())
+        else {
+            return self.quarantine_or_drop(queue, message, reason).await;
         };
-        let Some(dlx) = declaration.dead_letter_exchange.clone() else {
-            tracing::debug!(queue, reason, "message dropped (no dead-letter exchange)");
-            return Ok(());
-        };
+        let declaration = declaration.expect("a dead-letter exchange comes from a declaration");
         let routing_key = declaration
             .dead_letter_routing_key
             .clone()
@@ -514,6 +536,47 @@ impl<B: VirtualBackend> State<B> {
         tracing::debug!(queue, reason, exchange = %dlx, "message dead-lettered");
         self.route_and_put(&dlx, &routing_key, message, priority, false)
             .await
+    }
+
+    /// No dead-letter exchange: a message rejected (or unreadable) or over
+    /// its delivery limit goes to the queue's quarantine, unless the
+    /// `quarantine` option is off or the queue is a quarantine itself;
+    /// an expired or overflowing one is dropped, as RabbitMQ does.
+    async fn quarantine_or_drop(
+        &self,
+        queue: &str,
+        mut message: StoredMessage,
+        reason: &str,
+    ) -> Result<()> {
+        let keep = self.options.quarantine
+            && matches!(reason, "rejected" | "delivery_limit")
+            && !queue.ends_with(QUARANTINE_SUFFIX);
+        if !keep {
+            tracing::debug!(queue, reason, "message dropped (no dead-letter exchange)");
+            return Ok(());
+        }
+        let target = quarantine_of(queue);
+        let (exchange, published_key) = (
+            message.exchange().to_owned(),
+            message.routing_key().to_owned(),
+        );
+        add_x_death(
+            message.headers_mut(),
+            queue,
+            reason,
+            &exchange,
+            &published_key,
+        );
+        message.clear_expiry();
+        message.set_destination("", &target);
+        let declared = self.lock().declarations.contains_key(&target);
+        if !declared {
+            self.backend.new_queue(&Queue::new(&target)).await?;
+            self.lock().declarations.insert(target.clone(), None);
+        }
+        tracing::warn!(queue, reason, quarantine = %target, "message quarantined (no dead-letter exchange)");
+        let priority = message.priority();
+        self.put_in_queue(&target, message, priority).await
     }
 
     /// True when a message published at `published` (ms) with
