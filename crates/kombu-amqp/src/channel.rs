@@ -368,6 +368,19 @@ impl Channel for AmqpChannel {
 
     async fn queue_declare(&self, queue: &Queue) -> Result<QueueInfo> {
         self.check_link("queue.declare")?;
+        if queue.arguments.contains_key("x-delivery-limit") && queue.queue_type() != Some("quorum")
+        {
+            // A classic queue takes the argument and ignores it: the poison
+            // message would loop forever.
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "amqp: queue {:?}: RabbitMQ honours x-delivery-limit on quorum queues only \
+                     (Queue::quorum())",
+                    queue.name
+                ),
+            ));
+        }
         let options = QueueDeclareOptions {
             passive: queue.passive,
             durable: queue.durable,
@@ -603,6 +616,13 @@ impl Channel for AmqpChannel {
     async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
         self.check_open("basic.reject")?;
         self.tracked.acks.reject(delivery_tag, requeue).await
+    }
+
+    /// Nothing to extend: RabbitMQ keeps an unacked delivery with its
+    /// channel for as long as the channel lives (its `consumer_timeout`,
+    /// a server setting, closes a channel holding one too long).
+    async fn extend_lease(&self, _delivery_tag: u64, _by: std::time::Duration) -> Result<()> {
+        self.check_open("extending a lease")
     }
 
     /// Per-consumer prefetch (`global=false`): applies to consumers started

@@ -63,6 +63,8 @@ pub fn capabilities() -> Capabilities {
         .with_redelivers_unacked(true)
         // RabbitMQ honours x-delivery-limit on quorum queues.
         .with_delivery_limit(true)
+        // Deliveries stay with their channel: nothing to extend.
+        .with_lease_extension(true)
         .with_delayed_delivery(true)
 }
 

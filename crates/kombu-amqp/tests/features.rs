@@ -270,6 +270,19 @@ async fn quorum_queue_delivery_limit_dead_letters() {
     }
 }
 
+/// A classic queue would take `x-delivery-limit` and ignore it (the
+/// poison message loops forever): the declaration is refused instead.
+#[tokio::test]
+async fn a_delivery_limit_on_a_classic_queue_is_refused() {
+    let Some(url) = common::url() else { return };
+    let conn = common::connection(&url, ConnectionOptions::new());
+    let channel = conn.channel().await.unwrap();
+    let q = Queue::new(unique("classic-limit")).delivery_limit(3);
+    let err = channel.queue_declare(&q).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("quorum"), "{err}");
+}
+
 /// A stream keeps what it was sent after it is read: each consumer reads
 /// from its own `x-stream-offset` (first: everything; an offset: from
 /// there; next: only what comes after it starts).
