@@ -26,6 +26,21 @@ async fn push_garbage(url: &str, list: &str) {
         .unwrap();
 }
 
+/// The next message the consumer can read (the unreadable one is reported
+/// as an error item, and the stream goes on).
+async fn next_readable(consumer: &mut Consumer) -> kombu_core::Message {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("the stream goes on")
+        {
+            Ok(message) => return message,
+            Err(err) => eprintln!("reported, as expected: {err}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_value_ends_in_the_quarantine_with_its_bytes() {
     let Some(url) = base_url() else { return };
@@ -46,16 +61,7 @@ async fn a_garbage_value_ends_in_the_quarantine_with_its_bytes() {
         .await
         .unwrap();
     // The consumer goes on: the next delivery is the good message.
-    let good = loop {
-        match tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("a delivery within 10 s")
-            .expect("the stream goes on")
-        {
-            Ok(message) => break message,
-            Err(err) => eprintln!("reported, as expected: {err}"),
-        }
-    };
+    let good = next_readable(&mut consumer).await;
     assert_eq!(good.decode::<String>().unwrap(), "good");
     good.ack().await.unwrap();
     let quarantine = kombu_core::quarantine_of(&queue);
@@ -98,16 +104,7 @@ async fn with_quarantine_off_a_garbage_value_is_dropped() {
         .build()
         .await
         .unwrap();
-    let good = loop {
-        match tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("a delivery within 10 s")
-            .expect("the stream goes on")
-        {
-            Ok(message) => break message,
-            Err(_) => continue,
-        }
-    };
+    let good = next_readable(&mut consumer).await;
     good.ack().await.unwrap();
     let quarantine = kombu_core::quarantine_of(&queue);
     assert_eq!(channel.queue_size(&quarantine).await.unwrap(), 0);

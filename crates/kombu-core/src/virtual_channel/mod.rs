@@ -519,19 +519,7 @@ impl<B: VirtualBackend> State<B> {
             .dead_letter_routing_key
             .clone()
             .unwrap_or_else(|| message.routing_key().to_owned());
-        let (exchange, published_key) = (
-            message.exchange().to_owned(),
-            message.routing_key().to_owned(),
-        );
-        add_x_death(
-            message.headers_mut(),
-            queue,
-            reason,
-            &exchange,
-            &published_key,
-        );
-        message.clear_expiry();
-        message.set_destination(&dlx, &routing_key);
+        send_on(&mut message, queue, reason, &dlx, &routing_key);
         let priority = message.priority();
         tracing::debug!(queue, reason, exchange = %dlx, "message dead-lettered");
         self.route_and_put(&dlx, &routing_key, message, priority, false)
@@ -556,19 +544,7 @@ impl<B: VirtualBackend> State<B> {
             return Ok(());
         }
         let target = quarantine_of(queue);
-        let (exchange, published_key) = (
-            message.exchange().to_owned(),
-            message.routing_key().to_owned(),
-        );
-        add_x_death(
-            message.headers_mut(),
-            queue,
-            reason,
-            &exchange,
-            &published_key,
-        );
-        message.clear_expiry();
-        message.set_destination("", &target);
+        send_on(&mut message, queue, reason, "", &target);
         let declared = self.lock().declarations.contains_key(&target);
         if !declared {
             self.backend.new_queue(&Queue::new(&target)).await?;
@@ -1053,6 +1029,30 @@ fn unknown_tag(delivery_tag: u64) -> Error {
         ErrorKind::PreconditionFailed,
         format!("unknown delivery tag {delivery_tag} (already acked, or from another channel)"),
     )
+}
+
+/// Ready a message leaving `queue` for `reason` to go to `exchange` with
+/// `routing_key`: its `x-death` entry added, its expiry cleared.
+fn send_on(
+    message: &mut StoredMessage,
+    queue: &str,
+    reason: &str,
+    exchange: &str,
+    routing_key: &str,
+) {
+    let (from_exchange, published_key) = (
+        message.exchange().to_owned(),
+        message.routing_key().to_owned(),
+    );
+    add_x_death(
+        message.headers_mut(),
+        queue,
+        reason,
+        &from_exchange,
+        &published_key,
+    );
+    message.clear_expiry();
+    message.set_destination(exchange, routing_key);
 }
 
 fn take_one_unacked(inner: &mut Inner, delivery_tag: u64) -> Result<Unacked> {

@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use kombu_core::{Connection, Producer, PublishOptions};
+use serde_json::json;
 use tokio::process::{Child, Command};
 
 /// The redis-server binary, or `None` to skip (a failure under
@@ -96,5 +102,66 @@ pub struct TempDir(pub PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A publisher awaiting each publish through a failover (a failed publish
+/// is tried again 50 ms later), until 200 publishes returned after
+/// `promoted` was set, or 60 s: each body with whether it returned after
+/// the promotion was seen.
+pub fn publish_through_failover(
+    conn: &Connection,
+    queue: &str,
+    promoted: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(String, bool)>> {
+    let (conn, queue) = (conn.clone(), queue.to_owned());
+    tokio::spawn(async move {
+        let mut returned = Vec::new();
+        let producer = Producer::new(&conn);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (mut after, mut i) = (0, 0u64);
+        while after < 200 && tokio::time::Instant::now() < deadline {
+            let body = format!("m{i}");
+            let was_promoted = promoted.load(Ordering::Acquire);
+            if producer
+                .publish(json!(body), PublishOptions::new().routing_key(&queue))
+                .await
+                .is_ok()
+            {
+                returned.push((body, was_promoted));
+                after += usize::from(was_promoted);
+                i += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        returned
+    })
+}
+
+/// What a failover cost: publishes returned before and after the
+/// promotion, and those of each not consumed.
+#[derive(Debug)]
+pub struct Losses {
+    pub before: usize,
+    pub lost_before: usize,
+    pub after: usize,
+    pub lost_after: Vec<String>,
+}
+
+/// Count what of `returned` (from [`publish_through_failover`]) is not in `got`.
+pub fn losses(returned: &[(String, bool)], got: &HashSet<String>) -> Losses {
+    let lost = |after: bool| {
+        returned
+            .iter()
+            .filter(|(body, p)| *p == after && !got.contains(body))
+            .map(|(body, _)| body.clone())
+            .collect::<Vec<_>>()
+    };
+    Losses {
+        before: returned.iter().filter(|(_, p)| !p).count(),
+        lost_before: lost(false).len(),
+        after: returned.iter().filter(|(_, p)| *p).count(),
+        lost_after: lost(true),
     }
 }
