@@ -629,6 +629,7 @@ impl VirtualBackend for MongoBackend {
                 {
                     document.extend(fields.clone());
                 }
+                document.insert(lease::DELIVERIES, 1_i32);
                 (id, slot, lease_id)
             });
         let _wake = self.wakeups.inserting(queue, id);
@@ -764,6 +765,46 @@ impl VirtualBackend for MongoBackend {
     /// One `delete_many` for the whole batch.
     async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
         self.delete_acked(acks).await
+    }
+
+    /// Sets the message's `lease_until` to `by` from now, while this
+    /// claim still holds it (its `lease_id`); the renewal task never
+    /// shortens it. A lease that lapsed and was claimed again, or an acked
+    /// message, is a `PreconditionFailed` error. Broadcast messages have
+    /// no lease: accepted.
+    async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+        if receipt.starts_with(RECEIPT_PREFIX) {
+            return Ok(());
+        }
+        let (id, lease_id) = Self::parse_receipt(receipt)?;
+        let until = crate::documents::after_millis(
+            DateTime::now(),
+            u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
+        );
+        let updated = self
+            .collections
+            .messages
+            .update_one(
+                doc! { "_id": id, lease::ID: lease_id },
+                doc! { "$set": { lease::UNTIL: until } },
+            )
+            .await
+            .map_err(driver("extending a lease"))?;
+        if updated.matched_count == 0 {
+            return Err(Error::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "mongodb: the lease on a message of {queue:?} had already ended (it lapsed \
+                     and another consumer claimed it, or it was acked): it may be delivered again"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `lease_timeout`: how long a claim holds without renewal.
+    fn lease_duration(&self) -> Option<Duration> {
+        Some(self.config.lease_timeout)
     }
 
     async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {

@@ -18,6 +18,11 @@ pub(crate) mod lease {
     pub const ID: &str = "lease_id";
     /// When the claim lapses unless renewed.
     pub const UNTIL: &str = "lease_until";
+    /// How often the message was claimed (handed to a consumer), counted
+    /// by every claim with `$inc`: the claims before this one are its
+    /// returns (requeued, or its lease lapsed), read against the queue's
+    /// `x-delivery-limit`.
+    pub const DELIVERIES: &str = "deliveries";
 }
 
 /// The `priority` field kombu stores: `9 - min(priority, 9)` (3 -> 6).

@@ -54,7 +54,7 @@ impl LeaseCounter {
 }
 
 /// Every `interval`, push the deadline of each lease `owner` holds to
-/// now + `timeout`. `None` when renewal is off (`interval` zero).
+/// now + `timeout` (one that ends later, extended, is left alone). `None` when renewal is off (`interval` zero).
 pub(crate) fn spawn_renewal(
     messages: Collection<Document>,
     owner: String,
@@ -82,6 +82,8 @@ pub(crate) fn spawn_renewal(
                         "_id": { "$in": ids },
                         lease::OWNER: &owner,
                         lease::ID: { "$in": lease_ids },
+                        // An extended lease (extend_lease) is not cut short.
+                        lease::UNTIL: { "$lt": until },
                     },
                     doc! { "$set": { lease::UNTIL: until } },
                 )

@@ -97,6 +97,8 @@ pub fn capabilities() -> Capabilities {
         .with_persistent(true)
         .with_redelivers_unacked(true)
         .with_delayed_delivery(true)
+        .with_lease_extension(true)
+        .with_delivery_limit(true)
 }
 
 /// Opens `mongodb://` backends. Every operation is bounded by the

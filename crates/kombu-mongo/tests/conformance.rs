@@ -63,4 +63,17 @@ fn connect() -> Option<Taken> {
     Some(Taken { conn, _turn: turn })
 }
 
-kombu_testkit::conformance_tests!(connect);
+/// The lease check's connection: a 2 s lease, not renewed (so an
+/// unextended one lapses), claimable again at once (polling every 100 ms).
+fn short_lease() -> Option<Taken> {
+    let url = kombu_testkit::test_url("mongodb")?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}lease_timeout=2&lease_renew_interval=0");
+    let turn = Turn::take();
+    let mut registry = Registry::new();
+    kombu_mongo::register(&mut registry);
+    let conn = Connection::with_registry(&url, Arc::new(registry)).expect("KOMBU_TEST_MONGODB_URL");
+    Some(Taken { conn, _turn: turn })
+}
+
+kombu_testkit::conformance_tests!(connect, lease: short_lease);

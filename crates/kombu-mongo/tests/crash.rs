@@ -23,6 +23,8 @@ const CHILD_ENV: &str = "KOMBU_MONGO_CRASH_CHILD";
 /// Set for a child that publishes its own messages while its consumer
 /// waits (each handed over, stored leased to it).
 const HANDOFF_ENV: &str = "KOMBU_MONGO_CRASH_HANDOFF";
+/// Set for a child that holds the first message it gets and waits.
+const HOLD_ONE_ENV: &str = "KOMBU_MONGO_CRASH_HOLD_ONE";
 const PUBLISHED: usize = 30;
 const CHILD_ACKS: usize = 5;
 const CHILD_HOLDS: usize = 10;
@@ -41,13 +43,31 @@ async fn crash_child() {
     };
     let (url, queue) = spec.split_once('|').expect("url|queue");
     let conn = connection(url, lease_options());
+    let hold_one = std::env::var(HOLD_ONE_ENV).is_ok();
     let mut consumer = Consumer::builder(&conn)
-        .queue(Queue::new(queue))
+        .queue(if hold_one {
+            limited(queue)
+        } else {
+            Queue::new(queue)
+        })
         .prefetch_count(CHILD_HOLDS as u16)
         .build()
         .await
         .expect("consumer");
     let mut held = Vec::new();
+    if hold_one {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a message within 30 s")
+            .expect("stream open")
+            .expect("message");
+        let id: String = message.decode().expect("body");
+        println!("HELD {id}");
+        println!("WAITING");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        drop(message);
+        return;
+    }
     if std::env::var(HANDOFF_ENV).is_ok() {
         // Publish each message itself while its consumer waits: handed over.
         let producer = Producer::new(&conn);
@@ -188,9 +208,23 @@ struct Killed {
     handed: Option<u64>,
 }
 
+/// `queue` with a delivery limit of 1, dead-lettered to `<queue>.dead`.
+fn limited(queue: &str) -> Queue {
+    Queue::new(queue)
+        .delivery_limit(1)
+        .dead_letter_exchange("")
+        .dead_letter_routing_key(format!("{queue}.dead"))
+}
+
 /// Run `crash_child` on `queue` (handing over its own publishes when
 /// `handoff`), wait until it holds its messages, SIGKILL it.
 async fn run_and_kill_child(url: &str, queue: &str, handoff: bool) -> Killed {
+    run_and_kill(url, queue, if handoff { Some(HANDOFF_ENV) } else { None }).await
+}
+
+/// Run `crash_child` on `queue` in the mode `mode` names (an env var set
+/// to 1), wait until it holds its messages, SIGKILL it.
+async fn run_and_kill(url: &str, queue: &str, mode: Option<&str>) -> Killed {
     let exe = std::env::current_exe().unwrap();
     let mut command = tokio::process::Command::new(exe);
     command
@@ -199,8 +233,8 @@ async fn run_and_kill_child(url: &str, queue: &str, handoff: bool) -> Killed {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    if handoff {
-        command.env(HANDOFF_ENV, "1");
+    if let Some(mode) = mode {
+        command.env(mode, "1");
     }
     let mut child = command.spawn().expect("child consumer");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -290,6 +324,65 @@ async fn sigkilled_consumer_loses_no_handed_over_message() {
         "every handed-over message recovered"
     );
     consumer.close().await.unwrap();
+    let _ = conn.close().await;
+    drop_database(&raw).await;
+}
+
+/// A message whose consumers die holding it counts those deliveries: in a
+/// queue with `x-delivery-limit` 1, two SIGKILLed consumers (each
+/// delivery's lease lapsed) use the limit up, and the message is
+/// dead-lettered instead of delivered a third time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_count_towards_the_delivery_limit() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let Some(base) = base_url() else { return };
+    let database = fresh_database("kcrashdl");
+    let url = with_database(&base, &database);
+    let raw = raw_database(&base, &database).await;
+    let queue = "crashlq";
+    let dead = format!("{queue}.dead");
+    let conn = connection(&url, lease_options());
+    let channel = conn.channel().await.unwrap();
+    Queue::new(&dead).declare(channel.as_ref()).await.unwrap();
+    limited(queue).declare(channel.as_ref()).await.unwrap();
+    Producer::new(&conn)
+        .publish(json!("poison"), PublishOptions::new().routing_key(queue))
+        .await
+        .unwrap();
+    for round in 1..=2 {
+        let killed = run_and_kill(&url, queue, Some(HOLD_ONE_ENV)).await;
+        let held: Vec<_> = killed.held.into_iter().collect();
+        assert_eq!(held, ["poison"], "consumer {round} held the message");
+    }
+    // The third delivery would be its second return: over the limit.
+    let mut consumer = Consumer::builder(&conn)
+        .queue(limited(queue))
+        .build()
+        .await
+        .unwrap();
+    let third =
+        tokio::time::timeout(Duration::from_secs_f64(LEASE_SECS * 3.0), consumer.next()).await;
+    assert!(
+        third.is_err(),
+        "delivered a third time: {:?}",
+        third.map(|m| m.map(|m| m.map(|m| m.decode::<String>())))
+    );
+    consumer.close().await.unwrap();
+    let mut dead_consumer = Consumer::builder(&conn)
+        .queue(Queue::new(&dead))
+        .build()
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), dead_consumer.next())
+        .await
+        .expect("dead-lettered within 10 s")
+        .expect("stream open")
+        .expect("message");
+    assert_eq!(message.decode::<String>().unwrap(), "poison");
+    message.ack().await.unwrap();
+    dead_consumer.close().await.unwrap();
     let _ = conn.close().await;
     drop_database(&raw).await;
 }

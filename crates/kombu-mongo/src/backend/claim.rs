@@ -30,6 +30,18 @@ use crate::broadcast::RECEIPT_PREFIX;
 use crate::documents::{after_millis, lease, payload_bytes};
 use crate::error::driver;
 
+/// How often a message was claimed before, read from its document as it
+/// was before the claim (`deliveries`, absent on a message never claimed
+/// or stored by Python kombu).
+fn earlier_deliveries(document: &Document) -> u64 {
+    match document.get(lease::DELIVERIES) {
+        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Double(n)) if *n > 0.0 => *n as u64,
+        _ => 0,
+    }
+}
+
 /// The claim order: lowest stored priority (highest message priority), then
 /// oldest.
 fn claim_order() -> Document {
@@ -49,14 +61,18 @@ impl MongoBackend {
         }
     }
 
-    /// The `$set` of a claim.
+    /// The update of a claim: the lease (`$set`) and one more delivery
+    /// (`$inc` of [`lease::DELIVERIES`]).
     pub(super) fn lease_fields(&self, lease_id: &str, now: DateTime) -> Document {
         let until = after_millis(now, self.config.lease_timeout.as_millis() as u64);
-        doc! { "$set": {
-            lease::OWNER: &self.owner,
-            lease::ID: lease_id,
-            lease::UNTIL: until,
-        } }
+        doc! {
+            "$set": {
+                lease::OWNER: &self.owner,
+                lease::ID: lease_id,
+                lease::UNTIL: until,
+            },
+            "$inc": { lease::DELIVERIES: 1 },
+        }
     }
 
     /// Claim up to `max` messages of `queue` (at least one is asked for).
@@ -102,7 +118,7 @@ impl MongoBackend {
             .find(Self::claimable(queue, now))
             .sort(claim_order())
             .limit(i64::try_from(max).unwrap_or(i64::MAX))
-            .projection(doc! { "payload": 1, lease::UNTIL: 1 })
+            .projection(doc! { "payload": 1, lease::UNTIL: 1, lease::DELIVERIES: 1 })
             .await
             .map_err(driver("looking for messages to claim"))?
             .try_collect()
@@ -155,11 +171,14 @@ impl MongoBackend {
 
     /// A claimed message as the channel gets it. `document` is the message
     /// as it was before the claim: a lease on it had lapsed (its holder died
-    /// before ack or requeue), so it is flagged redelivered.
+    /// before ack or requeue), so it is flagged redelivered. Its earlier
+    /// claims ([`lease::DELIVERIES`] before this one) are its returns.
     fn fetched(&self, queue: &str, id: ObjectId, lease_id: &str, document: &Document) -> Fetched {
         self.fetched.fetch_add(1, Ordering::Relaxed);
         let receipt = format!("{MESSAGE_RECEIPT}{}:{lease_id}", id.to_hex());
-        let mut fetched = Fetched::from_json(queue, receipt, &payload_bytes(document));
+        let returned = earlier_deliveries(document);
+        let mut fetched =
+            Fetched::from_json(queue, receipt, &payload_bytes(document)).with_returned(returned);
         if matches!(document.get(lease::UNTIL), Some(Bson::DateTime(_))) {
             if let FetchedBody::Envelope(envelope) = &mut fetched.body {
                 envelope.mark_redelivered();
@@ -178,7 +197,11 @@ impl MongoBackend {
             .messages
             .update_one(
                 doc! { "_id": id, lease::ID: lease_id },
-                doc! { "$unset": { lease::OWNER: "", lease::ID: "", lease::UNTIL: "" } },
+                doc! {
+                    "$unset": { lease::OWNER: "", lease::ID: "", lease::UNTIL: "" },
+                    // Nobody got it: not a delivery.
+                    "$inc": { lease::DELIVERIES: -1 },
+                },
             )
             .await;
         if let Err(err) = released {
