@@ -60,6 +60,8 @@ pub(crate) fn capabilities(fanout: bool, max_body: u64) -> Capabilities {
         .with_priority(false)
         .with_max_length(false)
         .with_delayed_delivery(true)
+        .with_lease_extension(true)
+        .with_delivery_limit(true)
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_max_body_size(Some(max_body))
@@ -602,7 +604,9 @@ impl SqsBackend {
                 envelope.mark_redelivered();
             }
             lease::hold(receipt, &q.client, &q.url);
-            fetched.push(Fetched::new(queue, receipt, envelope));
+            // SQS counts receives: the ones before this are its returns
+            // (requeued, or its visibility timeout ended).
+            fetched.push(Fetched::new(queue, receipt, envelope).with_returned(receives - 1));
         }
         if !early.is_empty() {
             let redelays = early
@@ -706,6 +710,17 @@ impl SqsBackend {
             }
         }
         Ok((found, wait))
+    }
+
+    /// The latest receipt of a held message (SQS may have handed it to
+    /// this process again under a new receipt), without letting it go.
+    fn latest_receipt(&self, receipt: &str) -> String {
+        let caches = self.caches();
+        caches
+            .held_ids
+            .get(receipt)
+            .and_then(|id| caches.held.get(id))
+            .map_or_else(|| receipt.to_owned(), |(_, latest)| latest.clone())
     }
 
     /// Forget a held message; returns its latest receipt.
@@ -1121,6 +1136,56 @@ impl VirtualBackend for SqsBackend {
 
     async fn ack(&self, queue: &str, receipt: &Receipt) -> Result<()> {
         self.delete_message(queue, receipt).await
+    }
+
+    /// `ChangeMessageVisibility` with the message's latest receipt handle:
+    /// invisible for `by` from now (whole seconds, rounded up; SQS allows
+    /// at most 12 hours from the first receive). A receipt SQS no longer
+    /// takes (the message became visible and another consumer received
+    /// it, or it was deleted) is a `PreconditionFailed` error.
+    async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+        let latest = self.latest_receipt(receipt);
+        let q = self.existing(queue).await?;
+        let seconds = i32::try_from(by.as_secs() + u64::from(by.subsec_nanos() > 0))
+            .unwrap_or(i32::MAX)
+            .min(43_200);
+        q.client
+            .change_message_visibility()
+            .queue_url(&q.url)
+            .receipt_handle(latest)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|e| {
+                let err = from_sdk(
+                    &format!(
+                        "extending the lease of a message of SQS queue {}",
+                        q.sqs_name
+                    ),
+                    e,
+                );
+                if err.kind() == ErrorKind::PreconditionFailed {
+                    Error::new(
+                        ErrorKind::PreconditionFailed,
+                        format!(
+                            "sqs: the lease on a message of {queue:?} had already ended (its \
+                             visibility timeout passed and another consumer received it, or it \
+                             was deleted): it may be delivered again ({err})"
+                        ),
+                    )
+                } else {
+                    err
+                }
+            })?;
+        Ok(())
+    }
+
+    /// The transport's `visibility_timeout` (what kombu-rs creates queues
+    /// with; a queue made elsewhere keeps its own).
+    fn lease_duration(&self) -> Option<Duration> {
+        Some(Duration::from_secs(
+            u64::try_from(self.settings.visibility_timeout).unwrap_or(0),
+        ))
     }
 
     async fn requeue(&self, queue: &str, receipt: &Receipt, _envelope: &Envelope) -> Result<()> {
