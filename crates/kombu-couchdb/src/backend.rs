@@ -214,7 +214,10 @@ impl CouchBackend {
                             Error::protocol("couchdb: a claimed message has no id")
                         })?;
                         let raw = layout::payload_bytes(&doc).unwrap_or_default();
-                        let mut fetched = Fetched::from_json(queue, lease.to_receipt(), &raw);
+                        // Its earlier leases are its returns (requeued, or
+                        // the lease ran out): `deliveries` counts them all.
+                        let mut fetched = Fetched::from_json(queue, lease.to_receipt(), &raw)
+                            .with_returned(lease.deliveries.saturating_sub(1));
                         if lease.deliveries > 1 {
                             // Leased before by a consumer that never
                             // acked nor released it (it died).
@@ -324,6 +327,48 @@ impl CouchBackend {
         Ok(outcomes.iter().filter(|o| **o == Outcome::Stored).count() as u64)
     }
 
+    /// The message document of `lease` if this claim still holds it (its
+    /// owner is this backend and its `deliveries` this claim's), at its
+    /// current revision: an extended lease has a newer one than the
+    /// receipt's. `None` when another claim has it, or it is gone.
+    async fn still_ours(&self, lease: &Lease) -> Result<Option<Value>> {
+        let Some(doc) = self.get_doc(&lease.id).await? else {
+            return Ok(None);
+        };
+        let owner = doc.get("lease_owner").and_then(Value::as_str);
+        let deliveries = doc.get("deliveries").and_then(Value::as_u64);
+        Ok(
+            (owner == Some(self.owner.as_str()) && deliveries == Some(lease.deliveries))
+                .then_some(doc),
+        )
+    }
+
+    /// Delete `lease`'s message at its current revision after a `409` on
+    /// the receipt's (its lease was extended since); a late ack if the
+    /// message is not ours any more.
+    async fn ack_at_current_rev(&self, queue: &str, lease: &Lease) -> Result<()> {
+        let rev = self
+            .still_ours(lease)
+            .await?
+            .and_then(|doc| doc.get("_rev").and_then(Value::as_str).map(str::to_owned));
+        let Some(rev) = rev else {
+            late_ack(queue, &lease.id);
+            return Ok(());
+        };
+        let reply = self
+            .client
+            .send(Method::DELETE, &[&lease.id], &[("rev", rev)], None, None)
+            .await?;
+        match reply.status.as_u16() {
+            200 | 202 | 404 => Ok(()),
+            409 => {
+                late_ack(queue, &lease.id);
+                Ok(())
+            }
+            _ => Err(status_error(reply.status, &reply.body, "ack a message")),
+        }
+    }
+
     /// Delete the leased messages of `leases` in one request each
     /// [`bulk::MAX_DOCS`] (acks); the first failure. A message whose lease
     /// ran out and that another consumer claimed since (a `conflict`) is
@@ -336,12 +381,13 @@ impl CouchBackend {
                 .collect();
             let outcomes = bulk::write(&self.client, docs, "ack messages").await?;
             let mut refusals = Vec::new();
+            let mut conflicts = Vec::new();
             for ((queue, lease), outcome) in batch.iter().zip(&outcomes) {
                 match outcome {
                     Outcome::Stored => {}
                     Outcome::Refused { error, .. } if error == "not_found" => {}
                     Outcome::Refused { error, .. } if error == "conflict" => {
-                        late_ack(queue, &lease.id)
+                        conflicts.push((*queue, lease))
                     }
                     Outcome::Refused { error, reason } => {
                         refusals.push((error.as_str(), reason.as_str()))
@@ -350,6 +396,10 @@ impl CouchBackend {
             }
             if !refusals.is_empty() {
                 return Err(bulk::refused("ack messages", &refusals, batch.len()));
+            }
+            // Extended since (a newer revision), or lost: one at a time.
+            for (queue, lease) in conflicts {
+                self.ack_at_current_rev(queue, lease).await?;
             }
         }
         Ok(())
@@ -492,6 +542,8 @@ pub(crate) fn capabilities() -> Capabilities {
         .with_persistent(true)
         .with_redelivers_unacked(true)
         .with_delayed_delivery(true)
+        .with_lease_extension(true)
+        .with_delivery_limit(true)
 }
 
 #[async_trait]
@@ -686,10 +738,7 @@ impl VirtualBackend for CouchBackend {
             .await?;
         match reply.status.as_u16() {
             200 | 202 | 404 => Ok(()),
-            409 => {
-                late_ack(queue, &lease.id);
-                Ok(())
-            }
+            409 => self.ack_at_current_rev(queue, &lease).await,
             _ => Err(status_error(reply.status, &reply.body, "ack a message")),
         }
     }
@@ -720,14 +769,69 @@ impl VirtualBackend for CouchBackend {
         bad.map_or(Ok(()), Err)
     }
 
+    /// Reads the message (`GET`), checks this claim still holds it (its
+    /// `lease_owner` and `deliveries`), and writes it back with
+    /// `lease_until` = now + `by` at its revision. A message another
+    /// claim holds, or one that is gone (acked, purged), is a
+    /// `PreconditionFailed` error. Ack and requeue then find the newer
+    /// revision the same way after a `409` on the receipt's.
+    async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+        let lease = Lease::from_receipt(receipt)
+            .ok_or_else(|| Error::protocol(format!("couchdb: bad receipt {receipt:?}")))?;
+        let lost = || {
+            Error::new(
+                ErrorKind::PreconditionFailed,
+                format!(
+                    "couchdb: the lease on a message of {queue:?} had already ended (it ran \
+                     out and another consumer claimed it, or it was acked): it may be \
+                     delivered again"
+                ),
+            )
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(mut doc) = self.still_ours(&lease).await? else {
+                return Err(lost());
+            };
+            let until = now_ms().saturating_add(u64::try_from(by.as_millis()).unwrap_or(u64::MAX));
+            doc["lease_until"] = until.into();
+            let reply = self
+                .client
+                .send(Method::PUT, &[&lease.id], &[], Some(&doc), None)
+                .await?;
+            match reply.status.as_u16() {
+                201 | 202 => return Ok(()),
+                404 => return Err(lost()),
+                // Written in between (another extension): read again.
+                409 => continue,
+                _ => return Err(status_error(reply.status, &reply.body, "extend a lease")),
+            }
+        }
+        Err(lost())
+    }
+
+    /// `visibility_timeout`: how long a lease lasts.
+    fn lease_duration(&self) -> Option<Duration> {
+        Some(self.visibility_timeout)
+    }
+
     async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
         let lease = Lease::from_receipt(receipt)
             .ok_or_else(|| Error::protocol(format!("couchdb: bad receipt {receipt:?}")))?;
-        let doc = lease.released_doc(queue, envelope);
-        let reply = self
+        let mut doc = lease.released_doc(queue, envelope);
+        let mut reply = self
             .client
             .send(Method::PUT, &[&lease.id], &[], Some(&doc), None)
             .await?;
+        if reply.status == StatusCode::CONFLICT {
+            // Its lease was extended since (a newer revision), if still ours.
+            if let Some(current) = self.still_ours(&lease).await? {
+                doc["_rev"] = current["_rev"].clone();
+                reply = self
+                    .client
+                    .send(Method::PUT, &[&lease.id], &[], Some(&doc), None)
+                    .await?;
+            }
+        }
         match reply.status.as_u16() {
             201 | 202 => Ok(()),
             404 | 409 => {

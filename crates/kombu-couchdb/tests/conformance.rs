@@ -24,4 +24,20 @@ fn connect() -> Option<Connection> {
     kombu_testkit::connection_for("couchdb", kombu_couchdb::register)
 }
 
-kombu_testkit::conformance_tests!(connect);
+/// The lease check's connection: a 2 s lease (`visibility_timeout`),
+/// claimed again by the next claim after it ran out.
+fn short_lease() -> Option<Connection> {
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    TURN.with(|slot| *slot.borrow_mut() = Some(turn));
+    let url = kombu_testkit::test_url("couchdb")?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}visibility_timeout=2");
+    let mut registry = kombu_core::Registry::new();
+    kombu_couchdb::register(&mut registry);
+    Some(
+        Connection::with_registry(&url, std::sync::Arc::new(registry))
+            .expect("KOMBU_TEST_COUCHDB_URL"),
+    )
+}
+
+kombu_testkit::conformance_tests!(connect, lease: short_lease);

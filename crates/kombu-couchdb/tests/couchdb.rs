@@ -488,3 +488,49 @@ async fn operation_timeout_is_the_request_timeout() {
     assert_eq!(backend.operation_timeout(), Some(Duration::from_secs(7)));
     conn.close().await.unwrap();
 }
+
+/// An extended lease makes a new revision of the message document: an ack
+/// and a requeue of the delivery still work (they find the current
+/// revision after the `409` on the receipt's), so the acked message never
+/// comes back and the requeued one comes back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_lease_is_acked_and_requeued_at_its_new_revision() {
+    let Some(conn) = connect_with(TransportOptions::new().set("visibility_timeout", 2)) else {
+        return;
+    };
+    let queue = Queue::new(unique("extended"));
+    let channel = conn.channel().await.unwrap();
+    queue.declare(channel.as_ref()).await.unwrap();
+    publish(&conn, &queue.name, json!("acked")).await;
+    publish(&conn, &queue.name, json!("requeued")).await;
+    let mut c = consumer(&conn, &queue, 2).await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(recv(&mut c).await.unwrap());
+    }
+    got.sort_by_key(|m| m.decode::<String>().unwrap());
+    let (acked, requeued) = (got.remove(0), got.remove(0));
+    assert_eq!(acked.lease_duration(), Some(Duration::from_secs(2)));
+    for m in [&acked, &requeued] {
+        m.extend_lease(Duration::from_secs(4)).await.unwrap();
+        m.extend_lease(Duration::from_secs(4)).await.unwrap();
+    }
+    acked.ack().await.unwrap();
+    requeued.requeue().await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(2), c.next())
+        .await
+        .expect("the requeued message back before its extended lease ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.decode::<String>().unwrap(), "requeued");
+    back.ack().await.unwrap();
+    // Past the extended lease: an ack that failed would show it again.
+    let again = tokio::time::timeout(Duration::from_secs(6), c.next()).await;
+    assert!(
+        again.is_err(),
+        "an acked message came back: {:?}",
+        again.map(|m| m.map(|m| m.map(|m| m.decode::<String>())))
+    );
+    drop(c);
+    delete_queue(&conn, &queue.name).await;
+}
