@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, VirtualBackend};
+use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, StopWaiting, VirtualBackend};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
 
 use crate::api::Api;
@@ -194,7 +194,49 @@ impl NatsBackend {
         }
     }
 
-    async fn pull(&self, queue: &str, batch: usize, wait: Wait) -> Result<Vec<Fetched>> {
+    async fn fetch_some(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+        stop: Option<&StopWaiting>,
+    ) -> Result<Vec<Fetched>> {
+        let max = max.clamp(1, MAX_PULL);
+        for queue in queues {
+            let got = self.pull(queue, max, Wait::No, None).await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+        }
+        let Some(first) = queues.first() else {
+            match stop {
+                Some(stop) => {
+                    stop.wait(wait).await;
+                }
+                None => tokio::time::sleep(wait).await,
+            }
+            return Ok(Vec::new());
+        };
+        if wait < Duration::from_millis(10) || stop.is_some_and(StopWaiting::is_raised) {
+            return Ok(Vec::new());
+        }
+        let mut got = self.pull(first, 1, Wait::Upto(wait), stop).await?;
+        if !got.is_empty() && max > 1 {
+            match self.pull(first, max - 1, Wait::No, None).await {
+                Ok(more) => got.extend(more),
+                Err(e) => tracing::debug!(error = %e, "nats: a follow-up pull failed"),
+            }
+        }
+        Ok(got)
+    }
+
+    async fn pull(
+        &self,
+        queue: &str,
+        batch: usize,
+        wait: Wait,
+        stop: Option<&StopWaiting>,
+    ) -> Result<Vec<Fetched>> {
         let stream = self.settings.names.stream(queue)?;
         let messages = pull(
             &self.api,
@@ -203,6 +245,7 @@ impl NatsBackend {
             batch,
             wait,
             self.settings.request_timeout,
+            stop,
         )
         .await?;
         Ok(messages
@@ -290,7 +333,7 @@ impl VirtualBackend for NatsBackend {
         }
         let mut purged = 0;
         loop {
-            let batch = self.pull(queue, MAX_PULL, Wait::No).await?;
+            let batch = self.pull(queue, MAX_PULL, Wait::No, None).await?;
             if batch.is_empty() {
                 return Ok(purged);
             }
@@ -342,28 +385,19 @@ impl VirtualBackend for NatsBackend {
         wait: Duration,
         max: usize,
     ) -> Result<Vec<Fetched>> {
-        let max = max.clamp(1, MAX_PULL);
-        for queue in queues {
-            let got = self.pull(queue, max, Wait::No).await?;
-            if !got.is_empty() {
-                return Ok(got);
-            }
-        }
-        let Some(first) = queues.first() else {
-            tokio::time::sleep(wait).await;
-            return Ok(Vec::new());
-        };
-        if wait < Duration::from_millis(10) {
-            return Ok(Vec::new());
-        }
-        let mut got = self.pull(first, 1, Wait::Upto(wait)).await?;
-        if !got.is_empty() && max > 1 {
-            match self.pull(first, max - 1, Wait::No).await {
-                Ok(more) => got.extend(more),
-                Err(e) => tracing::debug!(error = %e, "nats: a follow-up pull failed"),
-            }
-        }
-        Ok(got)
+        self.fetch_some(queues, wait, max, None).await
+    }
+
+    /// [`fetch_batch`](Self::fetch_batch) whose waiting pull stops waiting
+    /// when the channel closes (what that pull still brings is NAKed back).
+    async fn fetch_batch_until(
+        &self,
+        queues: &[String],
+        wait: Duration,
+        max: usize,
+        stop: &StopWaiting,
+    ) -> Result<Vec<Fetched>> {
+        self.fetch_some(queues, wait, max, Some(stop)).await
     }
 
     async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {

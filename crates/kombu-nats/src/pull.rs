@@ -9,11 +9,10 @@ use futures::StreamExt;
 use kombu_core::{Error, ErrorKind, Result};
 use serde_json::json;
 
+use kombu_core::spi::StopWaiting;
+
 use crate::api::Api;
 use crate::error;
-
-/// Longest a `no_wait` pull stays open on the server.
-const NO_WAIT_EXPIRES: Duration = Duration::from_secs(1);
 
 /// How a pull waits.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +32,7 @@ pub(crate) async fn pull(
     batch: usize,
     wait: Wait,
     request_timeout: Duration,
+    stop: Option<&StopWaiting>,
 ) -> Result<Vec<async_nats::Message>> {
     let client = &api.client;
     let inbox = client.new_inbox();
@@ -41,16 +41,10 @@ pub(crate) async fn pull(
         .await
         .map_err(|e| error::client("pulling messages", e))?;
     let (body, deadline) = match wait {
-        // `expires` too: nats-server 2.9 leaves a `no_wait` pull open
-        // (no 404) when its consumer is behind a purge; it then ends as a
-        // 408 instead of never.
-        Wait::No => {
-            let expires = request_timeout.min(NO_WAIT_EXPIRES);
-            (
-                json!({"batch": batch, "no_wait": true, "expires": expires.as_nanos() as u64}),
-                expires + request_timeout,
-            )
-        }
+        // No `expires` with `no_wait`: nats-server 2.9 then holds the pull
+        // until it expires whenever messages are pending ack, instead of
+        // answering 404 at once.
+        Wait::No => (json!({"batch": batch, "no_wait": true}), request_timeout),
         Wait::Upto(wait) => (
             json!({"batch": batch, "expires": wait.as_nanos() as u64}),
             wait + request_timeout,
@@ -96,11 +90,32 @@ pub(crate) async fn pull(
         }
         Ok(())
     };
-    match tokio::time::timeout(deadline, read).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if got.is_empty() => return Err(e),
-        Ok(Err(e)) => tracing::warn!(error = %e, "nats: a pull ended with an error"),
-        Err(_) if got.is_empty() => {
+    // `None`: the deadline passed.
+    let outcome: Option<Result<()>> = match stop {
+        None => tokio::time::timeout(deadline, read).await.ok(),
+        // Closing the channel raises `stop`: the pull stays open on the
+        // server until it expires, so what it still brings is handed back
+        // (NAK) by a task of its own instead of being waited for.
+        Some(stop) => {
+            let raised = tokio::select! {
+                read = tokio::time::timeout(deadline, read) => Err(read.ok()),
+                raised = stop.wait(deadline) => Ok(raised),
+            };
+            match raised {
+                Ok(true) => {
+                    give_back_later(api.client.clone(), inbox_sub, deadline);
+                    return Ok(got);
+                }
+                Ok(false) => None,
+                Err(read) => read,
+            }
+        }
+    };
+    match outcome {
+        Some(Ok(())) => {}
+        Some(Err(e)) if got.is_empty() => return Err(e),
+        Some(Err(e)) => tracing::warn!(error = %e, "nats: a pull ended with an error"),
+        None if got.is_empty() => {
             return Err(Error::new(
                 ErrorKind::Timeout,
                 format!(
@@ -110,10 +125,31 @@ pub(crate) async fn pull(
             ))
         }
         // What arrived is reserved for us: hand it over.
-        Err(_) => {}
+        None => {}
     }
     let _ = inbox_sub.unsubscribe().await;
     Ok(got)
+}
+
+/// Read what an abandoned pull still delivers until it ends, and NAK each
+/// message: back in the queue at once (one delivery more on its count).
+fn give_back_later(
+    client: async_nats::Client,
+    mut inbox_sub: async_nats::Subscriber,
+    deadline: Duration,
+) {
+    tokio::spawn(async move {
+        while let Ok(Some(message)) = tokio::time::timeout(deadline, inbox_sub.next()).await {
+            if !matches!(message.status, None | Some(StatusCode::OK)) {
+                break;
+            }
+            if let Some(reply) = message.reply {
+                let _ = client.publish(reply, "-NAK".into()).await;
+            }
+        }
+        let _ = inbox_sub.unsubscribe().await;
+        let _ = client.flush().await;
+    });
 }
 
 /// How many times a message was delivered, from its `$JS.ACK` reply
