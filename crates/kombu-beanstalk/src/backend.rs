@@ -75,6 +75,8 @@ pub(crate) fn capabilities() -> Capabilities {
         .with_shared_declarations(true)
         .with_persistent(false)
         .with_delayed_delivery(true)
+        .with_lease_extension(true)
+        .with_delivery_limit(true)
 }
 
 /// Check a queue name can be a tube and is not one of ours.
@@ -584,7 +586,10 @@ impl VirtualBackend for BeanstalkBackend {
             .text("tube")
             .map(str::to_owned)
             .unwrap_or_else(|| queues[0].clone());
-        let redelivered = reserved.stats.number("reserves") > 1;
+        // `stats-job` came with the reserve: its reserves before this one
+        // are the job's returns (released, or its ttr ran out).
+        let reserves = reserved.stats.number("reserves");
+        let redelivered = reserves > 1;
         let pri = reserved.stats.number("pri") as u32;
         let ttr = reserved.stats.number("ttr") as u32;
         let stored = reserved.job.body;
@@ -612,16 +617,19 @@ impl VirtualBackend for BeanstalkBackend {
             }
         };
         let receipt = id.to_string();
-        Ok(Some(match Envelope::from_json(&body) {
-            Ok(mut envelope) => {
-                if redelivered {
-                    envelope.mark_redelivered();
+        Ok(Some(
+            match Envelope::from_json(&body) {
+                Ok(mut envelope) => {
+                    if redelivered {
+                        envelope.mark_redelivered();
+                    }
+                    envelope.headers.insert(JOB_ID_HEADER.into(), id.into());
+                    Fetched::new(queue, receipt, envelope)
                 }
-                envelope.headers.insert(JOB_ID_HEADER.into(), id.into());
-                Fetched::new(queue, receipt, envelope)
+                Err(_) => Fetched::from_json(queue, receipt, &body),
             }
-            Err(_) => Fetched::from_json(queue, receipt, &body),
-        }))
+            .with_returned(reserves.saturating_sub(1)),
+        ))
     }
 
     async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
@@ -644,6 +652,39 @@ impl VirtualBackend for BeanstalkBackend {
     /// returned.
     async fn ack_many(&self, acks: &[(String, Receipt)]) -> Result<()> {
         self.ack_batch(acks).await
+    }
+
+    /// beanstalk's `touch`: the job's time to run starts again, so it
+    /// stays reserved for its whole ttr from now. beanstalkd has no other
+    /// length: `by` is the ttr whatever it asks for (the `Worker` touches
+    /// every half ttr; a caller keeping a job longer touches again). A job
+    /// this transport no longer holds (its ttr ran out and beanstalkd
+    /// released it, or it was settled) is a `PreconditionFailed` error.
+    async fn extend_lease(&self, queue: &str, receipt: &Receipt, by: Duration) -> Result<()> {
+        let _ = by;
+        let id = receipt_id(receipt)?;
+        self.touch(id).await.map_err(|err| {
+            if matches!(
+                err.kind(),
+                ErrorKind::NotFound | ErrorKind::PreconditionFailed
+            ) {
+                Error::new(
+                    ErrorKind::PreconditionFailed,
+                    format!(
+                        "beanstalk: extending the lease on a message of {queue:?}: {err}; it \
+                         may be delivered again"
+                    ),
+                )
+            } else {
+                err
+            }
+        })
+    }
+
+    /// The `ttr` option: the time to run kombu-rs puts jobs with (a
+    /// message's `ttr` property overrides it for that job).
+    fn lease_duration(&self) -> Option<Duration> {
+        Some(Duration::from_secs(u64::from(self.settings.ttr)))
     }
 
     async fn requeue(&self, _queue: &str, receipt: &Receipt, _envelope: &Envelope) -> Result<()> {

@@ -15,6 +15,14 @@ use serde_json::json;
 const TOTAL: u64 = 300;
 const KILL_AFTER: usize = 100;
 
+/// `queue` with a delivery limit of 1, dead-lettered to `<queue>.dead`.
+fn limited(queue: &str) -> Queue {
+    Queue::new(queue)
+        .delivery_limit(1)
+        .dead_letter_exchange("")
+        .dead_letter_routing_key(format!("{queue}.dead"))
+}
+
 /// Child side: consume, print `GOT n`, ack, print `ACK n` (or, in `hold`
 /// mode, print `HELD n` and never ack).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,8 +32,13 @@ async fn child_consumer() {
     let ttr = std::env::var("KOMBU_BEANSTALK_TTR").unwrap_or_else(|_| "120".into());
     let ttr: u64 = ttr.parse().unwrap();
     let conn = connect_with(ConnectionOptions::new().transport_option("ttr", ttr)).unwrap();
+    let declared = if mode == "hold-limited" {
+        limited(&queue)
+    } else {
+        Queue::new(&queue)
+    };
     let mut c = Consumer::builder(&conn)
-        .queue(Queue::new(&queue))
+        .queue(declared)
         .prefetch_count(10)
         .build()
         .await
@@ -35,7 +48,7 @@ async fn child_consumer() {
     while let Some(m) = c.next().await {
         let m = m.unwrap();
         let n: u64 = m.decode().unwrap();
-        if mode == "hold" {
+        if mode.starts_with("hold") {
             say(&format!("HELD {n}"));
             held.push(m);
             continue;
@@ -237,5 +250,67 @@ async fn hung_consumer_loses_its_jobs_after_ttr() {
     );
     assert_eq!(back, (0..5).collect());
     channel.queue_delete(&q.name).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+/// A job whose consumers die holding it counts those deliveries
+/// (beanstalkd's `reserves`): in a queue with `x-delivery-limit` 1, two
+/// SIGKILLed consumers use the limit up and the message is dead-lettered
+/// instead of delivered a third time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_count_towards_the_delivery_limit() {
+    if child_mode().is_some() {
+        return;
+    }
+    let Some(conn) = connect_with(ConnectionOptions::new()) else {
+        return;
+    };
+    let queue = kombu_testkit::unique("crash-limit");
+    let dead = Queue::new(format!("{queue}.dead"));
+    let channel = conn.channel().await.unwrap();
+    dead.declare(channel.as_ref()).await.unwrap();
+    limited(&queue).declare(channel.as_ref()).await.unwrap();
+    Producer::new(&conn)
+        .publish(json!(7u64), PublishOptions::new().routing_key(&queue))
+        .await
+        .unwrap();
+    for round in 1..=2 {
+        let (mut child, mut lines) = spawn_child(
+            "child_consumer",
+            "hold-limited",
+            &[("KOMBU_BEANSTALK_QUEUE", &queue)],
+        );
+        wait_for(&mut lines, "HELD 7").await;
+        signal(child.id().unwrap(), "KILL");
+        let _ = child.wait().await;
+        println!("consumer {round} held the job and was killed");
+    }
+    // The killed connections gave the job back at once; a third delivery
+    // would be its second return.
+    let mut c = Consumer::builder(&conn)
+        .queue(limited(&queue))
+        .prefetch_count(1)
+        .build()
+        .await
+        .unwrap();
+    let third = tokio::time::timeout(Duration::from_secs(3), c.next()).await;
+    assert!(third.is_err(), "delivered a third time past its limit of 1");
+    let mut d = Consumer::builder(&conn)
+        .queue(dead.clone())
+        .prefetch_count(1)
+        .build()
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), d.next())
+        .await
+        .expect("dead-lettered within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.decode::<u64>().unwrap(), 7);
+    m.ack().await.unwrap();
+    drop((c, d));
+    for name in [queue.as_str(), dead.name.as_str()] {
+        channel.queue_delete(name).await.unwrap();
+    }
     conn.close().await.unwrap();
 }
