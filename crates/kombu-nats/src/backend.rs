@@ -17,6 +17,9 @@ use crate::topology::Topology;
 /// when the message is dead-lettered or published anew.
 pub const ACK_SUBJECT_HEADER: &str = "x-nats-ack-subject";
 
+/// Longest one waiting pull waits on the server.
+const WAIT_SLICE: Duration = Duration::from_millis(250);
+
 /// Most messages one pull asks for.
 const MAX_PULL: usize = 256;
 
@@ -203,7 +206,7 @@ impl NatsBackend {
     ) -> Result<Vec<Fetched>> {
         let max = max.clamp(1, MAX_PULL);
         for queue in queues {
-            let got = self.pull(queue, max, Wait::No, None).await?;
+            let got = self.pull(queue, max, Wait::No).await?;
             if !got.is_empty() {
                 return Ok(got);
             }
@@ -220,9 +223,26 @@ impl NatsBackend {
         if wait < Duration::from_millis(10) || stop.is_some_and(StopWaiting::is_raised) {
             return Ok(Vec::new());
         }
-        let mut got = self.pull(first, 1, Wait::Upto(wait), stop).await?;
-        if !got.is_empty() && max > 1 {
-            match self.pull(first, max - 1, Wait::No, None).await {
+        // Waiting pulls of at most `WAIT_SLICE` each: a closing channel
+        // (`stop`) waits for the one under way only, and a pull is never
+        // left open on the server (what it brings would sit unacked until
+        // the visibility timeout).
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left < Duration::from_millis(10) || stop.is_some_and(StopWaiting::is_raised) {
+                return Ok(got);
+            }
+            got = self
+                .pull(first, 1, Wait::Upto(left.min(WAIT_SLICE)))
+                .await?;
+            if !got.is_empty() {
+                break;
+            }
+        }
+        if max > 1 {
+            match self.pull(first, max - 1, Wait::No).await {
                 Ok(more) => got.extend(more),
                 Err(e) => tracing::debug!(error = %e, "nats: a follow-up pull failed"),
             }
@@ -230,13 +250,7 @@ impl NatsBackend {
         Ok(got)
     }
 
-    async fn pull(
-        &self,
-        queue: &str,
-        batch: usize,
-        wait: Wait,
-        stop: Option<&StopWaiting>,
-    ) -> Result<Vec<Fetched>> {
+    async fn pull(&self, queue: &str, batch: usize, wait: Wait) -> Result<Vec<Fetched>> {
         let stream = self.settings.names.stream(queue)?;
         let messages = pull(
             &self.api,
@@ -245,7 +259,6 @@ impl NatsBackend {
             batch,
             wait,
             self.settings.request_timeout,
-            stop,
         )
         .await?;
         Ok(messages
@@ -333,7 +346,7 @@ impl VirtualBackend for NatsBackend {
         }
         let mut purged = 0;
         loop {
-            let batch = self.pull(queue, MAX_PULL, Wait::No, None).await?;
+            let batch = self.pull(queue, MAX_PULL, Wait::No).await?;
             if batch.is_empty() {
                 return Ok(purged);
             }
@@ -388,8 +401,8 @@ impl VirtualBackend for NatsBackend {
         self.fetch_some(queues, wait, max, None).await
     }
 
-    /// [`fetch_batch`](Self::fetch_batch) whose waiting pull stops waiting
-    /// when the channel closes (what that pull still brings is NAKed back).
+    /// [`fetch_batch`](Self::fetch_batch) that stops waiting when the
+    /// channel closes (after the waiting pull under way, at most 250 ms).
     async fn fetch_batch_until(
         &self,
         queues: &[String],
@@ -404,10 +417,15 @@ impl VirtualBackend for NatsBackend {
         self.settle(receipt, "+ACK", "acking").await
     }
 
-    async fn requeue(&self, _queue: &str, receipt: &Receipt, _envelope: &Envelope) -> Result<()> {
-        // A nak'd message is redelivered before newer ones, its delivery
-        // count (and so the redelivered flag) one higher.
-        self.settle(receipt, "-NAK", "requeueing").await
+    /// The given envelope (marked redelivered, its delivery count raised
+    /// by the channel) is published to the queue again, then the delivery
+    /// acked: the queue's size counts it at once. It goes to the back of
+    /// the queue (a NAK would keep its place, but leave the stored message
+    /// unchanged and out of `num_pending` until redelivered).
+    async fn requeue(&self, queue: &str, receipt: &Receipt, envelope: &Envelope) -> Result<()> {
+        let payload = self.payload(envelope)?;
+        self.publish(queue, payload).await?;
+        self.settle(receipt, "+ACK", "requeueing").await
     }
 
     async fn declare_exchange(&self, exchange: &Exchange) -> Result<()> {

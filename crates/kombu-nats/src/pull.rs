@@ -9,8 +9,6 @@ use futures::StreamExt;
 use kombu_core::{Error, ErrorKind, Result};
 use serde_json::json;
 
-use kombu_core::spi::StopWaiting;
-
 use crate::api::Api;
 use crate::error;
 
@@ -32,7 +30,6 @@ pub(crate) async fn pull(
     batch: usize,
     wait: Wait,
     request_timeout: Duration,
-    stop: Option<&StopWaiting>,
 ) -> Result<Vec<async_nats::Message>> {
     let client = &api.client;
     let inbox = client.new_inbox();
@@ -91,26 +88,7 @@ pub(crate) async fn pull(
         Ok(())
     };
     // `None`: the deadline passed.
-    let outcome: Option<Result<()>> = match stop {
-        None => tokio::time::timeout(deadline, read).await.ok(),
-        // Closing the channel raises `stop`: the pull stays open on the
-        // server until it expires, so what it still brings is handed back
-        // (NAK) by a task of its own instead of being waited for.
-        Some(stop) => {
-            let raised = tokio::select! {
-                read = tokio::time::timeout(deadline, read) => Err(read.ok()),
-                raised = stop.wait(deadline) => Ok(raised),
-            };
-            match raised {
-                Ok(true) => {
-                    give_back_later(api.client.clone(), inbox_sub, deadline);
-                    return Ok(got);
-                }
-                Ok(false) => None,
-                Err(read) => read,
-            }
-        }
-    };
+    let outcome: Option<Result<()>> = tokio::time::timeout(deadline, read).await.ok();
     match outcome {
         Some(Ok(())) => {}
         Some(Err(e)) if got.is_empty() => return Err(e),
@@ -129,27 +107,6 @@ pub(crate) async fn pull(
     }
     let _ = inbox_sub.unsubscribe().await;
     Ok(got)
-}
-
-/// Read what an abandoned pull still delivers until it ends, and NAK each
-/// message: back in the queue at once (one delivery more on its count).
-fn give_back_later(
-    client: async_nats::Client,
-    mut inbox_sub: async_nats::Subscriber,
-    deadline: Duration,
-) {
-    tokio::spawn(async move {
-        while let Ok(Some(message)) = tokio::time::timeout(deadline, inbox_sub.next()).await {
-            if !matches!(message.status, None | Some(StatusCode::OK)) {
-                break;
-            }
-            if let Some(reply) = message.reply {
-                let _ = client.publish(reply, "-NAK".into()).await;
-            }
-        }
-        let _ = inbox_sub.unsubscribe().await;
-        let _ = client.flush().await;
-    });
 }
 
 /// How many times a message was delivered, from its `$JS.ACK` reply
