@@ -31,6 +31,10 @@ pub(crate) fn capabilities() -> Capabilities {
         .with_shared_declarations(true)
         .with_persistent(true)
         .with_redelivers_unacked(true)
+        // In-progress acks restart the ack wait.
+        .with_lease_extension(true)
+        // JetStream counts deliveries (redeliveries after the ack wait too).
+        .with_delivery_limit(true)
 }
 
 /// The NATS JetStream [`VirtualBackend`]. Reach it from a connection with
@@ -273,9 +277,13 @@ impl NatsBackend {
                         envelope
                             .headers
                             .insert(ACK_SUBJECT_HEADER.into(), receipt.clone().into());
-                        Fetched::new(queue, receipt, envelope)
+                        let returned = delivered_count(&receipt).saturating_sub(1);
+                        Fetched::new(queue, receipt, envelope).with_returned(returned)
                     }
-                    Err(_) => Fetched::from_json(queue, receipt, &m.payload),
+                    Err(_) => {
+                        let returned = delivered_count(&receipt).saturating_sub(1);
+                        Fetched::from_json(queue, receipt, &m.payload).with_returned(returned)
+                    }
                 }
             })
             .collect())
@@ -411,6 +419,16 @@ impl VirtualBackend for NatsBackend {
         stop: &StopWaiting,
     ) -> Result<Vec<Fetched>> {
         self.fetch_some(queues, wait, max, Some(stop)).await
+    }
+
+    /// JetStream's in-progress ack (`+WPI`): the ack wait
+    /// (`visibility_timeout`) starts again, whatever `by` is.
+    async fn extend_lease(&self, _queue: &str, receipt: &Receipt, _by: Duration) -> Result<()> {
+        self.settle(receipt, "+WPI", "extending a lease").await
+    }
+
+    fn lease_duration(&self) -> Option<Duration> {
+        Some(self.settings.visibility_timeout)
     }
 
     async fn ack(&self, _queue: &str, receipt: &Receipt) -> Result<()> {
