@@ -177,20 +177,26 @@ async fn topology_is_the_one_kombu_declares() {
         assert!(level.contains(part), "{part} in {level}");
     }
     // The message waits in the level for 2048 s (the highest 1 of 3600).
-    let waiting = common::rabbitmqctl(&[
-        "list_queues",
-        "-p",
-        &rs_vhost.0,
-        "--no-table-headers",
-        "--quiet",
-        "name",
-        "messages",
-    ])
-    .unwrap();
-    assert!(
-        waiting.lines().any(|l| l == "celery_delayed_11\t1"),
-        "{waiting}"
-    );
+    // RabbitMQ's queue counts are statistics, updated every few seconds:
+    // look until it shows, for up to 20 s.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting = common::rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &rs_vhost.0,
+            "--no-table-headers",
+            "--quiet",
+            "name",
+            "messages",
+        ])
+        .unwrap();
+        if waiting.lines().any(|l| l == "celery_delayed_11\t1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{waiting}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // The destination queue is bound under the delivery exchange.
     let bindings = common::rabbitmqctl(&[
         "list_bindings",
