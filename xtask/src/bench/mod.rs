@@ -259,7 +259,43 @@ pub static TRANSPORTS: &[Transport] = &[
         ),
         raw: None,
     },
+    Transport {
+        name: "nats",
+        title: "nats (nats-server JetStream), each publish awaited",
+        env_var: Some("KOMBU_TEST_NATS_URL"),
+        service: Some("nats"),
+        slow: false,
+        options: &[],
+        kombu_args: &[],
+        python_unavailable: Some(NO_PYTHON_NATS),
+        raw: Some(RawClient {
+            package: "kombu-nats",
+            example: "raw_nats_bench",
+            label: "raw async-nats",
+            extra_args: &["--in-flight", "1"],
+        }),
+    },
+    Transport {
+        name: "nats-64",
+        title: "nats (nats-server JetStream), 64 publishes in flight",
+        env_var: Some("KOMBU_TEST_NATS_URL"),
+        service: Some("nats"),
+        slow: false,
+        options: &[],
+        kombu_args: &["--in-flight", "64"],
+        python_unavailable: Some(NO_PYTHON_NATS),
+        raw: Some(RawClient {
+            package: "kombu-nats",
+            example: "raw_nats_bench",
+            label: "raw async-nats",
+            extra_args: &["--in-flight", "64"],
+        }),
+    },
 ];
+
+/// Why the NATS rows have no Python kombu contestant.
+const NO_PYTHON_NATS: &str =
+    "kombu 5.7 has no NATS JetStream transport (its pull request is not released)";
 
 /// One run of one contestant.
 #[derive(Debug, Clone)]
@@ -1266,7 +1302,9 @@ mod tests {
                 "raw-redis",
                 "raw-redis-serial",
                 "raw-amqp",
-                "raw-amqp-confirms"
+                "raw-amqp-confirms",
+                "raw-nats",
+                "raw-nats-64"
             ]
         );
         assert_eq!(
@@ -1278,7 +1316,7 @@ mod tests {
             ]
         );
         assert!(names(&["nothing"]).is_empty());
-        assert_eq!(names(&[]).len(), 22);
+        assert_eq!(names(&[]).len(), 28);
     }
 
     #[test]

@@ -136,6 +136,22 @@ pub fn targets(outcome: &Outcome) -> Vec<Target> {
             90.0,
             true,
         ),
+        (
+            "nats publish, 64 in flight, at least 0.8x raw async-nats",
+            "kombu-nats-64",
+            "raw-nats-64",
+            Metric::Publish,
+            0.8,
+            false,
+        ),
+        (
+            "nats consume+ack at least 0.8x raw async-nats",
+            "kombu-nats",
+            "raw-nats",
+            Metric::Consume,
+            0.8,
+            false,
+        ),
     ] {
         let verdict = match stats::ratio(
             median(outcome, ours, metric),
