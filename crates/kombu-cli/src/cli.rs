@@ -72,7 +72,8 @@ pub struct ExchangeArgs {
     /// Exchange type.
     #[arg(long = "type", value_name = "TYPE", default_value = "direct", value_parser = parse_exchange_type)]
     pub kind: ExchangeType,
-    /// Binding key of the queue (default: the routing key, else the queue name).
+    /// Binding key of the queue (default: the routing key, else the queue
+    /// name; for a fanout exchange, empty).
     #[arg(long, value_name = "BK")]
     pub binding_key: Option<String>,
     /// A binding argument, e.g. x-match=any for headers exchanges; repeat for more.

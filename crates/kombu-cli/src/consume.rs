@@ -19,7 +19,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kombu::{Channel, Connection, Consumer, Delivery, Message, Queue};
+use kombu::{Channel, Connection, Consumer, Delivery, ExchangeType, Message, Queue};
 use tokio::time::Instant;
 
 use crate::cli::ConsumeArgs;
@@ -76,11 +76,16 @@ fn print_line(delivery: &Delivery, decoder: &Decoder) -> bool {
 /// The queue to consume, bound as the flags say.
 fn queue_for(args: &ConsumeArgs) -> Queue {
     let exchange = exchange_of(&args.exchange);
-    let binding_key = args
-        .exchange
-        .binding_key
-        .clone()
-        .unwrap_or_else(|| args.queue.clone());
+    // A fanout exchange ignores keys, but kombu's redis PUB/SUB fanout
+    // (fanout_patterns) puts the publish's routing key in the channel: the
+    // empty key, kombu's own for fanout queues, takes every message.
+    let binding_key = args.exchange.binding_key.clone().unwrap_or_else(|| {
+        if args.exchange.kind == ExchangeType::Fanout {
+            String::new()
+        } else {
+            args.queue.clone()
+        }
+    });
     queue_of(&args.queue, &exchange, &binding_key, &args.exchange)
 }
 

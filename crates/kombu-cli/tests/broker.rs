@@ -527,6 +527,55 @@ fn quarantine_show_requeue_purge(url: &str) {
     let _ = kombu(&["queue", "delete", "--url", url, &quarantine]);
 }
 
+/// Fanout to two consumer processes: each `kombu consume` of its own
+/// queue bound to one fanout exchange gets the message `kombu publish`
+/// sends there (published again every 300 ms until both have one: with
+/// PUB/SUB fanout a message sent before a consumer subscribed is not
+/// kept).
+fn fanout_to_two_consumer_processes(url: &str) {
+    let (qa, qb) = (scratch(url, "cli-fan-a"), scratch(url, "cli-fan-b"));
+    let exchange = kombu_testkit::unique("cli-fan");
+    let bind = ["--exchange", exchange.as_str(), "--type", "fanout"];
+    let consumer = |queue: &str| {
+        let mut args = vec![
+            "consume",
+            "--url",
+            url,
+            "--queue",
+            queue,
+            "--count",
+            "1",
+            "--timeout",
+            "20",
+        ];
+        args.extend(bind);
+        command(&args).spawn().expect("run kombu consume")
+    };
+    let (mut a, mut b) = (consumer(&qa.queue), consumer(&qb.queue));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let mut args = vec!["publish", "--url", url];
+        args.extend(bind);
+        args.push("to everyone");
+        kombu(&args).expect_code(0);
+        let done = |child: &mut std::process::Child| child.try_wait().ok().flatten().is_some();
+        if done(&mut a) && done(&mut b) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (name, child) in [("a", a), ("b", b)] {
+        let run = wait(child);
+        run.expect_code(0);
+        assert_eq!(
+            run.json_lines()[0]["body"],
+            "to everyone",
+            "consumer {name}"
+        );
+    }
+    let _ = kombu(&["queue", "delete", "--url", url, &qa.queue]);
+}
+
 fn run_all(transport: &str) {
     run_all_on(transport, transport);
 }
@@ -545,6 +594,7 @@ fn run_all_on(service: &str, scheme: &str) {
     #[cfg(unix)]
     ctrl_c_returns_unacked_messages(&url);
     quarantine_show_requeue_purge(&url);
+    fanout_to_two_consumer_processes(&url);
     let run = kombu(&[
         "bench",
         "--url",
