@@ -111,6 +111,10 @@ pub struct PublishArgs {
     /// Message TTL in seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub expiration: Option<Duration>,
+    /// Deliver no sooner than SECS from now (delayed delivery; refused by a
+    /// transport without it).
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub delay: Option<Duration>,
     /// Publish BODY this many times; `{i}` in BODY becomes the index (0-based).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: u64,

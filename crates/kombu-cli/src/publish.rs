@@ -101,6 +101,9 @@ fn publish_options(args: &PublishArgs, routing_key: &str) -> PublishOptions {
     if let Some(ttl) = args.expiration {
         options = options.expiration(ttl);
     }
+    if let Some(delay) = args.delay {
+        options = options.delay(delay);
+    }
     options
 }
 

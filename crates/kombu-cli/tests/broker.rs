@@ -576,6 +576,51 @@ fn fanout_to_two_consumer_processes(url: &str) {
     let _ = kombu(&["queue", "delete", "--url", url, &qa.queue]);
 }
 
+/// `kombu publish --delay 1.5`: not delivered before 1.5 s, soon after;
+/// refused (nothing stored) where the transport has no delayed delivery.
+fn delayed_publish(url: &str) {
+    let q = scratch(url, "cli-delay");
+    let delayed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            kombu::install_default_transports();
+            let conn = kombu::Connection::new(url).unwrap();
+            let caps = conn.capabilities().await.unwrap();
+            let _ = conn.close().await;
+            caps.delayed_delivery
+        });
+    let started = std::time::Instant::now();
+    let published = kombu(&[
+        "publish", "--url", url, "--queue", &q.queue, "--delay", "1.5", "later",
+    ]);
+    if !delayed {
+        assert_ne!(published.code, Some(0), "a delayed publish must be refused");
+        assert_eq!(queue_size(url, &q.queue), 0, "nothing stored");
+        return;
+    }
+    published.expect_code(0);
+    let consumed = kombu(&[
+        "consume",
+        "--url",
+        url,
+        "--queue",
+        &q.queue,
+        "--count",
+        "1",
+        "--timeout",
+        "20",
+    ]);
+    consumed.expect_code(0);
+    let took = started.elapsed();
+    assert_eq!(consumed.json_lines()[0]["body"], "later");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "delivered after {took:?}, before its delay"
+    );
+}
+
 fn run_all(transport: &str) {
     run_all_on(transport, transport);
 }
@@ -595,6 +640,7 @@ fn run_all_on(service: &str, scheme: &str) {
     ctrl_c_returns_unacked_messages(&url);
     quarantine_show_requeue_purge(&url);
     fanout_to_two_consumer_processes(&url);
+    delayed_publish(&url);
     let run = kombu(&[
         "bench",
         "--url",
