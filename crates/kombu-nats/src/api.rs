@@ -177,20 +177,29 @@ impl Api {
         }
     }
 
-    /// Delete the durable consumer of a stream; false when there was none.
-    pub(crate) async fn delete_consumer(&self, stream: &str, consumer: &str) -> Result<bool> {
-        let deleted: Result<Value> = self
-            .call(
-                "deleting a queue's consumer",
-                &format!("CONSUMER.DELETE.{stream}.{consumer}"),
-                &Value::Null,
-            )
-            .await;
-        match deleted {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+    /// [`call`](Self::call), with JetStream's "not found" (a stream or
+    /// consumer that is not there) as `None`.
+    async fn call_if_found<T: DeserializeOwned>(
+        &self,
+        doing: &str,
+        api: &str,
+    ) -> Result<Option<T>> {
+        match self.call(doing, api, &Value::Null).await {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Delete the durable consumer of a stream; false when there was none.
+    pub(crate) async fn delete_consumer(&self, stream: &str, consumer: &str) -> Result<bool> {
+        Ok(self
+            .call_if_found::<Value>(
+                "deleting a queue's consumer",
+                &format!("CONSUMER.DELETE.{stream}.{consumer}"),
+            )
+            .await?
+            .is_some())
     }
 
     /// The consumer of a stream; `None` when the stream or consumer is gone.
@@ -199,66 +208,41 @@ impl Api {
         stream: &str,
         consumer: &str,
     ) -> Result<Option<ConsumerInfo>> {
-        let info: Result<ConsumerInfo> = self
-            .call(
-                "reading a queue's consumer",
-                &format!("CONSUMER.INFO.{stream}.{consumer}"),
-                &Value::Null,
-            )
-            .await;
-        match info {
-            Ok(info) => Ok(Some(info)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.call_if_found(
+            "reading a queue's consumer",
+            &format!("CONSUMER.INFO.{stream}.{consumer}"),
+        )
+        .await
     }
 
     /// True when the stream exists.
     pub(crate) async fn stream_exists(&self, stream: &str) -> Result<bool> {
-        let info: Result<Value> = self
-            .call(
-                "reading a queue's stream",
-                &format!("STREAM.INFO.{stream}"),
-                &Value::Null,
-            )
-            .await;
-        match info {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self
+            .call_if_found::<Value>("reading a queue's stream", &format!("STREAM.INFO.{stream}"))
+            .await?
+            .is_some())
     }
 
     /// Delete a stream; false when there was none.
     pub(crate) async fn delete_stream(&self, stream: &str) -> Result<bool> {
-        let deleted: Result<Value> = self
-            .call(
+        Ok(self
+            .call_if_found::<Value>(
                 "deleting a queue's stream",
                 &format!("STREAM.DELETE.{stream}"),
-                &Value::Null,
             )
-            .await;
-        match deleted {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+            .await?
+            .is_some())
     }
 
     /// Remove every message of a stream; returns how many.
     pub(crate) async fn purge_stream(&self, stream: &str) -> Result<u64> {
-        let purged: Result<Purged> = self
-            .call(
+        Ok(self
+            .call_if_found::<Purged>(
                 "purging a queue's stream",
                 &format!("STREAM.PURGE.{stream}"),
-                &Value::Null,
             )
-            .await;
-        match purged {
-            Ok(p) => Ok(p.purged),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e),
-        }
+            .await?
+            .map_or(0, |p| p.purged))
     }
 
     /// Publish to a stream's subject and wait for JetStream's answer.
