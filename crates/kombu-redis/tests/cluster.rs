@@ -200,8 +200,11 @@ async fn cluster_query<T: redis::FromRedisValue>(ports: &[u16], cmd: &redis::Cmd
             .collect::<Vec<_>>(),
     )
     .unwrap();
-    let mut conn = client.get_async_connection().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), cmd.query_async(&mut conn))
+    let answer = async {
+        let mut conn = client.get_async_connection().await?;
+        cmd.query_async(&mut conn).await
+    };
+    tokio::time::timeout(Duration::from_secs(5), answer)
         .await
         .expect("the cluster answers within 5 s")
         .unwrap()

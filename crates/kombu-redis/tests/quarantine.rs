@@ -17,12 +17,17 @@ const GARBAGE: &[u8] = b"\xff\x00not json at all {";
 
 async fn push_garbage(url: &str, list: &str) {
     let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: i64 = redis::cmd("LPUSH")
-        .arg(list)
-        .arg(GARBAGE)
-        .query_async(&mut conn)
+    let push = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("LPUSH")
+            .arg(list)
+            .arg(GARBAGE)
+            .query_async::<i64>(&mut conn)
+            .await
+    };
+    tokio::time::timeout(Duration::from_secs(5), push)
         .await
+        .expect("redis answers within 5 s")
         .unwrap();
 }
 
