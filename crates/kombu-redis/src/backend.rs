@@ -889,7 +889,9 @@ impl Shared {
             .query_async(&mut self.conn())
             .await
             .map_err(map_redis)?;
-        Ok(stored.is_some_and(|json| json.contains("\"x-delivery-limit\"")))
+        Ok(stored
+            .and_then(|json| serde_json::from_str::<Arguments>(&json).ok())
+            .is_some_and(|args| args.contains_key("x-delivery-limit")))
     }
 
     /// Keep the binding tables of expiring queues bound here alive (kombu's
