@@ -114,15 +114,21 @@ pub fn launch(root: &Path, service: &Service, member: &Member) -> Launch {
                 Vec::new(),
             )
         }
-        Role::RabbitNode { node, dist_port } => {
+        Role::RedisTls { server } => (
+            "redis-server".into(),
+            crate::tls::redis_args(root, server, member.port, &data),
+            Vec::new(),
+        ),
+        Role::RabbitNode { node, dist_port }
+        | Role::RabbitTls {
+            node, dist_port, ..
+        } => {
             let var = |k: &str, v: String| (k.to_owned(), v);
             let path = |p: &str| data.join(p).display().to_string();
-            let env = vec![
+            let mut env = vec![
                 // The shared cookie is `$HOME/.erlang.cookie`.
                 var("HOME", dir(root, service).display().to_string()),
                 var("RABBITMQ_NODENAME", node.into()),
-                var("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
-                var("RABBITMQ_NODE_PORT", port.clone()),
                 var("RABBITMQ_DIST_PORT", dist_port.to_string()),
                 var(
                     "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
@@ -139,6 +145,11 @@ pub fn launch(root: &Path, service: &Service, member: &Member) -> Launch {
                 var("RABBITMQ_ADVANCED_CONFIG_FILE", path("advanced.config")),
                 var("RABBITMQ_CONF_ENV_FILE", path("rabbitmq-env.conf")),
             ];
+            // A TLS node's listeners are in its rabbitmq.conf.
+            if matches!(member.role, Role::RabbitNode { .. }) {
+                env.push(var("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()));
+                env.push(var("RABBITMQ_NODE_PORT", port.clone()));
+            }
             (RABBITMQ_SERVER.into(), Vec::new(), env)
         }
     };
@@ -169,7 +180,7 @@ pub fn formed(service: &Service) -> bool {
             .members
             .iter()
             .all(|m| cluster_ok(m.port, service.members.len())),
-        Some(Formation::RabbitCluster) | None => true,
+        Some(Formation::RabbitCluster | Formation::TlsServers) | None => true,
     }
 }
 
@@ -327,6 +338,7 @@ pub fn start(root: &Path, service: &'static Service) -> Result<Vec<Proc>, Failur
         }) => form_sentinel(&mut group, master_name, quorum),
         Some(Formation::RedisCluster { replicas }) => form_redis_cluster(&mut group, replicas),
         Some(Formation::RabbitCluster) => form_rabbit_cluster(&mut group),
+        Some(Formation::TlsServers) => start_tls_servers(&mut group),
         None => Err("not a group service".into()),
     });
     match outcome {
@@ -567,4 +579,38 @@ fn form_rabbit_cluster(group: &mut Starting) -> Result<(), Failure> {
         }
     });
     formed.map_err(|e| format!("{e}; last cluster_status: {last}"))
+}
+
+/// The certificates (made once, see [`crate::tls`]), then every member at
+/// once (a RabbitMQ node with its `rabbitmq.conf`, a fresh cookie and no
+/// plugins), until each answers on its port.
+fn start_tls_servers(group: &mut Starting) -> Result<(), Failure> {
+    let service = group.service;
+    let root = group.root;
+    crate::tls::ensure_certificates(root)?;
+    let dir = dir(root, service);
+    (|| -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        for member in service.members {
+            let data = member_dir(root, service, member);
+            std::fs::create_dir_all(&data)?;
+            if let Role::RabbitTls { server, .. } = member.role {
+                std::fs::write(data.join("enabled_plugins"), "[].\n")?;
+                std::fs::write(
+                    data.join("rabbitmq.conf"),
+                    crate::tls::rabbitmq_conf(root, server, member.port),
+                )?;
+                let cookie = dir.join(".erlang.cookie");
+                if !cookie.exists() {
+                    std::fs::write(&cookie, new_cookie())?;
+                    std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400))?;
+                }
+            }
+        }
+        Ok(())
+    })()
+    .map_err(|e| format!("could not prepare {}: {e}", dir.display()))?;
+    let members: Vec<&'static Member> = service.members.iter().collect();
+    group.spawn(&members)?;
+    group.wait_ports()
 }

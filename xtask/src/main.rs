@@ -22,6 +22,7 @@ mod resp;
 mod services;
 mod state;
 mod test_cmd;
+mod tls;
 mod watch;
 
 use std::path::PathBuf;
@@ -64,7 +65,8 @@ enum ServicesCommand {
     /// Install (if missing) and start the named services (default: all).
     Up {
         /// Services to start: rabbitmq, redis, redis-sentinel, redis-cluster,
-        /// rabbitmq-cluster, beanstalkd, sqs, mongodb, couchdb.
+        /// rabbitmq-cluster, rabbitmq-tls, redis-tls, beanstalkd, sqs,
+        /// mongodb, couchdb.
         names: Vec<String>,
         /// Use the native recipes even when a Docker engine answers.
         #[arg(long)]

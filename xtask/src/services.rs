@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::install::{self, Install};
 use crate::process::{self, Launch};
 use crate::state::{Mode, Proc, State};
+use crate::tls::{self, TlsServer};
 use crate::{docker, group, Result};
 
 /// How to tell that a started service accepts work.
@@ -48,6 +49,9 @@ pub enum Formation {
     },
     /// RabbitMQ: every node joins the first (`rabbitmqctl join_cluster`).
     RabbitCluster,
+    /// Independent TLS servers (see [`tls`](crate::tls)): the certificates
+    /// are made first; up when every member answers.
+    TlsServers,
 }
 
 /// One process of a group service.
@@ -85,6 +89,20 @@ pub enum Role {
         /// The Erlang distribution port (`RABBITMQ_DIST_PORT`).
         dist_port: u16,
     },
+    /// A RabbitMQ node of its own with TLS listeners only.
+    RabbitTls {
+        /// The Erlang node name.
+        node: &'static str,
+        /// The Erlang distribution port (`RABBITMQ_DIST_PORT`).
+        dist_port: u16,
+        /// What it presents and asks for.
+        server: TlsServer,
+    },
+    /// A Redis server with a TLS port only.
+    RedisTls {
+        /// What it presents and asks for.
+        server: TlsServer,
+    },
 }
 
 impl Member {
@@ -93,7 +111,9 @@ impl Member {
     pub fn ports(&self) -> Vec<u16> {
         match self.role {
             Role::ClusterNode => vec![self.port, self.port + 10000],
-            Role::RabbitNode { dist_port, .. } => vec![self.port, dist_port],
+            Role::RabbitNode { dist_port, .. } | Role::RabbitTls { dist_port, .. } => {
+                vec![self.port, dist_port]
+            }
             _ => vec![self.port],
         }
     }
@@ -295,6 +315,86 @@ pub const SERVICES: &[Service] = &[
                 role: Role::RabbitNode {
                     node: "kombu-cluster-3@localhost",
                     dist_port: 25684,
+                },
+            },
+        ],
+    },
+    Service {
+        // Three private RabbitMQ nodes with TLS listeners only (see
+        // tls.rs): the good certificate (also on 127.0.0.2, which it does
+        // not name), mutual TLS, the expired certificate. Native only.
+        name: "rabbitmq-tls",
+        port: 5691,
+        env_var: "KOMBU_TEST_AMQPS_URL",
+        url: "amqps://kombu:kombu-tls-pw-7f3a@127.0.0.1:5691//?ssl_ca_certs={tls}/ca.pem",
+        docker_url: None,
+        install: Install::Apt {
+            package: "rabbitmq-server",
+            binary: group::RABBITMQ_SERVER,
+        },
+        readiness: Readiness::Group(Formation::TlsServers),
+        ready_timeout: Duration::from_secs(60),
+        members: &[
+            Member {
+                name: "good",
+                port: 5691,
+                role: Role::RabbitTls {
+                    node: "kombu-tls-good@localhost",
+                    dist_port: 25691,
+                    server: TlsServer::Good,
+                },
+            },
+            Member {
+                name: "mutual",
+                port: 5692,
+                role: Role::RabbitTls {
+                    node: "kombu-tls-mutual@localhost",
+                    dist_port: 25692,
+                    server: TlsServer::Mutual,
+                },
+            },
+            Member {
+                name: "expired",
+                port: 5693,
+                role: Role::RabbitTls {
+                    node: "kombu-tls-expired@localhost",
+                    dist_port: 25693,
+                    server: TlsServer::Expired,
+                },
+            },
+        ],
+    },
+    Service {
+        // Three redis-servers with a TLS port only (see tls.rs), as for
+        // rabbitmq-tls. Native only.
+        name: "redis-tls",
+        port: 6390,
+        env_var: "KOMBU_TEST_REDISS_URL",
+        url: "rediss://:kombu-tls-pw-7f3a@127.0.0.1:6390/0?ssl_ca_certs={tls}/ca.pem",
+        docker_url: None,
+        install: REDIS_APT,
+        readiness: Readiness::Group(Formation::TlsServers),
+        ready_timeout: Duration::from_secs(30),
+        members: &[
+            Member {
+                name: "good",
+                port: 6390,
+                role: Role::RedisTls {
+                    server: TlsServer::Good,
+                },
+            },
+            Member {
+                name: "mutual",
+                port: 6391,
+                role: Role::RedisTls {
+                    server: TlsServer::Mutual,
+                },
+            },
+            Member {
+                name: "expired",
+                port: 6392,
+                role: Role::RedisTls {
+                    server: TlsServer::Expired,
                 },
             },
         ],
@@ -939,20 +1039,27 @@ pub fn status(root: &Path) {
     }
 }
 
-/// The `(variable, url)` pairs for the services that are up.
-pub fn env_pairs(root: &Path) -> Vec<(&'static str, &'static str)> {
-    SERVICES
-        .iter()
-        .filter(|s| s.is_up())
-        .map(|s| {
-            let docker = State::load(root, s).is_some_and(|st| st.mode == Mode::Docker);
-            let url = match s.docker_url {
-                Some(docker_url) if docker => docker_url,
-                _ => s.url,
-            };
-            (s.env_var, url)
-        })
-        .collect()
+/// The `(variable, url)` pairs for the services that are up (a TLS
+/// service also exports its certificate files and its other servers' URLs,
+/// see [`tls::extra_env`]).
+pub fn env_pairs(root: &Path) -> Vec<(&'static str, String)> {
+    let mut pairs: Vec<(&'static str, String)> = Vec::new();
+    for s in SERVICES.iter().filter(|s| s.is_up()) {
+        let docker = State::load(root, s).is_some_and(|st| st.mode == Mode::Docker);
+        let url = match s.docker_url {
+            Some(docker_url) if docker => docker_url,
+            _ => s.url,
+        };
+        pairs.push((s.env_var, tls::expand(root, url)));
+        if s.formation() == Some(Formation::TlsServers) {
+            for pair in tls::extra_env(root, s) {
+                if !pairs.iter().any(|(var, _)| *var == pair.0) {
+                    pairs.push(pair);
+                }
+            }
+        }
+    }
+    pairs
 }
 
 /// `services env`: `export VAR='url'` lines, for `eval "$(cargo xtask services env)"`.
@@ -1160,6 +1267,8 @@ mod tests {
                 let port = member.port.to_string();
                 let named = launch.args.contains(&port)
                     || launch.env.iter().any(|(k, v)| k == "RABBITMQ_NODE_PORT" && *v == port)
+                    // A TLS node's listeners are in its rabbitmq.conf.
+                    || matches!(member.role, Role::RabbitTls { .. })
                     // A sentinel's port is in the configuration it is given.
                     || matches!(member.role, Role::Sentinel { .. });
                 assert!(named, "{}: {}", service.name, launch.command_line());
