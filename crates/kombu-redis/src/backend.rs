@@ -31,6 +31,12 @@ type ArgsByMember = HashMap<Vec<u8>, Vec<u8>>;
 const PUBSUB_RECEIPT: &str = "pubsub:";
 /// Messages restored per `ZRANGE` of a restore sweep (kombu's `num`).
 const RESTORE_BATCH: isize = 10;
+/// How long one hold of the `unacked_mutex` lasts before it is renewed
+/// (after every batch of a sweep), when `unacked_mutex_expire` is longer:
+/// a sweep cut short (its task aborted as its connection closes, its
+/// process killed) keeps every other consumer of the database from
+/// restoring for this long, not for kombu's 300 s.
+const MUTEX_HOLD: Duration = Duration::from_secs(10);
 /// The most messages one fetch script call takes (a prefetch of 0 means
 /// "no limit": the batch is capped here).
 const MAX_FETCH_BATCH: usize = 256;
@@ -739,29 +745,31 @@ impl Shared {
             .arg(&token)
             .arg("NX")
             .arg("PX")
-            .arg(self.config.unacked_mutex_expire.as_millis() as u64)
+            .arg(self.mutex_hold_ms())
             .query_async(&mut conn)
             .await
             .map_err(map_redis)?;
         if locked.is_none() {
             return Ok(0);
         }
-        let result = self.restore_locked(queue).await;
-        let unlocked: Result<i64> = self
-            .scripts
-            .unlock
-            .key(&mutex)
-            .arg(&token)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(map_redis);
-        if let Err(err) = unlocked {
-            tracing::warn!(error = %err, "could not release unacked_mutex");
-        }
+        let held = HeldMutex {
+            conn,
+            unlock: self.scripts.unlock.clone(),
+            key: mutex,
+            token,
+            released: false,
+        };
+        let result = self.restore_locked(queue, &held.key, &held.token).await;
+        held.release().await;
         result
     }
 
-    async fn restore_locked(&self, queue: &str) -> Result<u64> {
+    /// How long the `unacked_mutex` is taken for at a time, in ms.
+    fn mutex_hold_ms(&self) -> u64 {
+        self.config.unacked_mutex_expire.min(MUTEX_HOLD).as_millis() as u64
+    }
+
+    async fn restore_locked(&self, queue: &str, mutex: &str, token: &str) -> Result<u64> {
         let mut conn = self.conn();
         let limit = self.config.unacked_restore_limit.unwrap_or(u64::MAX);
         let mut restored = 0u64;
@@ -795,6 +803,19 @@ impl Shared {
                 }
             }
             if (batch as isize) < RESTORE_BATCH {
+                return Ok(restored);
+            }
+            let renewed: i64 = self
+                .scripts
+                .renew
+                .key(mutex)
+                .arg(token)
+                .arg(self.mutex_hold_ms())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_redis)?;
+            if renewed == 0 {
+                tracing::warn!("lost the unacked_mutex mid-sweep: stopping this restore");
                 return Ok(restored);
             }
         }
@@ -1630,6 +1651,60 @@ impl Drop for RedisBackend {
             .drain(..)
         {
             task.abort();
+        }
+    }
+}
+
+/// A held `unacked_mutex`: released when its sweep ends, and also when the
+/// sweep's task is aborted mid-way (its connection closing), by a task of
+/// its own, so the other consumers need not wait for the mutex to expire.
+struct HeldMutex {
+    conn: RedisConn,
+    unlock: redis::Script,
+    key: String,
+    token: String,
+    released: bool,
+}
+
+impl HeldMutex {
+    async fn release(mut self) {
+        self.released = true;
+        Self::unlock(
+            self.conn.clone(),
+            self.unlock.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        )
+        .await;
+    }
+
+    async fn unlock(mut conn: RedisConn, unlock: redis::Script, key: String, token: String) {
+        let unlocked: Result<i64> = unlock
+            .key(&key)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_redis);
+        if let Err(err) = unlocked {
+            tracing::warn!(error = %err, "could not release unacked_mutex");
+        }
+    }
+}
+
+impl Drop for HeldMutex {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // A runtime shutting down runs nothing more: the mutex then expires
+        // after its short hold (MUTEX_HOLD).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(Self::unlock(
+                self.conn.clone(),
+                self.unlock.clone(),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+            ));
         }
     }
 }

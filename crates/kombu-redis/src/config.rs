@@ -154,7 +154,9 @@ pub struct RedisConfig {
     pub unacked_index_key: String,
     /// `unacked_mutex_key` ("unacked_mutex").
     pub unacked_mutex_key: String,
-    /// `unacked_mutex_expire` (300 s).
+    /// `unacked_mutex_expire` (300 s): the longest a restore sweep keeps
+    /// the mutex at a time. kombu-rs takes it for at most 10 s and renews
+    /// it between batches, so a sweep cut short blocks others briefly.
     pub unacked_mutex_expire: Duration,
     /// `sep` ("\x06\x16").
     pub sep: String,

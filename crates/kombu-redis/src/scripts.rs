@@ -147,6 +147,15 @@ end
 return 0
 "#;
 
+/// Renew kombu's `unacked_mutex` for `ARGV[2]` ms if we still hold it
+/// (`ARGV[1]` our token). Returns 1, or 0 when it is no longer ours.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
 /// kombu 5.7's REFRESH_BINDING, verbatim.
 const REFRESH_BINDING: &str = r#"
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -176,6 +185,7 @@ pub(crate) struct Scripts {
     pub requeue: Script,
     pub restore: Script,
     pub unlock: Script,
+    pub renew: Script,
     pub move_due: Script,
     pub extend: Script,
     pub refresh_binding: Script,
@@ -189,6 +199,7 @@ impl Scripts {
             requeue: Script::new(REQUEUE),
             restore: Script::new(RESTORE),
             unlock: Script::new(UNLOCK),
+            renew: Script::new(RENEW),
             move_due: Script::new(MOVE_DUE),
             extend: Script::new(EXTEND),
             refresh_binding: Script::new(REFRESH_BINDING),
