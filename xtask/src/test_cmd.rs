@@ -93,7 +93,11 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
         eprintln!("    start      {}", secs(up.start));
     }
     eprintln!("  cargo test   {} (build + run)", secs(tests_time));
+    if let Some(build) = outcome.build_time {
+        eprintln!("    build      {}", secs(build));
+    }
     eprintln!("  total        {}", secs(services_started.elapsed()));
+    print_slowest(&outcome.binary_times);
 
     for dead in &outcome.dead_services {
         eprintln!("xtask: FAILED: service died during the run: {dead}");
@@ -109,6 +113,27 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// How many of the slowest test binaries the summary names.
+const SLOWEST_SHOWN: usize = 15;
+
+/// The slowest test binaries (where the run's time goes).
+fn print_slowest(times: &[(String, Duration)]) {
+    if times.is_empty() {
+        return;
+    }
+    let mut sorted: Vec<&(String, Duration)> = times.iter().collect();
+    sorted.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    let total: Duration = times.iter().map(|(_, d)| *d).sum();
+    eprintln!(
+        "xtask: {} test binaries ran for {}; the slowest:",
+        times.len(),
+        secs(total).trim_start()
+    );
+    for (name, took) in sorted.into_iter().take(SLOWEST_SHOWN) {
+        eprintln!("  {}  {name}", secs(*took));
+    }
 }
 
 /// A duration as seconds with one decimal.

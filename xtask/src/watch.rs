@@ -43,6 +43,10 @@ pub struct Outcome {
     pub dead_services: Vec<String>,
     /// Tests whose binary was killed for running past the limit.
     pub killed_tests: Vec<String>,
+    /// How long the build took (until cargo's `Finished` line).
+    pub build_time: Option<Duration>,
+    /// How long each test binary (or crate's doctests) ran, in run order.
+    pub binary_times: Vec<(String, Duration)>,
 }
 
 /// The per-test limit: `KOMBU_TEST_LIMIT_SECS` or [`DEFAULT_TEST_LIMIT`].
@@ -64,6 +68,7 @@ enum Event {
 pub fn run(root: &Path, mut command: Command, limit: Duration) -> Result<Outcome> {
     let mut services = ServiceWatch::new(root);
     let mut tests = TestWatch::new(root, limit);
+    let started = Instant::now();
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -124,10 +129,13 @@ pub fn run(root: &Path, mut command: Command, limit: Duration) -> Result<Outcome
         .wait()
         .map_err(|e| format!("could not wait for cargo test: {e}"))?;
     services.check();
+    tests.timings.finish();
     Ok(Outcome {
         status,
         dead_services: services.dead,
         killed_tests: tests.killed,
+        build_time: tests.timings.build_done.map(|at| at - started),
+        binary_times: tests.timings.binaries,
     })
 }
 
@@ -233,6 +241,30 @@ struct TestWatch {
     /// Slow tests: name -> (binary, when it started).
     slow: HashMap<String, (Option<PathBuf>, Instant)>,
     killed: Vec<String>,
+    timings: Timings,
+}
+
+/// When the build ended and how long each test binary ran.
+#[derive(Default)]
+struct Timings {
+    build_done: Option<Instant>,
+    /// The binary running now: its name and start.
+    current: Option<(String, Instant)>,
+    binaries: Vec<(String, Duration)>,
+}
+
+impl Timings {
+    /// `name` starts (the one before it, if any, has ended).
+    fn start(&mut self, name: String) {
+        self.finish();
+        self.current = Some((name, Instant::now()));
+    }
+
+    fn finish(&mut self) {
+        if let Some((name, since)) = self.current.take() {
+            self.binaries.push((name, since.elapsed()));
+        }
+    }
 }
 
 impl TestWatch {
@@ -243,21 +275,40 @@ impl TestWatch {
             binary: None,
             slow: HashMap::new(),
             killed: Vec::new(),
+            timings: Timings::default(),
         }
     }
 
     /// Follow one line of cargo's or libtest's output.
     fn saw(&mut self, line: &str) {
         let line = line.trim();
-        if let Some(rest) = line.strip_prefix("Running ") {
+        if line.starts_with("Finished ") && self.timings.build_done.is_none() {
+            self.timings.build_done = Some(Instant::now());
+        } else if let Some(rest) = line.strip_prefix("Running ") {
             // `Running tests/conformance.rs (target/debug/deps/conformance-0123)`
             self.binary = rest
                 .rsplit_once('(')
                 .and_then(|(_, path)| path.strip_suffix(')'))
                 .map(|path| self.root.join(path));
+            let name = self
+                .binary
+                .as_deref()
+                .and_then(Path::file_name)
+                .map_or_else(
+                    || rest.to_owned(),
+                    |file| {
+                        format!(
+                            "{} {}",
+                            file.to_string_lossy(),
+                            rest.split(' ').next().unwrap_or("")
+                        )
+                    },
+                );
+            self.timings.start(name);
             self.slow.clear();
         } else if line.starts_with("Doc-tests ") {
             self.binary = None;
+            self.timings.start(line.to_owned());
             self.slow.clear();
         } else if let Some(name) = line
             .strip_prefix("test ")
@@ -350,5 +401,19 @@ mod tests {
         assert!(watch.killed[0].starts_with("stuck "), "{:?}", watch.killed);
         watch.saw("   Doc-tests kombu_core");
         assert!(watch.binary.is_none());
+        watch.timings.finish();
+        let names: Vec<&str> = watch
+            .timings
+            .binaries
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "conformance-0123 tests/conformance.rs",
+                "Doc-tests kombu_core"
+            ]
+        );
     }
 }
