@@ -10,17 +10,27 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kombu_core::{Error, ErrorKind, Result};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 mod pipeline;
 pub use pipeline::PutJob;
+#[cfg(test)]
+mod tests;
 
 /// Longest tube name beanstalkd accepts, in bytes.
 pub const MAX_TUBE_NAME: usize = 200;
 
 /// Longest answer line we accept (the longest real one is `USING <200 bytes>`).
 const MAX_LINE: usize = 1024;
+
+/// Longest data block we accept: beanstalkd's `-z` (max job size)
+/// cannot go past 1 GiB. A longer announced length is out of protocol.
+const MAX_DATA: usize = 1 << 30;
+
+/// What a data block's buffer starts at; it grows as the bytes arrive,
+/// never from the length the server announced alone.
+const INITIAL_DATA: usize = 64 * 1024;
 
 /// How long a command waits for its answer by default (see
 /// [`Conn::set_io_timeout`]).
@@ -116,16 +126,17 @@ fn protocol_error(message: String) -> Error {
     Error::new(ErrorKind::Protocol, message)
 }
 
-/// One connection to beanstalkd.
-pub struct Conn {
-    stream: BufReader<TcpStream>,
+/// One connection to beanstalkd (over TCP; any byte stream for the fuzz
+/// target, see [`Conn::over`]).
+pub struct Conn<S = TcpStream> {
+    stream: BufReader<S>,
     used: String,
     watched: Vec<String>,
     broken: bool,
     io_timeout: Option<Duration>,
 }
 
-impl std::fmt::Debug for Conn {
+impl<S> std::fmt::Debug for Conn<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("used", &self.used)
@@ -156,13 +167,23 @@ impl Conn {
             )
         })?;
         let _ = stream.set_nodelay(true);
-        Ok(Conn {
+        Ok(Conn::over(stream))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// A connection over an already open byte stream, in the state of a
+    /// new one (using and watching `default`). For the fuzz target, which
+    /// plays the server from its input; use [`Conn::connect`].
+    #[doc(hidden)]
+    pub fn over(stream: S) -> Conn<S> {
+        Conn {
             stream: BufReader::new(stream),
             used: "default".into(),
             watched: vec!["default".into()],
             broken: false,
             io_timeout: Some(DEFAULT_IO_TIMEOUT),
-        })
+        }
     }
 
     /// Bound every write and every wait for an answer by `timeout`
@@ -290,10 +311,19 @@ impl Conn {
         })
     }
 
+    /// Read a data block of `len` bytes and its CRLF.
     async fn read_data(&mut self, len: usize) -> Result<Vec<u8>> {
-        let mut data = vec![0; len + 2];
+        if len > MAX_DATA {
+            self.broken = true;
+            return Err(protocol_error(format!(
+                "beanstalkd announced {len} bytes of data (at most {MAX_DATA})"
+            )));
+        }
+        let wanted = len + 2;
+        let mut data = Vec::with_capacity(wanted.min(INITIAL_DATA));
         let limit = self.io_timeout;
-        let reading = self.stream.read_exact(&mut data);
+        let mut limited = (&mut self.stream).take(wanted as u64);
+        let reading = limited.read_to_end(&mut data);
         let result = match limit {
             Some(limit) => match tokio::time::timeout(limit, reading).await {
                 Ok(result) => result,
@@ -302,6 +332,12 @@ impl Conn {
             None => reading.await,
         };
         result.map_err(|e| self.lost(e))?;
+        if data.len() < wanted {
+            return Err(self.lost(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed by the server in a data block",
+            )));
+        }
         if !data.ends_with(b"\r\n") {
             self.broken = true;
             return Err(protocol_error("job data not followed by CRLF".into()));

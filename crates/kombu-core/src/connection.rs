@@ -315,6 +315,11 @@ impl Connection {
             retire(&self.shared, dead, false);
         }
         let fresh = self.establish().await?;
+        let after = *self.shared.epoch.borrow();
+        if after.epoch > 0 && !after.closed {
+            // The last connection was lost, not closed: a reconnect.
+            crate::metrics::reconnected(self.transport_name());
+        }
         let handle = (fresh.transport.clone(), fresh.epoch);
         *live = Some(fresh);
         Ok(handle)

@@ -17,8 +17,12 @@ use crate::connection::{Connection, EpochState};
 use crate::entity::{Arguments, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Delivery, DeliveryInfo, Headers, Properties};
+use crate::metrics::{ConsumerMetrics, QueueMetrics};
 use crate::retry::RetryPolicy;
 use crate::serialization::{Accept, Payload, SerializerRegistry};
+use crate::trace::TraceContext;
+#[cfg(feature = "opentelemetry")]
+use crate::trace_spans::DeliverySpan;
 use crate::transport::{Channel, DeliveryStream};
 
 /// How received bodies are decoded: serializers, compressors and the accept
@@ -56,6 +60,9 @@ pub struct Message {
     no_ack: bool,
     epoch: u64,
     state: AtomicU8,
+    metrics: Arc<QueueMetrics>,
+    #[cfg(feature = "opentelemetry")]
+    span: DeliverySpan,
 }
 
 impl std::fmt::Debug for Message {
@@ -76,14 +83,19 @@ impl Message {
         decoder: Arc<Decoder>,
         no_ack: bool,
         epoch: u64,
+        metrics: Arc<QueueMetrics>,
     ) -> Self {
+        metrics.delivered(delivery.info.redelivered, !no_ack);
         Message {
+            #[cfg(feature = "opentelemetry")]
+            span: DeliverySpan::start(metrics.transport, &metrics.queue, &delivery),
             delivery,
             channel,
             decoder,
             no_ack,
             epoch,
             state: AtomicU8::new(if no_ack { ACKED } else { PENDING }),
+            metrics,
         }
     }
 
@@ -122,6 +134,37 @@ impl Message {
     /// The whole delivery.
     pub fn delivery(&self) -> &Delivery {
         &self.delivery
+    }
+
+    /// The W3C trace context the message carries (its `traceparent` and
+    /// `tracestate` headers); `None` when it has none, or a malformed one
+    /// (ignored, never an error).
+    ///
+    /// ```
+    /// # fn demo(message: kombu_core::Message) {
+    /// if let Some(ctx) = message.trace_context() {
+    ///     println!("part of trace {:032x}", ctx.trace_id());
+    /// }
+    /// # }
+    /// ```
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        TraceContext::from_headers(self.headers())
+    }
+
+    /// The OpenTelemetry context of this delivery's consumer span (the
+    /// `opentelemetry` feature): make your processing spans its children.
+    /// The span ends when the message is settled or dropped.
+    ///
+    /// ```
+    /// # fn demo(message: kombu_core::Message) {
+    /// use opentelemetry::trace::Tracer as _;
+    /// let tracer = opentelemetry::global::tracer("my-app");
+    /// let _span = tracer.start_with_context("handle task", message.otel_context());
+    /// # }
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    pub fn otel_context(&self) -> &opentelemetry::Context {
+        self.span.context()
     }
 
     /// The body decompressed and deserialized, if its content type is accepted.
@@ -177,7 +220,7 @@ impl Message {
         }
         self.state
             .compare_exchange(PENDING, to, Ordering::AcqRel, Ordering::Acquire)
-            .map(|_| ())
+            .map(|_| self.metrics.left())
             .map_err(|was| {
                 let what = match was {
                     ACKED => "acknowledged",
@@ -194,25 +237,47 @@ impl Message {
     /// Acknowledge: the broker forgets the message.
     pub async fn ack(&self) -> Result<()> {
         self.settle(ACKED)?;
-        self.channel
+        let started = Instant::now();
+        let outcome = self
+            .channel
             .basic_ack(self.delivery.delivery_tag, false)
-            .await
+            .await;
+        if outcome.is_ok() {
+            self.metrics.acked(started.elapsed());
+        }
+        #[cfg(feature = "opentelemetry")]
+        self.span.settled("ack", &outcome);
+        outcome
     }
 
     /// Reject: dead-lettered where the queue says so, else dropped.
     pub async fn reject(&self) -> Result<()> {
         self.settle(REJECTED)?;
-        self.channel
+        let outcome = self
+            .channel
             .basic_reject(self.delivery.delivery_tag, false)
-            .await
+            .await;
+        if outcome.is_ok() {
+            self.metrics.rejected();
+        }
+        #[cfg(feature = "opentelemetry")]
+        self.span.settled("reject", &outcome);
+        outcome
     }
 
     /// Put the message back in its queue, flagged redelivered.
     pub async fn requeue(&self) -> Result<()> {
         self.settle(REQUEUED)?;
-        self.channel
+        let outcome = self
+            .channel
             .basic_reject(self.delivery.delivery_tag, true)
-            .await
+            .await;
+        if outcome.is_ok() {
+            self.metrics.requeued();
+        }
+        #[cfg(feature = "opentelemetry")]
+        self.span.settled("requeue", &outcome);
+        outcome
     }
 
     /// Keep this message from being delivered to another consumer for `by`
@@ -266,6 +331,15 @@ impl Message {
     /// True once acked, rejected or requeued (always true with no_ack).
     pub fn acknowledged(&self) -> bool {
         self.state.load(Ordering::Acquire) != PENDING
+    }
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        if !self.acknowledged() {
+            // Dropped unsettled: no longer in the application's hands.
+            self.metrics.left();
+        }
     }
 }
 
@@ -454,6 +528,7 @@ struct Attached {
     epoch: u64,
     streams: Streams,
     tags: Vec<String>,
+    metrics: Arc<ConsumerMetrics>,
 }
 
 /// The delivery streams of a consumer: one polled directly (the common
@@ -532,15 +607,17 @@ async fn attach(spec: Spec) -> Result<Attached> {
             streams.push(stream);
             tags.push(tag);
         }
-        Ok::<_, Error>((Streams::new(streams), tags))
+        let metrics = ConsumerMetrics::new(spec.connection.transport_name(), &names);
+        Ok::<_, Error>((Streams::new(streams), tags, metrics))
     }
     .await;
     match result {
-        Ok((streams, tags)) => Ok(Attached {
+        Ok((streams, tags, metrics)) => Ok(Attached {
             channel,
             epoch,
             streams,
             tags,
+            metrics: Arc::new(metrics),
         }),
         Err(err) => {
             if err.is_connection_error() {
@@ -765,13 +842,15 @@ impl Stream for Consumer {
             }
             match this.attached.streams.poll_next(cx) {
                 Poll::Ready(Some(Ok(delivery))) => {
+                    let metrics = this.attached.metrics.of(&delivery.info).clone();
                     return Poll::Ready(Some(Ok(Message::new(
                         delivery,
                         this.attached.channel.clone(),
                         this.decoder.clone(),
                         this.spec.no_ack,
                         this.attached.epoch,
-                    ))))
+                        metrics,
+                    ))));
                 }
                 Poll::Ready(Some(Err(err))) => {
                     if err.is_connection_error() && this.can_reconnect() {

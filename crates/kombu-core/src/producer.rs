@@ -1,7 +1,7 @@
 //! [`Producer`]: serialize, compress and publish.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
@@ -9,8 +9,12 @@ use crate::connection::Connection;
 use crate::entity::{Exchange, Queue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{DeliveryMode, Headers, Properties, RawMessage};
+use crate::metrics::PublishMetricsCache;
 use crate::retry::RetryPolicy;
 use crate::serialization::Payload;
+use crate::trace::TraceContext;
+#[cfg(feature = "opentelemetry")]
+use crate::trace_spans::PublishSpan;
 use crate::transport::Channel;
 
 /// How many publishes [`Producer::publish_many`] keeps in flight at once.
@@ -181,6 +185,24 @@ impl PublishOptions {
         self.mandatory = mandatory;
         self
     }
+
+    /// Carry this W3C trace context: the `traceparent` (and `tracestate`)
+    /// headers, ordinary application headers every transport and a
+    /// Python kombu/Celery peer keep. The consumer reads it back with
+    /// [`Message::trace_context`](crate::Message::trace_context). With the
+    /// `opentelemetry` feature, the publish's span is its child and the
+    /// message carries the span's own context instead.
+    ///
+    /// ```
+    /// use kombu_core::{PublishOptions, TraceContext};
+    /// let ctx = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    /// let opts = PublishOptions::new().trace_context(&ctx);
+    /// assert_eq!(opts.headers["traceparent"], ctx.traceparent());
+    /// ```
+    pub fn trace_context(mut self, ctx: &TraceContext) -> Self {
+        ctx.write_headers(&mut self.headers);
+        self
+    }
 }
 
 /// Publishes messages to an exchange (the default exchange unless told).
@@ -207,6 +229,7 @@ pub struct Producer {
     auto_declare: bool,
     serializers: std::sync::Arc<crate::serialization::SerializerRegistry>,
     compressors: std::sync::Arc<crate::compression::CompressionRegistry>,
+    metrics: PublishMetricsCache,
 }
 
 impl Producer {
@@ -223,6 +246,7 @@ impl Producer {
             auto_declare: true,
             serializers: connection.serializers().clone(),
             compressors: connection.compressors().clone(),
+            metrics: PublishMetricsCache::default(),
         }
     }
 
@@ -382,6 +406,16 @@ impl Producer {
         if ready.is_empty() {
             return results;
         }
+        let (exchange, routing_key) = self.destination(options);
+        #[cfg(feature = "opentelemetry")]
+        let spans: Vec<PublishSpan> = ready
+            .iter_mut()
+            .map(|message| {
+                let transport = self.connection.transport_name();
+                PublishSpan::start(transport, exchange, routing_key, message)
+            })
+            .collect();
+        let started = Instant::now();
         let sent = match self.publish_many_once(ready, options).await {
             Ok(sent) => sent,
             Err(err) => slots
@@ -389,6 +423,17 @@ impl Producer {
                 .map(|_| Err(Error::new(err.kind(), err.message().to_owned())))
                 .collect(),
         };
+        let took = started.elapsed();
+        let handles = self
+            .metrics
+            .get(self.connection.transport_name(), exchange, routing_key);
+        for outcome in &sent {
+            handles.record(outcome.is_ok(), took);
+        }
+        #[cfg(feature = "opentelemetry")]
+        for (span, outcome) in spans.into_iter().zip(&sent) {
+            span.end(outcome);
+        }
         for (slot, outcome) in slots.into_iter().zip(sent) {
             results[slot] = outcome;
         }
@@ -456,9 +501,34 @@ impl Producer {
         self.send(message, &options).await
     }
 
+    /// The exchange and routing key a publish with `options` goes to.
+    fn destination<'a>(&'a self, options: &'a PublishOptions) -> (&'a str, &'a str) {
+        let exchange = options.exchange.as_ref().unwrap_or(&self.exchange);
+        let routing_key = options.routing_key.as_deref().unwrap_or(&self.routing_key);
+        (&exchange.name, routing_key)
+    }
+
+    /// Publish a prepared message (counted, timed and, with the
+    /// `opentelemetry` feature, traced).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
+    async fn send(&self, mut message: RawMessage, options: &PublishOptions) -> Result<()> {
+        let (exchange, routing_key) = self.destination(options);
+        let transport = self.connection.transport_name();
+        #[cfg(feature = "opentelemetry")]
+        let span = PublishSpan::start(transport, exchange, routing_key, &mut message);
+        let started = Instant::now();
+        let outcome = self.send_as_asked(message, options).await;
+        self.metrics
+            .get(transport, exchange, routing_key)
+            .record(outcome.is_ok(), started.elapsed());
+        #[cfg(feature = "opentelemetry")]
+        span.end(&outcome);
+        outcome
+    }
+
     /// Publish a prepared message once, or with retries when `options`
     /// asks for them.
-    async fn send(&self, message: RawMessage, options: &PublishOptions) -> Result<()> {
+    async fn send_as_asked(&self, message: RawMessage, options: &PublishOptions) -> Result<()> {
         if !options.retry {
             return self.publish_once(message, options).await;
         }

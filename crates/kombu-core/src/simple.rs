@@ -37,6 +37,7 @@ pub struct SimpleQueue {
     decoder: Arc<Decoder>,
     no_ack: bool,
     delivery_mode: DeliveryMode,
+    metrics: Arc<crate::metrics::QueueMetrics>,
 }
 
 impl SimpleQueue {
@@ -54,6 +55,10 @@ impl SimpleQueue {
             queue,
             channel: tokio::sync::Mutex::new(None),
             decoder: Arc::new(Decoder::new(connection, Accept::default())),
+            metrics: Arc::new(crate::metrics::QueueMetrics::new(
+                connection.transport_name(),
+                name,
+            )),
             no_ack: buffer,
             delivery_mode: if buffer {
                 DeliveryMode::Transient
@@ -130,6 +135,7 @@ impl SimpleQueue {
                     self.decoder.clone(),
                     self.no_ack,
                     epoch,
+                    self.metrics.clone(),
                 )
             }))
     }

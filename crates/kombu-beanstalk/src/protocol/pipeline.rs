@@ -10,6 +10,7 @@
 //! and its owner makes a new one instead of reading stale answers.
 
 use kombu_core::Result;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{push_command, put_answer, Conn};
 
@@ -26,7 +27,7 @@ pub struct PutJob<'a> {
     pub body: &'a [u8],
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// `put` every job into the used tube ([`use_tube`](Self::use_tube)
     /// first) in one exchange. One answer per job, in order: the new job's
     /// id, or why the server did not store it (`JOB_TOO_BIG`, `DRAINING`,

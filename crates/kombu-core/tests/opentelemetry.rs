@@ -1,0 +1,1 @@
+//! The `opentelemetry` feature: producer and consumer spans.
