@@ -6,6 +6,8 @@ mod config;
 pub mod delayed;
 mod errors;
 mod field_table;
+#[doc(hidden)]
+pub mod fuzzing;
 mod properties;
 mod publish_sync;
 mod transport;
