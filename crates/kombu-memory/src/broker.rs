@@ -25,6 +25,9 @@ struct MemoryQueue {
     /// Delayed messages by (due time in Unix ms, arrival), with their
     /// priority: moved to `ready` once due.
     delayed: BTreeMap<(u64, u64), (StoredMessage, u8)>,
+    /// Values another writer left ([`MemoryBroker::put_foreign`]), served
+    /// before the messages: bytes that may not be a kombu message at all.
+    foreign: VecDeque<Vec<u8>>,
 }
 
 impl MemoryQueue {
@@ -48,7 +51,7 @@ impl MemoryQueue {
     }
 
     fn len(&self) -> usize {
-        self.ready.values().map(VecDeque::len).sum()
+        self.foreign.len() + self.ready.values().map(VecDeque::len).sum::<usize>()
     }
 
     fn pop(&mut self) -> Option<StoredMessage> {
@@ -126,6 +129,7 @@ impl MemoryBroker {
                 let n = (q.len() + q.delayed.len()) as u64;
                 q.ready.clear();
                 q.delayed.clear();
+                q.foreign.clear();
                 n
             }
             None => 0,
@@ -134,6 +138,17 @@ impl MemoryBroker {
 
     pub(crate) fn size(&self, queue: &str) -> u64 {
         self.lock().queues.get(queue).map_or(0, |q| q.len() as u64)
+    }
+
+    /// Store `bytes` as another writer would (served before the messages,
+    /// read as an envelope when taken).
+    pub(crate) fn put_foreign(&self, queue: &str, bytes: &[u8]) {
+        {
+            let mut state = self.lock();
+            let entry = state.queues.entry(queue.to_owned()).or_default();
+            entry.foreign.push_back(bytes.to_vec());
+        }
+        self.wake_fetches();
     }
 
     /// Store a message; `front` puts it before every message of its priority.
@@ -216,6 +231,12 @@ impl MemoryBroker {
                 };
             }
             out.reserve(max.min(queue.len()));
+            while out.len() < max {
+                let Some(raw) = queue.foreign.pop_front() else {
+                    break;
+                };
+                out.push(Fetched::from_json(name.clone(), String::new(), &raw));
+            }
             while out.len() < max {
                 let Some(message) = queue.pop() else {
                     break;

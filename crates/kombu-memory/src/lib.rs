@@ -61,15 +61,47 @@ pub async fn open(url: BrokerUrl, options: ConnectionOptions) -> Result<MemoryBa
     let polling_interval = transport_options
         .get_duration_secs("polling_interval")?
         .unwrap_or(Duration::from_millis(100));
-    let name = format!(
+    Ok(MemoryBackend {
+        broker: MemoryBroker::named(&broker_name(&url)),
+        polling_interval,
+    })
+}
+
+/// The in-process broker a URL names: its host and virtual host.
+fn broker_name(url: &BrokerUrl) -> String {
+    format!(
         "{}/{}",
         url.hostname().unwrap_or_default(),
         url.virtual_host().unwrap_or_default()
-    );
-    Ok(MemoryBackend {
-        broker: MemoryBroker::named(&name),
-        polling_interval,
-    })
+    )
+}
+
+/// Leave `bytes` in `queue` of the broker `url` names, as a writer other
+/// than kombu would: a value that need not be a kombu message. For tests
+/// of what a consumer meets there (a value that is not an envelope goes
+/// to the queue's quarantine, `<queue>.quarantine`, its bytes intact).
+/// Such values are served before the queue's messages.
+///
+/// ```
+/// use futures::StreamExt;
+/// use kombu_core::{Connection, Consumer, Queue, Registry};
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// let mut registry = Registry::new();
+/// kombu_memory::register(&mut registry);
+/// let conn = Connection::with_registry("memory://foreign-doc", registry.into())?;
+/// let channel = conn.channel().await?;
+/// Queue::new("q").declare(channel.as_ref()).await?;
+/// kombu_memory::put_foreign_value(conn.url(), "q", b"not json");
+/// let mut consumer = Consumer::builder(&conn).queue(Queue::new("q")).build().await?;
+/// let reported = consumer.next().await.expect("an item");
+/// assert!(reported.is_err(), "reported; the value is in q.quarantine");
+/// assert_eq!(channel.queue_size("q.quarantine").await?, 1);
+/// # Ok::<(), kombu_core::Error>(())
+/// # }).unwrap();
+/// ```
+pub fn put_foreign_value(url: &BrokerUrl, queue: &str, bytes: &[u8]) {
+    MemoryBroker::named(&broker_name(url)).put_foreign(queue, bytes);
 }
 
 /// The [`VirtualBackend`] of `memory://`.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use kombu_core::{Connection, Registry};
+use kombu_testkit::{GarbagePath, HookError};
 
 /// True while a check runs.
 static BUSY: Mutex<bool> = Mutex::new(false);
@@ -76,4 +77,33 @@ fn short_lease() -> Option<Taken> {
     Some(Taken { conn, _turn: turn })
 }
 
-kombu_testkit::conformance_tests!(connect, lease: short_lease);
+/// The garbage check's raw write: a document in `messages` for the queue
+/// whose `payload` is the bytes (as text: kombu stores a string), not a
+/// kombu message; priority 9 is kombu's stored form of priority 0.
+async fn write_garbage(
+    _conn: &Connection,
+    queue: &str,
+    bytes: &[u8],
+) -> Result<GarbagePath, HookError> {
+    let url = kombu_testkit::test_url("mongodb").ok_or("KOMBU_TEST_MONGODB_URL")?;
+    let payload = String::from_utf8(bytes.to_vec())?;
+    let insert = async {
+        let client = mongodb::Client::with_uri_str(&url).await?;
+        let database = client
+            .default_database()
+            .unwrap_or_else(|| client.database("kombu_default"));
+        database
+            .collection::<mongodb::bson::Document>("messages")
+            .insert_one(mongodb::bson::doc! {
+                "payload": payload,
+                "queue": queue,
+                "priority": 9,
+            })
+            .await?;
+        Ok::<_, HookError>(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), insert).await??;
+    Ok(GarbagePath::Unreadable)
+}
+
+kombu_testkit::conformance_tests!(connect, lease: short_lease, garbage: write_garbage);

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use crate::support::{consumer_builder, recv, recv_n, recv_within, skip, step, unique, Cleanup};
 
-fn check(condition: bool, what: impl Into<String>) -> Result<()> {
+pub use crate::garbage::{garbage_value_is_quarantined, GarbagePath, HookError, GARBAGE};
+
+pub(crate) fn check(condition: bool, what: impl Into<String>) -> Result<()> {
     if condition {
         Ok(())
     } else {
@@ -22,7 +24,11 @@ fn check(condition: bool, what: impl Into<String>) -> Result<()> {
     }
 }
 
-fn expect_eq<T: PartialEq + std::fmt::Debug>(actual: T, expected: T, what: &str) -> Result<()> {
+pub(crate) fn expect_eq<T: PartialEq + std::fmt::Debug>(
+    actual: T,
+    expected: T,
+    what: &str,
+) -> Result<()> {
     check(
         actual == expected,
         format!("{what}: expected {expected:?}, got {actual:?}"),

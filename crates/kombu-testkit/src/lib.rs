@@ -27,9 +27,13 @@
 //! ```
 
 pub mod checks;
+mod garbage;
 pub mod liveness;
 mod support;
 
+pub use garbage::{GarbagePath, HookError, GARBAGE};
+#[doc(hidden)]
+pub use kombu_core as __kombu_core;
 pub use liveness::{with_query, FrozenProxy};
 pub use support::{
     connection_for, consumer_builder, python_peer, recv, recv_n, recv_within, require_env,
@@ -42,20 +46,64 @@ pub use support::{
 /// server is not configured (the test prints why and passes, or fails under
 /// `KOMBU_TEST_REQUIRE=1`).
 ///
+/// `garbage: $write` is required (a transport without it does not
+/// compile): an `async fn(&Connection, &str, &[u8]) -> Result<GarbagePath,
+/// HookError>` that writes the bytes, with the transport's raw client,
+/// where the transport keeps the messages of the queue named by the second
+/// argument, for [`checks::garbage_value_is_quarantined`].
+///
 /// `lease: $short` names a second function giving a connection whose lease
 /// (`visibility_timeout`) is a few seconds and whose broker restores
 /// promptly, for the lease-extension check; without it that check runs on
 /// `$connect` (enough where deliveries stay reserved while the channel
 /// lives, or where lease extension is refused).
+///
+/// ```
+/// use kombu_testkit::{GarbagePath, HookError};
+///
+/// /// LPUSH, SendMessage, put... with the transport's own client.
+/// async fn write_garbage(
+///     conn: &kombu_core::Connection,
+///     queue: &str,
+///     bytes: &[u8],
+/// ) -> Result<GarbagePath, HookError> {
+///     let _ = (conn, queue, bytes);
+///     Err("this example has no raw client".into())
+/// }
+///
+/// fn connect() -> Option<kombu_core::Connection> {
+///     None // no server configured: every test prints a skip line
+/// }
+///
+/// kombu_testkit::conformance_tests!(connect, garbage: write_garbage);
+/// ```
 #[macro_export]
 macro_rules! conformance_tests {
-    ($connect:path, lease: $short:path) => {
+    ($connect:path, lease: $short:path, garbage: $write:path $(,)?) => {
         $crate::conformance_tests!(@checks $connect);
         $crate::conformance_tests!(@each $short; lease_extension_keeps_a_message);
+        $crate::conformance_tests!(@garbage $connect, $write);
     };
-    ($connect:path) => {
+    ($connect:path, garbage: $write:path $(,)?) => {
         $crate::conformance_tests!(@checks $connect);
         $crate::conformance_tests!(@each $connect; lease_extension_keeps_a_message);
+        $crate::conformance_tests!(@garbage $connect, $write);
+    };
+    (@garbage $connect:path, $write:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn garbage_value_is_quarantined() {
+            let Some(conn) = $connect() else { return };
+            let raw: &$crate::__kombu_core::Connection = &conn;
+            $crate::run_check(
+                "garbage_value_is_quarantined",
+                &conn,
+                $crate::checks::garbage_value_is_quarantined(
+                    &conn,
+                    |queue: String, bytes: Vec<u8>| async move { $write(raw, &queue, &bytes).await },
+                ),
+            )
+            .await;
+        }
     };
     (@checks $connect:path) => {
         $crate::conformance_tests!(@each $connect;

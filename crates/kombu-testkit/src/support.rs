@@ -231,13 +231,19 @@ impl Cleanup {
         self.exchanges.push(name.to_owned());
         name.to_owned()
     }
-    /// Delete everything recorded (each deletion bounded: a dead server
-    /// does not hold up the check's result).
+    /// Delete everything recorded, with each queue's quarantine (where a
+    /// check's rejects went; each deletion bounded: a dead server does not
+    /// hold up the check's result).
     pub async fn run(self, channel: &dyn Channel) {
         step("deleting the check's queues and exchanges");
         let limit = Duration::from_secs(5);
         for queue in &self.queues {
             let _ = tokio::time::timeout(limit, channel.queue_delete(queue)).await;
+            let quarantine = kombu_core::quarantine_of(queue);
+            if !queue.ends_with(kombu_core::QUARANTINE_SUFFIX) && !self.queues.contains(&quarantine)
+            {
+                let _ = tokio::time::timeout(limit, channel.queue_delete(&quarantine)).await;
+            }
         }
         for exchange in &self.exchanges {
             let _ = tokio::time::timeout(limit, channel.exchange_delete(exchange)).await;
