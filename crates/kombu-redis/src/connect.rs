@@ -74,6 +74,9 @@ fn client(config: &RedisConfig, credentials: Option<&Credentials>) -> Result<red
 fn tls_addr(host: &str, port: u16, insecure: bool) -> Result<ConnectionAddr> {
     // Several crates may enable rustls providers; pick ring explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if insecure {
+        crate::tls::warn_unverified(host, port);
+    }
     Ok(ConnectionAddr::TcpTls {
         host: host.to_owned(),
         port,
@@ -315,8 +318,15 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(RedisConn, Vec<redis::
     let client = client(config, creds)?;
     let conn = manager(&client, config)
         .await
-        .map_err(|err| auth_error(err, creds))?;
-    Ok((RedisConn::Single(conn), vec![client]))
+        .map_err(|err| auth_error(err, creds));
+    #[cfg(feature = "tls")]
+    let conn = match &config.address {
+        Address::Tls { host, port, .. } => {
+            conn.map_err(|err| crate::tls::explain(err, host, *port))
+        }
+        _ => conn,
+    };
+    Ok((RedisConn::Single(conn?), vec![client]))
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ mod fanout;
 pub mod keys;
 mod maintenance;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 
 use kombu_core::spi::VirtualFactory;
 use kombu_core::{
