@@ -9,11 +9,14 @@
 //! * `cargo xtask bench [--quick] [--only NAMES] ...` runs the same workload
 //!   through `kombu bench`, raw-client baselines and Python kombu, and writes
 //!   `docs/benchmarks.md` (+ `.svg`, `.json`).
+//! * `cargo xtask fuzz [--seconds N] [--target NAME]` builds the cargo-fuzz
+//!   targets in `fuzz/` and runs each for N seconds (default 30).
 //!
 //! See `docs/development.md` for the full story.
 
 mod bench;
 mod docker;
+mod fuzz;
 mod group;
 mod install;
 mod process;
@@ -57,6 +60,9 @@ enum Command {
     /// Benchmark kombu-rs against raw clients and Python kombu (interleaved
     /// rounds, medians) and write docs/benchmarks.md, .svg and .json.
     Bench(bench::BenchArgs),
+    /// Build the fuzz targets in fuzz/ (installing cargo-fuzz if missing)
+    /// and run each in turn; fails on a crash, naming the saved input.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// `cargo xtask services ...`
@@ -104,6 +110,7 @@ fn main() -> ExitCode {
         }
         Command::Test(args) => test_cmd::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
+        Command::Fuzz(args) => fuzz::run(&root, &args),
         Command::Python => python::ensure(&root).map(|path| {
             println!("{}", path.display());
             ExitCode::SUCCESS
