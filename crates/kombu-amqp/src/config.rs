@@ -1,6 +1,7 @@
 //! From a kombu URL and options to what lapin connects with.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kombu_core::{BrokerUrl, ConnectionOptions, Error, ErrorKind, Result, SslOptions};
@@ -30,11 +31,22 @@ pub(crate) struct ConnectConfig {
     /// Holds the password: never print it (its `Debug` would).
     pub(crate) uri: AMQPUri,
     pub(crate) properties: ConnectionProperties,
-    pub(crate) tls: OwnedTLSConfig,
+    pub(crate) tls: TlsSetup,
     pub(crate) settings: Settings,
     /// `host:port`, for messages.
     pub(crate) endpoint: String,
     pub(crate) connect_timeout: Option<Duration>,
+}
+
+/// How an `amqps://` connection sets up TLS.
+pub(crate) enum TlsSetup {
+    /// lapin's rustls setup: the server verified with the CA bundle (or
+    /// the system's roots) and its name checked; a client certificate
+    /// when given.
+    Verified(OwnedTLSConfig),
+    /// `ssl_cert_reqs=CERT_NONE`: a rustls client that accepts any server
+    /// certificate (a warning is logged on each connect).
+    Unverified(Arc<rustls::ClientConfig>),
 }
 
 /// Per-connection behaviour of channels.
@@ -174,10 +186,11 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     })
 }
 
-/// The TLS settings lapin's rustls stack takes: a CA bundle and a client
-/// certificate with its key (PEM). rustls always verifies the server and
-/// its name, so `verify=false` / `check_hostname=false` are refused.
-fn tls_config(ssl: &SslOptions) -> Result<OwnedTLSConfig> {
+/// The TLS settings: lapin's rustls stack with a CA bundle and a client
+/// certificate with its key (PEM); or, for `ssl_cert_reqs=CERT_NONE`, a
+/// rustls client that verifies nothing. A verified server's name is
+/// always checked: `ssl_check_hostname=false` alone is refused.
+fn tls_config(ssl: &SslOptions) -> Result<TlsSetup> {
     let mut config = OwnedTLSConfig::default();
     if let SslOptions::Custom {
         ca_certs,
@@ -187,10 +200,25 @@ fn tls_config(ssl: &SslOptions) -> Result<OwnedTLSConfig> {
         check_hostname,
     } = ssl
     {
-        if !verify || !check_hostname {
+        if !verify {
+            let identity = match (certfile, keyfile) {
+                (Some(cert), Some(key)) => Some(crate::tls::ClientIdentity::read(cert, key)?),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "ssl: a client certificate needs both certfile and keyfile",
+                    ))
+                }
+            };
+            return Ok(TlsSetup::Unverified(Arc::new(
+                crate::tls::unverified_client(identity)?,
+            )));
+        }
+        if !check_hostname {
             return Err(Error::unsupported(
-                "ssl: the AMQP transport always verifies the server certificate and its \
-                 hostname (rustls); CERT_NONE and check_hostname=false are not supported",
+                "ssl: the AMQP transport checks the hostname of a server it verifies \
+                 (rustls); ssl_check_hostname=false is not supported (ssl_cert_reqs=CERT_NONE \
+                 turns off every check)",
             ));
         }
         if let Some(ca) = ca_certs {
@@ -214,7 +242,7 @@ fn tls_config(ssl: &SslOptions) -> Result<OwnedTLSConfig> {
             }
         }
     }
-    Ok(config)
+    Ok(TlsSetup::Verified(config))
 }
 
 #[cfg(test)]
@@ -311,8 +339,14 @@ mod tests {
         .unwrap();
         assert_eq!(err.kind(), ErrorKind::InvalidOption);
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
-        let err = config(
+        let c = config(
             "amqp://h/?ssl=1&ssl_cert_reqs=CERT_NONE",
+            ConnectionOptions::new(),
+        )
+        .unwrap();
+        assert!(matches!(c.tls, TlsSetup::Unverified(_)));
+        let err = config(
+            "amqp://h/?ssl=1&ssl_check_hostname=false",
             ConnectionOptions::new(),
         )
         .err()

@@ -10,6 +10,7 @@ mod field_table;
 pub mod fuzzing;
 mod properties;
 mod publish_sync;
+mod tls;
 mod transport;
 
 use std::sync::Arc;

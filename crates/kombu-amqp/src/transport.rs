@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ExchangeKind};
 
 use crate::channel::AmqpChannel;
-use crate::config::{ConnectConfig, Settings};
+use crate::config::{ConnectConfig, Settings, TlsSetup};
 use crate::errors::{map_error, map_error_on, LinkState, Phase};
 use crate::publish_sync::PublishSync;
 
@@ -94,7 +94,34 @@ impl AmqpTransport {
         } = config;
         let runtime = lapin::runtime::default_runtime()
             .map_err(|e| map_error(e, "starting the AMQP runtime", Phase::Connect))?;
-        let connecting = Connection::connect_uri_with_config(uri, properties, tls, runtime);
+        let tls_on = uri.scheme == lapin::uri::AMQPScheme::AMQPS;
+        let host = uri.authority.host.clone();
+        let connecting = async {
+            match tls {
+                TlsSetup::Verified(tls) => {
+                    Connection::connect_uri_with_config(uri, properties, tls, runtime).await
+                }
+                TlsSetup::Unverified(client) => {
+                    // CERT_NONE: lapin's connector with our TCP and TLS
+                    // steps (every address the host resolves to, in turn;
+                    // then the handshake with a client that verifies
+                    // nothing).
+                    crate::tls::warn_unverified(&endpoint);
+                    let connector = lapin::tcp::RustlsConnector::from(client);
+                    let connect = async move |uri: lapin::uri::AMQPUri, runtime| {
+                        let host = uri.authority.host.clone();
+                        let addresses: Vec<std::net::SocketAddr> =
+                            tokio::net::lookup_host((host.as_str(), uri.authority.port))
+                                .await?
+                                .collect();
+                        let stream =
+                            lapin::tcp::AsyncTcpStream::connect(&runtime, addresses).await?;
+                        Ok(stream.into_rustls(&connector, &host).await?)
+                    };
+                    Connection::connector(uri, runtime, connect, properties).await
+                }
+            }
+        };
         let connected = match connect_timeout {
             Some(limit) => tokio::time::timeout(limit, connecting).await.map_err(|_| {
                 Error::new(
@@ -107,8 +134,14 @@ impl AmqpTransport {
             })?,
             None => connecting.await,
         };
-        let connection = connected
-            .map_err(|e| map_error(e, &format!("connecting to {endpoint}"), Phase::Connect))?;
+        let connection = connected.map_err(|e| {
+            let err = map_error(e, &format!("connecting to {endpoint}"), Phase::Connect);
+            if tls_on {
+                crate::tls::explain(err, &host, &endpoint)
+            } else {
+                err
+            }
+        })?;
         tracing::debug!(%endpoint, "AMQP connection open");
         Ok(AmqpTransport {
             link: Arc::new(Link {
