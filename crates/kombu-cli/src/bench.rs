@@ -470,6 +470,11 @@ async fn rtt_phase(args: &BenchArgs, queue: &str, body: &Bytes) -> Outcome<Vec<D
 
 /// Run `kombu bench`.
 pub async fn run(args: &BenchArgs) -> Outcome {
+    let recorder = if args.metrics {
+        Some(crate::prometheus::install().map_err(Failure::failed)?)
+    } else {
+        None
+    };
     let admin = connect::open(&args.broker).await?;
     let channel = admin.channel().await?;
     let queue = unique_queue();
@@ -507,10 +512,18 @@ pub async fn run(args: &BenchArgs) -> Outcome {
         rtt,
         peak_rss_bytes: peak_rss_bytes(),
     };
+    let metrics = recorder.map(|handle| handle.render());
     if args.json {
-        println!("{}", report.to_json());
+        let mut json = report.to_json();
+        if let Some(text) = metrics {
+            json["metrics"] = text.into();
+        }
+        println!("{json}");
     } else {
         print!("{}", report.to_text());
+        if let Some(text) = metrics {
+            print!("\n# kombu-rs metrics (Prometheus text)\n{text}");
+        }
     }
     Ok(())
 }

@@ -231,6 +231,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Record kombu-rs's metrics (counters, latency histograms, in-flight
+    /// gauge) and print them in Prometheus text format at the end (with
+    /// `--json`: as its `metrics` field).
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 /// `KEY=VALUE` (the value may contain `=`; the key may not be empty).

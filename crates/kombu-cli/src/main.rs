@@ -5,6 +5,7 @@ mod cli;
 mod connect;
 mod consume;
 mod failure;
+mod prometheus;
 mod publish;
 mod queue;
 mod render;

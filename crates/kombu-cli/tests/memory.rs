@@ -110,6 +110,74 @@ fn bench_json_on_memory() {
     }
 }
 
+/// The value of the Prometheus sample `name{labels}` whose queue label
+/// ends with `suffix` (and is not the round-trip queue unless asked).
+fn sample(text: &str, name: &str, rtt: bool) -> f64 {
+    let found: Vec<f64> = text
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| line.contains("transport=\"memory\""))
+        .filter(|line| line.contains("-rtt\"") == rtt)
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "one {name} sample (rtt: {rtt}) in:\n{text}");
+    found[0]
+}
+
+#[test]
+fn bench_metrics_on_memory_count_every_message() {
+    let run = kombu(&[
+        "bench",
+        "--messages",
+        "300",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--rtt-samples",
+        "5",
+        "--metrics",
+        "--json",
+    ]);
+    run.expect_code(0);
+    let lines = run.json_lines();
+    assert_eq!(lines.len(), 1, "one JSON object: {}", run.stdout);
+    let text = lines[0]["metrics"].as_str().expect("a metrics field");
+    for (name, want) in [
+        ("kombu_messages_published_total", 300.0),
+        ("kombu_messages_delivered_total", 300.0),
+        ("kombu_messages_acked_total", 300.0),
+        ("kombu_publish_duration_seconds_count", 300.0),
+        ("kombu_ack_duration_seconds_count", 300.0),
+        ("kombu_messages_rejected_total", 0.0),
+        ("kombu_messages_in_flight", 0.0),
+    ] {
+        assert_eq!(sample(text, name, false), want, "{name}");
+    }
+    // The round trips: 10 untimed warm-ups and the 5 samples.
+    assert_eq!(sample(text, "kombu_messages_acked_total", true), 15.0);
+    assert!(text.contains("# TYPE kombu_publish_duration_seconds histogram"));
+
+    let run = kombu(&[
+        "bench",
+        "--messages",
+        "50",
+        "--rtt-samples",
+        "1",
+        "--metrics",
+    ]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("# kombu-rs metrics (Prometheus text)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        sample(&run.stdout, "kombu_messages_published_total", false),
+        50.0
+    );
+}
+
 #[test]
 fn bench_table_on_memory() {
     let run = kombu(&["bench", "--messages", "200", "--rtt-samples", "5"]);
