@@ -149,6 +149,19 @@ impl Api {
 
     /// Create (or update, with `update`) the durable pull consumer of a stream.
     pub(crate) async fn create_consumer(&self, settings: &Settings, stream: &str) -> Result<()> {
+        self.create_consumer_with(settings, stream, settings.max_ack_pending)
+            .await
+    }
+
+    /// [`create_consumer`](Self::create_consumer) with its own
+    /// `max_ack_pending` (-1: no limit, for a delay stream, whose waiting
+    /// messages are all NAKed with a delay, so pending).
+    pub(crate) async fn create_consumer_with(
+        &self,
+        settings: &Settings,
+        stream: &str,
+        max_ack_pending: i64,
+    ) -> Result<()> {
         let name = &settings.names.consumer;
         let body = json!({
             "stream_name": stream,
@@ -159,7 +172,7 @@ impl Api {
                 "ack_wait": settings.visibility_timeout.as_nanos() as u64,
                 "max_deliver": -1,
                 "replay_policy": "instant",
-                "max_ack_pending": settings.max_ack_pending,
+                "max_ack_pending": max_ack_pending,
                 "max_waiting": 512,
             }
         });

@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use kombu_core::spi::{async_trait, Fetched, QueueBinding, Receipt, StopWaiting, VirtualBackend};
+use kombu_core::spi::{
+    async_trait, Fetched, QueueBinding, Receipt, StopWaiting, StoredMessage, VirtualBackend,
+};
 use kombu_core::{Capabilities, Envelope, Error, ErrorKind, Exchange, Queue, Result};
 
 use crate::api::Api;
+use crate::delayed::{nak_with_delay, now_ms, rest_of_delay, DelayLooks, Due, NOT_BEFORE_HEADER};
 use crate::pull::{delivered_count, pull, Wait};
 use crate::settings::{Settings, Storage};
 use crate::topology::Topology;
@@ -35,6 +38,8 @@ pub(crate) fn capabilities() -> Capabilities {
         .with_lease_extension(true)
         // JetStream counts deliveries (redeliveries after the ack wait too).
         .with_delivery_limit(true)
+        // A delay stream per queue, moved by its consumers (delayed.rs).
+        .with_delayed_delivery(true)
 }
 
 /// The NATS JetStream [`VirtualBackend`]. Reach it from a connection with
@@ -47,6 +52,8 @@ pub struct NatsBackend {
     topology: Topology,
     /// The server's `max_payload`: a larger envelope is refused.
     max_payload: usize,
+    /// When to look at each queue's delay stream.
+    delay_looks: DelayLooks,
 }
 
 impl std::fmt::Debug for NatsBackend {
@@ -74,6 +81,7 @@ impl NatsBackend {
             api,
             topology,
             max_payload,
+            delay_looks: DelayLooks::default(),
         }
     }
 
@@ -125,6 +133,12 @@ impl NatsBackend {
     /// and wait until JetStream has taken it. A delivery whose stream is
     /// gone has nothing to settle.
     async fn settle(&self, receipt: &str, kind: &'static str, doing: &str) -> Result<()> {
+        self.settle_as(receipt, kind, doing).await
+    }
+
+    /// [`settle`](Self::settle) with any acknowledgement body (a `-NAK`
+    /// with a delay).
+    async fn settle_as(&self, receipt: &str, kind: impl Into<Bytes>, doing: &str) -> Result<()> {
         if !receipt.starts_with("$JS.ACK.") {
             return Err(Error::new(
                 ErrorKind::PreconditionFailed,
@@ -133,11 +147,7 @@ impl NatsBackend {
         }
         match self
             .api
-            .request_raw(
-                doing,
-                receipt.to_owned(),
-                Bytes::from_static(kind.as_bytes()),
-            )
+            .request_raw(doing, receipt.to_owned(), kind.into())
             .await
         {
             Ok(_) => Ok(()),
@@ -201,6 +211,96 @@ impl NatsBackend {
         }
     }
 
+    /// Create `queue`'s delay stream and its consumer if missing.
+    async fn ensure_delay_stream(&self, queue: &str) -> Result<()> {
+        let stream = self.settings.names.delay_stream(queue)?;
+        let subject = self.settings.names.delay_subject(queue)?;
+        self.api
+            .create_stream(&self.settings, &stream, &subject)
+            .await?;
+        self.api
+            .create_consumer_with(&self.settings, &stream, -1)
+            .await
+    }
+
+    /// Purge `queue`'s delay stream (and make its consumer anew, as
+    /// nats-server 2.9 needs after a purge); how many messages it held.
+    async fn purge_delayed(&self, queue: &str) -> Result<u64> {
+        let stream = self.settings.names.delay_stream(queue)?;
+        let purged = self.api.purge_stream(&stream).await?;
+        if purged > 0 {
+            let consumer = &self.settings.names.consumer;
+            self.api.delete_consumer(&stream, consumer).await?;
+            self.api
+                .create_consumer_with(&self.settings, &stream, -1)
+                .await?;
+        }
+        Ok(purged)
+    }
+
+    /// Look at the delay stream of each of `queues` whose look is due:
+    /// move the due messages to their queue, NAK the others with the rest
+    /// of their delay. A failed look is logged (the next one tries again).
+    async fn move_due_messages(&self, queues: &[String]) {
+        for queue in queues {
+            if let Err(e) = self.move_due(queue).await {
+                tracing::warn!(queue, error = %e, "nats: looking at a delay stream failed");
+            }
+        }
+    }
+
+    async fn move_due(&self, queue: &str) -> Result<()> {
+        let stream = self.settings.names.delay_stream(queue)?;
+        match self.delay_looks.due(queue) {
+            Due::Nothing => return Ok(()),
+            Due::FindStream => {
+                let exists = self.api.stream_exists(&stream).await?;
+                self.delay_looks.found(queue, exists);
+                if !exists {
+                    return Ok(());
+                }
+                self.delay_looks.due(queue);
+            }
+            Due::Pull => {}
+        }
+        let waiting = pull(
+            &self.api,
+            &stream,
+            &self.settings.names.consumer,
+            MAX_PULL,
+            Wait::No,
+            self.settings.request_timeout,
+        )
+        .await?;
+        let now = now_ms();
+        for m in waiting {
+            let receipt = receipt_of(&m);
+            let envelope = Envelope::from_json(&m.payload).ok();
+            let not_before = envelope
+                .as_ref()
+                .and_then(|e| e.headers.get(NOT_BEFORE_HEADER))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            if let Some(rest) = rest_of_delay(not_before, now) {
+                self.settle_as(&receipt, nak_with_delay(rest), "delaying a message")
+                    .await?;
+                continue;
+            }
+            let payload = match envelope {
+                Some(mut envelope) => {
+                    envelope.headers.shift_remove(NOT_BEFORE_HEADER);
+                    self.payload(&envelope)?
+                }
+                // Not a kombu envelope: the queue's consumer quarantines it.
+                None => m.payload.clone(),
+            };
+            self.publish(queue, payload).await?;
+            self.settle(&receipt, "+ACK", "moving a due message")
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn fetch_some(
         &self,
         queues: &[String],
@@ -209,6 +309,7 @@ impl NatsBackend {
         stop: Option<&StopWaiting>,
     ) -> Result<Vec<Fetched>> {
         let max = max.clamp(1, MAX_PULL);
+        self.move_due_messages(queues).await;
         for queue in queues {
             let got = self.pull(queue, max, Wait::No).await?;
             if !got.is_empty() {
@@ -238,6 +339,7 @@ impl NatsBackend {
             if left < Duration::from_millis(10) || stop.is_some_and(StopWaiting::is_raised) {
                 return Ok(got);
             }
+            self.move_due_messages(queues).await;
             got = self
                 .pull(first, 1, Wait::Upto(left.min(WAIT_SLICE)))
                 .await?;
@@ -332,15 +434,20 @@ impl VirtualBackend for NatsBackend {
         self.api
             .delete_stream(&self.settings.names.stream(queue)?)
             .await?;
+        self.api
+            .delete_stream(&self.settings.names.delay_stream(queue)?)
+            .await?;
+        self.delay_looks.forget(queue);
         self.topology.delete_queue(queue).await
     }
 
-    /// Ready messages only: with nothing delivered and unacked, the stream
+    /// Ready and delayed messages: with nothing delivered and unacked, the stream
     /// is purged in one call and its consumer made anew (nats-server 2.9
     /// leaves a consumer behind a purge answering no `no_wait` pull);
     /// otherwise the ready messages are pulled and acked, so that the ones
     /// consumers hold stay theirs.
     async fn purge(&self, queue: &str) -> Result<u64> {
+        let delayed = self.purge_delayed(queue).await?;
         let stream = self.settings.names.stream(queue)?;
         let consumer = &self.settings.names.consumer;
         let info = self.api.consumer_info(&stream, consumer).await?;
@@ -350,13 +457,13 @@ impl VirtualBackend for NatsBackend {
                 self.api.delete_consumer(&stream, consumer).await?;
                 self.api.create_consumer(&self.settings, &stream).await?;
             }
-            return Ok(purged);
+            return Ok(delayed + purged);
         }
         let mut purged = 0;
         loop {
             let batch = self.pull(queue, MAX_PULL, Wait::No).await?;
             if batch.is_empty() {
-                return Ok(purged);
+                return Ok(delayed + purged);
             }
             purged += batch.len() as u64;
             let acks: Vec<(String, Receipt)> =
@@ -379,6 +486,34 @@ impl VirtualBackend for NatsBackend {
     async fn put(&self, queue: &str, envelope: &Envelope, _priority: u8) -> Result<()> {
         let payload = self.payload(envelope)?;
         self.publish(queue, payload).await
+    }
+
+    /// Published to the queue's delay stream with its not-before time, and
+    /// moved to the queue when due by the queue's consumers (delayed.rs).
+    async fn put_delayed(
+        &self,
+        queue: &str,
+        message: StoredMessage,
+        _priority: u8,
+        not_before_ms: u64,
+    ) -> Result<()> {
+        let mut envelope = message.into_envelope();
+        envelope
+            .headers
+            .insert(NOT_BEFORE_HEADER.into(), not_before_ms.into());
+        let payload = self.payload(&envelope)?;
+        let subject = self.settings.names.delay_subject(queue)?;
+        match self.api.publish(subject.clone(), payload.clone()).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.ensure_delay_stream(queue).await?;
+                self.api.publish(subject, payload).await?;
+            }
+            done => {
+                done?;
+            }
+        }
+        self.delay_looks.found(queue, true);
+        Ok(())
     }
 
     /// Every publish sent at once on the connection, then every answer

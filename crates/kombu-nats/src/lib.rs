@@ -3,6 +3,7 @@
 mod api;
 mod backend;
 mod bucket;
+mod delayed;
 mod error;
 mod names;
 mod pull;
@@ -16,6 +17,7 @@ use kombu_core::{
 };
 
 pub use backend::{NatsBackend, ACK_SUBJECT_HEADER};
+pub use delayed::NOT_BEFORE_HEADER;
 pub use settings::KNOWN_OPTIONS;
 
 /// The URL schemes this transport serves: `nats://`, and TLS through

@@ -94,6 +94,25 @@ impl Names {
         Ok(format!("{}_{}", self.stream_prefix, check("queue", queue)?))
     }
 
+    /// The stream of `queue`'s delayed messages (see `delayed.rs`): no
+    /// queue's stream (those are `<prefix>_...`).
+    pub(crate) fn delay_stream(&self, queue: &str) -> Result<String> {
+        Ok(format!(
+            "{}-delayed_{}",
+            self.stream_prefix,
+            check("queue", queue)?
+        ))
+    }
+
+    /// The subject `queue`'s delayed messages are published on.
+    pub(crate) fn delay_subject(&self, queue: &str) -> Result<String> {
+        Ok(format!(
+            "{}-delayed.{}",
+            self.subject_prefix,
+            check("queue", queue)?
+        ))
+    }
+
     /// The subject messages of `queue` are published on.
     pub(crate) fn subject(&self, queue: &str) -> Result<String> {
         Ok(format!(
@@ -135,6 +154,14 @@ mod tests {
         assert_eq!(names.stream("tasks.high").unwrap(), "KOMBU_tasks_2Ehigh");
         assert_eq!(names.subject("tasks.high").unwrap(), "kombu.q.tasks_2Ehigh");
         assert_eq!(key("queue", "a b").unwrap(), "queue.a_20b");
+        assert_eq!(
+            names.delay_stream("tasks.high").unwrap(),
+            "KOMBU-delayed_tasks_2Ehigh"
+        );
+        assert_eq!(
+            names.delay_subject("tasks.high").unwrap(),
+            "kombu.q-delayed.tasks_2Ehigh"
+        );
         assert_eq!(
             names.stream("").unwrap_err().kind(),
             ErrorKind::InvalidOption
