@@ -84,4 +84,6 @@ mod user_guide {
     struct StayingUp;
     #[doc = include_str!("../../../docs/pools.md")]
     struct Pools;
+    #[doc = include_str!("../../../docs/tls.md")]
+    struct Tls;
 }
