@@ -25,6 +25,7 @@ use crate::errors::{op, LinkState};
 use crate::field_table::{short_string, to_field_table};
 use crate::properties::{no_arguments, to_basic_properties, to_delivery};
 use crate::publish_sync::{PublishSync, Tracked};
+use crate::quarantine::{hold_if_kept, HeldDeliveries};
 use crate::transport::Link;
 
 /// One AMQP channel. Closing or dropping it makes the broker requeue the
@@ -38,6 +39,8 @@ pub struct AmqpChannel {
     confirming: AtomicBool,
     confirm_select: tokio::sync::Mutex<()>,
     settings: Settings,
+    /// Unsettled deliveries of queues with a quarantine, for a reject.
+    held: Arc<HeldDeliveries>,
 }
 
 impl fmt::Debug for AmqpChannel {
@@ -78,6 +81,7 @@ impl AmqpChannel {
             confirming: AtomicBool::new(false),
             confirm_select: tokio::sync::Mutex::new(()),
             settings,
+            held: Arc::default(),
         };
         if settings.confirm_publish {
             this.enable_confirms().await?;
@@ -397,6 +401,7 @@ impl Channel for AmqpChannel {
             )
             .await
             .map_err(self.link.op("queue.declare"))?;
+        self.link.quarantine.note_declared(queue);
         Ok(QueueInfo::new(
             declared.name().as_str(),
             u64::from(declared.message_count()),
@@ -430,6 +435,7 @@ impl Channel for AmqpChannel {
     }
 
     async fn queue_delete(&self, queue: &str) -> Result<u64> {
+        self.link.quarantine.note_deleted(queue);
         self.channel()
             .queue_delete(name("queue name", queue)?, QueueDeleteOptions::default())
             .await
@@ -535,7 +541,13 @@ impl Channel for AmqpChannel {
                     .note_unacked_delivery(message.delivery.delivery_tag);
             }
         }
-        Ok(got.map(|message| to_delivery(message.delivery, None, queue)))
+        Ok(got.map(|message| {
+            let delivery = to_delivery(message.delivery, None, queue);
+            if !no_ack {
+                hold_if_kept(&self.link.quarantine, &self.held, &delivery);
+            }
+            delivery
+        }))
     }
 
     async fn basic_consume(
@@ -578,7 +590,11 @@ impl Channel for AmqpChannel {
             .map_err(self.link.op("basic.consume"))?;
         let tag = consumer.tag().as_str().to_owned();
         let queue = queue.to_owned();
-        let (link, acks) = (self.link.clone(), self.tracked.acks.clone());
+        let (link, acks, held) = (
+            self.link.clone(),
+            self.tracked.acks.clone(),
+            self.held.clone(),
+        );
         // lapin ends a consumer's stream after an error item when its
         // channel or connection dies: the error says which (a lost
         // connection is a ConnectionLost), then the stream ends.
@@ -588,7 +604,11 @@ impl Channel for AmqpChannel {
                     if no_ack {
                         acks.note_unacked_delivery(d.delivery_tag);
                     }
-                    Ok(Box::new(to_delivery(d, Some(&tag), &queue)))
+                    let delivery = to_delivery(d, Some(&tag), &queue);
+                    if !no_ack {
+                        hold_if_kept(&link.quarantine, &held, &delivery);
+                    }
+                    Ok(Box::new(delivery))
                 }
                 Err(err) => Err(link.error(err, "receiving a delivery")),
             })
@@ -610,12 +630,35 @@ impl Channel for AmqpChannel {
     /// multiple-ack (see the crate docs); never an ack the user did not make.
     async fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
         self.check_open("basic.ack")?;
-        self.tracked.acks.ack(delivery_tag, multiple).await
+        self.tracked.acks.ack(delivery_tag, multiple).await?;
+        self.held.forget(delivery_tag, multiple);
+        Ok(())
     }
 
+    /// Without requeue, from a queue this connection declared without a
+    /// dead-letter exchange: published to `<queue>.quarantine` (confirmed)
+    /// and then acked, unless the `quarantine` option is off. When that
+    /// publish fails the delivery stays unacked (RabbitMQ delivers it
+    /// again once the channel closes) and the error is returned.
     async fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
         self.check_open("basic.reject")?;
-        self.tracked.acks.reject(delivery_tag, requeue).await
+        let held = self.held.take(delivery_tag);
+        match held {
+            Some(held) if !requeue => {
+                let put = self
+                    .link
+                    .quarantine
+                    .put(&self.link.connection, held.clone())
+                    .await;
+                if let Err(err) = put {
+                    // Still unacked: a later reject tries again.
+                    self.held.hold(delivery_tag, held);
+                    return Err(err);
+                }
+                self.tracked.acks.ack(delivery_tag, false).await
+            }
+            _ => self.tracked.acks.reject(delivery_tag, requeue).await,
+        }
     }
 
     /// Nothing to extend: RabbitMQ keeps an unacked delivery with its

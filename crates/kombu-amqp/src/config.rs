@@ -24,6 +24,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "connection_name",
     "ack_coalescing",
     "delayed_delivery_queue_type",
+    "quarantine",
 ];
 
 /// Everything needed to open one connection.
@@ -58,6 +59,9 @@ pub(crate) struct Settings {
     pub(crate) ack_coalescing: bool,
     /// The type of the native delayed delivery queues.
     pub(crate) delay_queue_type: DelayQueueType,
+    /// A message rejected without requeue from a queue this connection
+    /// declared without a dead-letter exchange goes to `<queue>.quarantine`.
+    pub(crate) quarantine: bool,
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -168,6 +172,7 @@ impl ConnectConfig {
                 .map(DelayQueueType::parse)
                 .transpose()?
                 .unwrap_or_default(),
+            quarantine: transport_options.get_bool("quarantine")?.unwrap_or(true),
         };
         Ok(ConnectConfig {
             uri,

@@ -10,6 +10,7 @@ mod field_table;
 pub mod fuzzing;
 mod properties;
 mod publish_sync;
+mod quarantine;
 mod tls;
 mod transport;
 
@@ -69,6 +70,9 @@ pub fn capabilities() -> Capabilities {
         // Deliveries stay with their channel: nothing to extend.
         .with_lease_extension(true)
         .with_delayed_delivery(true)
+        // A reject without requeue from a queue this connection declared
+        // without a dead-letter exchange goes to `<queue>.quarantine`.
+        .with_quarantine(true)
 }
 
 /// What `amqp://` is: the one transport with a default login (kombu's

@@ -15,6 +15,7 @@ use crate::channel::AmqpChannel;
 use crate::config::{ConnectConfig, Settings, TlsSetup};
 use crate::errors::{map_error, map_error_on, LinkState, Phase};
 use crate::publish_sync::PublishSync;
+use crate::quarantine::Quarantine;
 
 /// How long `heartbeat_check` and `close` wait for the broker when no
 /// heartbeat is negotiated (with one: the heartbeat interval).
@@ -31,6 +32,8 @@ pub(crate) struct Link {
     /// The native delayed delivery topology was declared on this
     /// connection (held while declaring it).
     pub(crate) delay_topology: tokio::sync::Mutex<bool>,
+    /// Where rejected messages of queues without a dead-letter exchange go.
+    pub(crate) quarantine: Quarantine,
 }
 
 impl Link {
@@ -149,6 +152,7 @@ impl AmqpTransport {
                 closed: AtomicBool::new(false),
                 lost: AtomicBool::new(false),
                 delay_topology: tokio::sync::Mutex::new(false),
+                quarantine: Quarantine::new(settings.quarantine),
             }),
             settings,
             endpoint,
