@@ -254,11 +254,24 @@ impl Serializer for JsonSerializer {
     }
 }
 
-/// A map key as kombu's JSON would write it (`1` -> `"1"`, `null` -> `"null"`).
-pub(super) fn key_to_string(key: Value) -> String {
+/// A map key as kombu's JSON would write it (`1` -> `"1"`, `null` -> `"null"`,
+/// bytes as their tag's text).
+///
+/// A list or a map cannot be a key: Python refuses them (unhashable), and
+/// their JSON text would nest, each level escaping the one inside it, so
+/// that a few dozen levels of keys in a short body would make a text of
+/// terabytes (found by fuzzing).
+pub(super) fn key_to_string(key: Value) -> Result<String> {
+    let refused = |what: &str| {
+        Err(super::serialization_error(format!(
+            "a map key is {what}: only strings, numbers, booleans, null and bytes can be keys"
+        )))
+    };
     match key {
-        Value::String(s) => s,
-        other => String::from_utf8_lossy(&to_kombu_json(&other)).into_owned(),
+        Value::String(s) => Ok(s),
+        Value::Array(_) => refused("a list"),
+        Value::Object(_) if untag_bytes(&key).is_none() => refused("a map"),
+        other => Ok(String::from_utf8_lossy(&to_kombu_json(&other)).into_owned()),
     }
 }
 

@@ -145,7 +145,7 @@ impl<'de> de::Visitor<'de> for ValueVisitor {
         let mut out = Map::new();
         while let Some(key) = map.next_key_seed(ValueSeed)? {
             let value = map.next_value_seed(ValueSeed)?;
-            out.insert(key_to_string(key), value);
+            out.insert(key_to_string(key).map_err(de::Error::custom)?, value);
         }
         Ok(Value::Object(out))
     }
@@ -222,6 +222,32 @@ mod tests {
         assert_eq!(
             MsgpackSerializer.decode(b"\x82\x01\xa1a\xc0\xa1b").unwrap(),
             json!({"1": "a", "null": "b"})
+        );
+    }
+
+    /// Found by fuzzing (a consumer hung, then ran out of memory, on these
+    /// 133 bytes): maps as map keys, nested; each level's JSON text escaped
+    /// the one inside it, doubling it. A list or map key is refused, as in
+    /// Python.
+    #[test]
+    fn nested_map_keys_are_refused_not_doubled() {
+        let body = hex(concat!(
+            "83ff6183010183b86f200d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d2b0d0d0d020d",
+            "0d0d0d0d0d0d0d0d2b8181818181818181818181818181818181818181818181",
+            "8181818181818181818181818181818181818181818181810d0d0d0d0d0d0d0d",
+            "0d0d2d31370d0d0d0d0d73746564616e3a20310a6c6973743a205b2e322c200d",
+            "0d68097b7b",
+        ));
+        let started = std::time::Instant::now();
+        let err = MsgpackSerializer.decode(&body).unwrap_err();
+        assert!(err.to_string().contains("map key is a map"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // {[1]: 1} and {{"a": 1}: 1}; bytes and scalar keys still read.
+        assert!(MsgpackSerializer.decode(&hex("81910101")).is_err());
+        assert!(MsgpackSerializer.decode(&hex("8181a1610101")).is_err());
+        assert_eq!(
+            MsgpackSerializer.decode(&hex("82c4016101c002")).unwrap(),
+            json!({"{\"__type__\": \"bytes\", \"__value__\": \"a\"}": 1, "null": 2})
         );
     }
 }

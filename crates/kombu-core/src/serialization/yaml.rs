@@ -44,7 +44,7 @@ impl Serializer for YamlSerializer {
         }
         let yaml: serde_norway::Value = serde_norway::from_slice(body)
             .map_err(|e| serialization_error(format!("cannot decode YAML: {e}")).with_source(e))?;
-        Ok(yaml_to_json(yaml))
+        yaml_to_json(yaml)
     }
 }
 
@@ -65,9 +65,9 @@ fn sorted_keys(value: &Value) -> Value {
     }
 }
 
-fn yaml_to_json(yaml: serde_norway::Value) -> Value {
+fn yaml_to_json(yaml: serde_norway::Value) -> Result<Value> {
     use serde_norway::Value as Y;
-    match yaml {
+    Ok(match yaml {
         Y::Null => Value::Null,
         Y::Bool(b) => Value::Bool(b),
         Y::Number(n) => {
@@ -81,16 +81,18 @@ fn yaml_to_json(yaml: serde_norway::Value) -> Value {
             }
         }
         Y::String(s) => Value::String(s),
-        Y::Sequence(items) => Value::Array(items.into_iter().map(yaml_to_json).collect()),
+        Y::Sequence(items) => {
+            Value::Array(items.into_iter().map(yaml_to_json).collect::<Result<_>>()?)
+        }
         Y::Mapping(map) => Value::Object(
             map.into_iter()
-                .map(|(k, v)| (key_to_string(yaml_to_json(k)), yaml_to_json(v)))
-                .collect(),
+                .map(|(k, v)| Ok((key_to_string(yaml_to_json(k)?)?, yaml_to_json(v)?)))
+                .collect::<Result<_>>()?,
         ),
         // Local tags (`!thing`) are dropped; `!!binary` reaches us untagged
         // (serde_norway resolves core-schema tags), as its base64 text.
-        Y::Tagged(tagged) => yaml_to_json(tagged.value),
-    }
+        Y::Tagged(tagged) => yaml_to_json(tagged.value)?,
+    })
 }
 
 #[cfg(test)]
@@ -141,5 +143,24 @@ mod tests {
         );
         assert_eq!(YamlSerializer.decode(b"\n").unwrap(), Value::Null);
         assert!(YamlSerializer.decode(b"a: [1").is_err());
+    }
+
+    /// The same bomb as msgpack's (found by fuzzing there): mappings as
+    /// mapping keys, nested. Refused, as PyYAML refuses unhashable keys.
+    #[test]
+    fn nested_mapping_keys_are_refused_not_doubled() {
+        let mut body = String::from("1");
+        for _ in 0..60 {
+            body = format!("{{? {body}: 1}}");
+        }
+        let started = std::time::Instant::now();
+        let err = YamlSerializer.decode(body.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("map key is a map"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(YamlSerializer.decode(b"? [1, 2]\n: x\n").is_err());
+        assert_eq!(
+            YamlSerializer.decode(b"1: a\nnull: b\n").unwrap(),
+            json!({"1": "a", "null": "b"})
+        );
     }
 }
