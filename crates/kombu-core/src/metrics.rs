@@ -111,12 +111,10 @@ impl PublishMetrics {
         }
     }
 
-    /// One message published (`ok`) or not, in `took`.
-    pub(crate) fn record(&self, ok: bool, took: Duration) {
-        if ok {
-            self.published.increment(1);
-            self.duration.record(took.as_secs_f64());
-        }
+    /// `count` messages published in `took` each.
+    fn published(&self, count: usize, took: Duration) {
+        self.published.increment(count as u64);
+        self.duration.record_many(took.as_secs_f64(), count);
     }
 }
 
@@ -124,28 +122,35 @@ impl PublishMetrics {
 /// producer mostly publishes to one place, so the lookup is a compare).
 #[derive(Default)]
 pub(crate) struct PublishMetricsCache {
-    last: Mutex<Option<(String, String, Arc<PublishMetrics>)>>,
+    last: Mutex<Option<(String, String, PublishMetrics)>>,
 }
 
 impl PublishMetricsCache {
-    /// The handles for a publish to `exchange` with `routing_key`.
-    pub(crate) fn get(
+    /// Record `count` messages published (`ok`) to `(transport, exchange,
+    /// routing key)` in `took` each; nothing when not `ok`.
+    pub(crate) fn record(
         &self,
-        transport: &'static str,
-        exchange: &str,
-        routing_key: &str,
-    ) -> Arc<PublishMetrics> {
+        (transport, exchange, routing_key): (&'static str, &str, &str),
+        ok: bool,
+        took: Duration,
+        count: usize,
+    ) {
+        if !ok {
+            return;
+        }
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         // Only the default exchange labels by routing key.
         let key = if exchange.is_empty() { routing_key } else { "" };
-        if let Some((ex, rk, handles)) = last.as_ref() {
-            if ex == exchange && rk == key {
-                return handles.clone();
+        match last.as_ref() {
+            Some((ex, rk, handles)) if ex == exchange && rk == key => {
+                handles.published(count, took);
+            }
+            _ => {
+                let handles = PublishMetrics::new(transport, exchange, routing_key);
+                handles.published(count, took);
+                *last = Some((exchange.to_owned(), key.to_owned(), handles));
             }
         }
-        let handles = Arc::new(PublishMetrics::new(transport, exchange, routing_key));
-        *last = Some((exchange.to_owned(), key.to_owned(), handles.clone()));
-        handles
     }
 }
 

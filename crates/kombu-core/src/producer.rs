@@ -424,12 +424,10 @@ impl Producer {
                 .collect(),
         };
         let took = started.elapsed();
-        let handles = self
-            .metrics
-            .get(self.connection.transport_name(), exchange, routing_key);
-        for outcome in &sent {
-            handles.record(outcome.is_ok(), took);
-        }
+        let transport = self.connection.transport_name();
+        let ok = sent.iter().filter(|outcome| outcome.is_ok()).count();
+        let destination = (transport, exchange, routing_key);
+        self.metrics.record(destination, ok > 0, took, ok);
         #[cfg(feature = "opentelemetry")]
         for (span, outcome) in spans.into_iter().zip(&sent) {
             span.end(outcome);
@@ -508,8 +506,9 @@ impl Producer {
         (&exchange.name, routing_key)
     }
 
-    /// Publish a prepared message (counted, timed and, with the
-    /// `opentelemetry` feature, traced).
+    /// Publish a prepared message once, or with retries when `options`
+    /// asks for them (counted, timed and, with the `opentelemetry`
+    /// feature, traced).
     #[cfg_attr(not(feature = "opentelemetry"), allow(unused_mut))]
     async fn send(&self, mut message: RawMessage, options: &PublishOptions) -> Result<()> {
         let (exchange, routing_key) = self.destination(options);
@@ -517,32 +516,30 @@ impl Producer {
         #[cfg(feature = "opentelemetry")]
         let span = PublishSpan::start(transport, exchange, routing_key, &mut message);
         let started = Instant::now();
-        let outcome = self.send_as_asked(message, options).await;
-        self.metrics
-            .get(transport, exchange, routing_key)
-            .record(outcome.is_ok(), started.elapsed());
+        let outcome = if options.retry {
+            let policy = options
+                .retry_policy
+                .clone()
+                .unwrap_or_else(RetryPolicy::for_publish);
+            // Boxed: the retrying future is large, and most publishes do
+            // not retry (a publish future is moved on every await).
+            Box::pin(
+                self.connection
+                    .ensure(&policy, || self.publish_once(message.clone(), options)),
+            )
+            .await
+        } else {
+            self.publish_once(message, options).await
+        };
+        self.metrics.record(
+            (transport, exchange, routing_key),
+            outcome.is_ok(),
+            started.elapsed(),
+            1,
+        );
         #[cfg(feature = "opentelemetry")]
         span.end(&outcome);
         outcome
-    }
-
-    /// Publish a prepared message once, or with retries when `options`
-    /// asks for them.
-    async fn send_as_asked(&self, message: RawMessage, options: &PublishOptions) -> Result<()> {
-        if !options.retry {
-            return self.publish_once(message, options).await;
-        }
-        let policy = options
-            .retry_policy
-            .clone()
-            .unwrap_or_else(RetryPolicy::for_publish);
-        // Boxed: the retrying future is large, and most publishes do not
-        // retry (a publish future is moved on every await).
-        Box::pin(
-            self.connection
-                .ensure(&policy, || self.publish_once(message.clone(), options)),
-        )
-        .await
     }
 
     async fn publish_once(&self, message: RawMessage, options: &PublishOptions) -> Result<()> {
