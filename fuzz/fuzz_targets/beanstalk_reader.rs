@@ -50,9 +50,7 @@ async fn run(conn: &mut Conn<Server<'_>>, command: u8, input: usize) {
         2 => drop(conn.watch("celery").await),
         3 => drop(conn.ignore("default").await),
         4 => {
-            if let Ok(Reserved::Job(job)) =
-                conn.reserve_with_timeout(0).await
-            {
+            if let Ok(Reserved::Job(job)) = conn.reserve_with_timeout(0).await {
                 body_fits(job.body.len());
             }
         }
@@ -77,7 +75,11 @@ async fn run(conn: &mut Conn<Server<'_>>, command: u8, input: usize) {
                 body_fits(job.body.len());
             }
         }
-        14 => drop(conn.stats_job(1).await.map(|s| s.map(|s| s.number("reserves")))),
+        14 => drop(
+            conn.stats_job(1)
+                .await
+                .map(|s| s.map(|s| s.number("reserves"))),
+        ),
         15 => drop(conn.stats_tube("celery").await),
         16 => drop(conn.stats().await.map(|s| s.number("current-jobs-ready"))),
         17 => drop(conn.list_tube_used().await),

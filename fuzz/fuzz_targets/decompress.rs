@@ -20,11 +20,18 @@ fuzz_target!(|data: &[u8]| {
     let method = METHODS[usize::from(selector) % METHODS.len()];
     let registry = CompressionRegistry::default().with_max_decompressed_size(CAP);
     if let Ok(out) = registry.decompress(method, body) {
-        assert!(out.len() <= CAP, "{method}: {} bytes past the cap", out.len());
+        assert!(
+            out.len() <= CAP,
+            "{method}: {} bytes past the cap",
+            out.len()
+        );
         if out.len() > 1024 {
             return; // compressing again is slow (brotli 11, bzip2 9): small ones only
         }
         let (packed, header) = registry.compress(method, &out).expect("compress");
-        assert_eq!(registry.decompress(&header, &packed).expect("round trip"), out);
+        assert_eq!(
+            registry.decompress(&header, &packed).expect("round trip"),
+            out
+        );
     }
 });

@@ -17,8 +17,12 @@ fuzz_target!(|data: &[u8]| {
         delivery_count(&envelope.headers),
     );
     let json = envelope.to_json();
-    let back = Envelope::from_json(&json)
-        .unwrap_or_else(|e| panic!("{:?} does not read back: {e}", String::from_utf8_lossy(&json)));
+    let back = Envelope::from_json(&json).unwrap_or_else(|e| {
+        panic!(
+            "{:?} does not read back: {e}",
+            String::from_utf8_lossy(&json)
+        )
+    });
     if let Some(encoding) = envelope.properties.get_mut("body_encoding") {
         *encoding = "base64".into();
     } else {
