@@ -146,13 +146,15 @@ async fn rejects_and_requeues_between_acks_are_kept() {
         channel.basic_ack(tag(1), false).await.unwrap(); // 2 acked
         channel.basic_reject(tag(2), true).await.unwrap(); // 3 requeued
         channel.basic_ack(tag(3), false).await.unwrap(); // 4 acked
-        channel.basic_reject(tag(4), false).await.unwrap(); // 5 dropped
+        channel.basic_reject(tag(4), false).await.unwrap(); // 5 quarantined
         channel.basic_ack(tag(5), false).await.unwrap(); // 6 acked
                                                          // 7 is left unacked.
         channel.close().await.unwrap();
         let mut left = drain(&transport, &queue).await;
         left.sort();
         assert_eq!(left, [("3".to_owned(), true), ("7".to_owned(), true)]);
+        let quarantined = drain(&transport, &kombu_core::quarantine_of(&queue)).await;
+        assert_eq!(quarantined, [("5".to_owned(), false)]);
         transport.close().await.unwrap();
     })
     .await
