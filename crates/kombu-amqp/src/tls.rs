@@ -36,6 +36,25 @@ fn find_rustls<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Erro
     None
 }
 
+/// Whether the server closed the connection under the client (a reset,
+/// an unexpected end, a broken pipe) somewhere in `err`'s chain.
+fn closed_by_server(err: &(dyn StdError + 'static)) -> bool {
+    use std::io::ErrorKind as Io;
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                Io::ConnectionReset | Io::UnexpectedEof | Io::BrokenPipe | Io::ConnectionAborted
+            ) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// What a TLS refusal means, for a person; `None` for other TLS errors.
 fn refusal_reason(err: &rustls::Error, host: &str) -> Option<String> {
     use rustls::Error as E;
@@ -81,7 +100,7 @@ fn refusal_reason(err: &rustls::Error, host: &str) -> Option<String> {
 
 /// `err` (from connecting to `endpoint` over TLS, whose host is `host`)
 /// said in words when it is a TLS refusal; otherwise `err` unchanged.
-pub(crate) fn explain(err: Error, host: &str, endpoint: &str) -> Error {
+pub(crate) fn explain(err: Error, host: &str, endpoint: &str, client_certificate: bool) -> Error {
     let reason = find_rustls(&err).and_then(|tls| refusal_reason(tls, host));
     match reason {
         Some(reason) => Error::new(
@@ -89,6 +108,24 @@ pub(crate) fn explain(err: Error, host: &str, endpoint: &str) -> Error {
             format!("TLS connection to {endpoint} refused: {reason}"),
         )
         .with_source(err),
+        // TLS 1.3 lets a client finish its handshake before the server
+        // checks its certificate: the server's alert may then be lost to
+        // the reset of the connection. Retryable as it was, but said in
+        // words.
+        None if closed_by_server(&err) => {
+            let why = if client_certificate {
+                "it may have refused the client certificate (is it signed by a CA the \
+                 server trusts, and still valid?)"
+            } else {
+                "it may require a client certificate (mutual TLS: set ssl_certfile and \
+                 ssl_keyfile)"
+            };
+            Error::new(
+                err.kind(),
+                format!("TLS connection to {endpoint} closed by the server as it opened: {why}"),
+            )
+            .with_source(err)
+        }
         None => err,
     }
 }
@@ -200,7 +237,7 @@ mod tests {
         let tls = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
         let err = Error::new(ErrorKind::ConnectionRefused, "connecting: IO error").with_source(io);
-        let explained = explain(err, "127.0.0.1", "127.0.0.1:5691");
+        let explained = explain(err, "127.0.0.1", "127.0.0.1:5691", false);
         assert_eq!(explained.kind(), ErrorKind::Auth);
         assert!(
             explained.to_string().contains("not signed by a trusted CA"),
@@ -208,8 +245,27 @@ mod tests {
         );
         let plain = Error::new(ErrorKind::ConnectionRefused, "refused");
         assert_eq!(
-            explain(plain, "h", "h:1").kind(),
+            explain(plain, "h", "h:1", false).kind(),
             ErrorKind::ConnectionRefused
+        );
+    }
+
+    #[test]
+    fn a_reset_as_the_connection_opens_hints_at_a_client_certificate() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let err =
+            Error::new(ErrorKind::ConnectionRefused, "connecting: IO error").with_source(reset);
+        let explained = explain(err, "h", "h:5692", false);
+        assert_eq!(
+            explained.kind(),
+            ErrorKind::ConnectionRefused,
+            "still retryable"
+        );
+        assert!(
+            explained
+                .to_string()
+                .contains("may require a client certificate"),
+            "{explained}"
         );
     }
 

@@ -99,6 +99,10 @@ impl AmqpTransport {
             .map_err(|e| map_error(e, "starting the AMQP runtime", Phase::Connect))?;
         let tls_on = uri.scheme == lapin::uri::AMQPScheme::AMQPS;
         let host = uri.authority.host.clone();
+        let client_certificate = match &tls {
+            TlsSetup::Verified(tls) => tls.identity.is_some(),
+            TlsSetup::Unverified(client) => client.client_auth_cert_resolver.has_certs(),
+        };
         let connecting = async {
             match tls {
                 TlsSetup::Verified(tls) => {
@@ -140,7 +144,7 @@ impl AmqpTransport {
         let connection = connected.map_err(|e| {
             let err = map_error(e, &format!("connecting to {endpoint}"), Phase::Connect);
             if tls_on {
-                crate::tls::explain(err, &host, &endpoint)
+                crate::tls::explain(err, &host, &endpoint, client_certificate)
             } else {
                 err
             }

@@ -321,9 +321,12 @@ pub(crate) async fn open(config: &RedisConfig) -> Result<(RedisConn, Vec<redis::
         .map_err(|err| auth_error(err, creds));
     #[cfg(feature = "tls")]
     let conn = match &config.address {
-        Address::Tls { host, port, .. } => {
-            conn.map_err(|err| crate::tls::explain(err, host, *port))
-        }
+        Address::Tls {
+            host,
+            port,
+            certfile,
+            ..
+        } => conn.map_err(|err| crate::tls::explain(err, host, *port, certfile.is_some())),
         _ => conn,
     };
     Ok((RedisConn::Single(conn?), vec![client]))

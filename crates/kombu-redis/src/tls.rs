@@ -37,6 +37,30 @@ fn find_rustls<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Erro
     None
 }
 
+/// Whether the server closed the connection under the client (a reset,
+/// an unexpected end, a broken pipe) somewhere in `err`'s chain.
+fn closed_by_server(err: &(dyn StdError + 'static)) -> bool {
+    use std::io::ErrorKind as Io;
+    let mut next = Some(err);
+    while let Some(err) = next {
+        let err: &(dyn StdError + 'static) =
+            match err.downcast_ref::<Arc<dyn StdError + Send + Sync>>() {
+                Some(shared) => &**shared,
+                None => err,
+            };
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                Io::ConnectionReset | Io::UnexpectedEof | Io::BrokenPipe | Io::ConnectionAborted
+            ) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// What a TLS refusal means, for a person; `None` for other TLS errors.
 pub(crate) fn refusal_reason(err: &rustls::Error, host: &str) -> Option<String> {
     use rustls::Error as E;
@@ -82,7 +106,7 @@ pub(crate) fn refusal_reason(err: &rustls::Error, host: &str) -> Option<String> 
 
 /// `err` (from connecting to `host:port` over TLS) said in words when it
 /// is a TLS refusal; otherwise `err` unchanged.
-pub(crate) fn explain(err: Error, host: &str, port: u16) -> Error {
+pub(crate) fn explain(err: Error, host: &str, port: u16, client_certificate: bool) -> Error {
     let reason = find_rustls(&err).and_then(|tls| refusal_reason(tls, host));
     match reason {
         Some(reason) => Error::new(
@@ -90,6 +114,27 @@ pub(crate) fn explain(err: Error, host: &str, port: u16) -> Error {
             format!("redis: TLS connection to {host}:{port} refused: {reason}"),
         )
         .with_source(err),
+        // TLS 1.3 lets a client finish its handshake before the server
+        // checks its certificate: the server's alert may then be lost to
+        // the reset of the connection. Retryable as it was, but said in
+        // words.
+        None if closed_by_server(&err) => {
+            let endpoint = format!("{host}:{port}");
+            let why = if client_certificate {
+                "it may have refused the client certificate (is it signed by a CA the \
+                 server trusts, and still valid?)"
+            } else {
+                "it may require a client certificate (mutual TLS: set ssl_certfile and \
+                 ssl_keyfile)"
+            };
+            Error::new(
+                err.kind(),
+                format!(
+                    "redis: TLS connection to {endpoint} closed by the server as it opened: {why}"
+                ),
+            )
+            .with_source(err)
+        }
         None => err,
     }
 }
@@ -114,12 +159,12 @@ mod tests {
         let tls = rustls::Error::InvalidCertificate(CertificateError::Expired);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
         let err = Error::new(ErrorKind::ConnectionLost, "redis: boom").with_source(io);
-        let explained = explain(err, "127.0.0.1", 6390);
+        let explained = explain(err, "127.0.0.1", 6390, false);
         assert_eq!(explained.kind(), ErrorKind::Auth);
         assert!(explained.to_string().contains("expired"), "{explained}");
         let plain = Error::new(ErrorKind::ConnectionRefused, "redis: refused");
         assert_eq!(
-            explain(plain, "h", 1).kind(),
+            explain(plain, "h", 1, false).kind(),
             ErrorKind::ConnectionRefused,
             "not a TLS refusal: unchanged"
         );
