@@ -397,6 +397,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_tls_service_exports_its_files_and_other_servers() {
+        let root = Path::new("/r");
+        for (name, mutual, expired) in [
+            (
+                "rabbitmq-tls",
+                "KOMBU_TEST_AMQPS_MTLS_URL",
+                "KOMBU_TEST_AMQPS_EXPIRED_URL",
+            ),
+            (
+                "redis-tls",
+                "KOMBU_TEST_REDISS_MTLS_URL",
+                "KOMBU_TEST_REDISS_EXPIRED_URL",
+            ),
+        ] {
+            let service = crate::services::select(&[name.into()]).unwrap()[0];
+            let url = expand(root, service.url);
+            assert!(
+                url.ends_with("?ssl_ca_certs=/r/.services/tls/ca.pem"),
+                "{url}"
+            );
+            let vars = extra_env(root, service);
+            let var = |v: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == v)
+                    .map(|(_, value)| value.clone())
+                    .unwrap_or_else(|| panic!("{name}: {v}"))
+            };
+            let port = |server: TlsServer| {
+                service
+                    .members
+                    .iter()
+                    .find(|m| server_of(m) == Some(server))
+                    .unwrap()
+                    .port
+            };
+            assert_eq!(
+                var(mutual),
+                url.replace(
+                    &format!(":{}/", service.port),
+                    &format!(":{}/", port(TlsServer::Mutual))
+                )
+            );
+            assert!(var(expired).contains(&format!("127.0.0.1:{}/", port(TlsServer::Expired))));
+            assert_eq!(
+                var("KOMBU_TEST_TLS_CLIENT_KEY"),
+                "/r/.services/tls/client-key.pem"
+            );
+            assert!(!var("KOMBU_TEST_TLS_OTHER_CA").is_empty());
+        }
+    }
+
+    #[test]
     fn the_good_server_listens_on_an_address_its_certificate_does_not_name() {
         assert!(TlsServer::Good.addresses().contains(&"127.0.0.2"));
         assert!(!OPENSSL_CONF.contains("127.0.0.2"));
