@@ -23,9 +23,9 @@ use crate::config::Settings;
 use crate::delayed;
 use crate::errors::{op, LinkState};
 use crate::field_table::{short_string, to_field_table};
-use crate::properties::{no_arguments, to_basic_properties, to_delivery};
+use crate::properties::{no_arguments, to_basic_properties};
 use crate::publish_sync::{PublishSync, Tracked};
-use crate::quarantine::{hold_if_kept, HeldDeliveries};
+use crate::quarantine::{receive, HeldDeliveries};
 use crate::transport::Link;
 
 /// One AMQP channel. Closing or dropping it makes the broker requeue the
@@ -542,11 +542,14 @@ impl Channel for AmqpChannel {
             }
         }
         Ok(got.map(|message| {
-            let delivery = to_delivery(message.delivery, None, queue);
-            if !no_ack {
-                hold_if_kept(&self.link.quarantine, &self.held, &delivery);
-            }
-            delivery
+            receive(
+                &self.link.quarantine,
+                &self.held,
+                message.delivery,
+                None,
+                queue,
+                no_ack,
+            )
         }))
     }
 
@@ -604,11 +607,14 @@ impl Channel for AmqpChannel {
                     if no_ack {
                         acks.note_unacked_delivery(d.delivery_tag);
                     }
-                    let delivery = to_delivery(d, Some(&tag), &queue);
-                    if !no_ack {
-                        hold_if_kept(&link.quarantine, &held, &delivery);
-                    }
-                    Ok(Box::new(delivery))
+                    Ok(Box::new(receive(
+                        &link.quarantine,
+                        &held,
+                        d,
+                        Some(&tag),
+                        &queue,
+                        no_ack,
+                    )))
                 }
                 Err(err) => Err(link.error(err, "receiving a delivery")),
             })

@@ -59,7 +59,7 @@ fn text(value: &Option<ShortString>) -> Option<String> {
 }
 
 /// The message carried by an AMQP delivery.
-pub(crate) fn to_raw_message(props: &BasicProperties, body: Vec<u8>) -> RawMessage {
+pub(crate) fn to_raw_message(props: &BasicProperties, body: Bytes) -> RawMessage {
     let mut properties = Properties::default();
     properties.delivery_mode = props.delivery_mode().and_then(DeliveryMode::from_u8);
     properties.priority = *props.priority();
@@ -71,7 +71,7 @@ pub(crate) fn to_raw_message(props: &BasicProperties, body: Vec<u8>) -> RawMessa
     properties.message_type = text(props.kind());
     properties.user_id = text(props.user_id());
     properties.app_id = text(props.app_id());
-    let mut message = RawMessage::new(Bytes::from(body));
+    let mut message = RawMessage::new(body);
     message.content_type = text(props.content_type());
     message.content_encoding = text(props.content_encoding());
     message.headers = props
@@ -83,18 +83,24 @@ pub(crate) fn to_raw_message(props: &BasicProperties, body: Vec<u8>) -> RawMessa
     message
 }
 
-/// A lapin delivery as a kombu [`Delivery`].
+/// A lapin delivery as a kombu [`Delivery`], with its AMQP properties and
+/// body (the body shared, not copied) for a caller that keeps them.
 pub(crate) fn to_delivery(
     delivery: lapin::message::Delivery,
     consumer_tag: Option<&str>,
     queue: &str,
-) -> Delivery {
+) -> (Delivery, BasicProperties, Bytes) {
     let mut info = DeliveryInfo::new(delivery.exchange.as_str(), delivery.routing_key.as_str());
     info.redelivered = delivery.redelivered;
     info.consumer_tag = consumer_tag.map(str::to_owned);
     info.queue = Some(queue.to_owned());
-    let message = to_raw_message(&delivery.properties, delivery.data);
-    Delivery::new(delivery.delivery_tag, message, info)
+    let body = Bytes::from(delivery.data);
+    let message = to_raw_message(&delivery.properties, body.clone());
+    (
+        Delivery::new(delivery.delivery_tag, message, info),
+        delivery.properties,
+        body,
+    )
 }
 
 /// An empty field table (no arguments).
@@ -142,7 +148,7 @@ mod tests {
             props.headers().as_ref().unwrap().inner()["n"],
             AMQPValue::LongInt(7)
         );
-        let back = to_raw_message(&props, b"x".to_vec());
+        let back = to_raw_message(&props, Bytes::from_static(b"x"));
         assert_eq!(back, message);
     }
 }

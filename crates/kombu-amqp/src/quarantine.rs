@@ -16,27 +16,30 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kombu_core::{quarantine_of, DeliveryMode, Error, ErrorKind, Queue, RawMessage, Result};
+use bytes::Bytes;
+use kombu_core::{quarantine_of, Delivery, DeliveryMode, Error, ErrorKind, Queue, Result};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::Confirmation;
+use lapin::{BasicProperties, Confirmation};
 use serde_json::{Map, Value};
 
 use crate::errors::op;
 use crate::field_table::short_string;
-use crate::properties::{no_arguments, to_basic_properties};
+use crate::properties::{no_arguments, to_basic_properties, to_delivery, to_raw_message};
 
 /// What `x-kombu-error` says of a message quarantined after a reject.
 pub(crate) const REJECTED_ERROR: &str =
     "rejected without requeue; its queue has no dead-letter exchange";
 
 /// A delivery kept by its channel until it is settled, in case it is
-/// rejected: what the quarantine needs to publish it again.
+/// rejected: what the quarantine needs to publish it again (its AMQP
+/// properties, moved here, and its body, shared with the delivery).
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub(crate) queue: String,
     pub(crate) exchange: String,
     pub(crate) routing_key: String,
-    pub(crate) message: RawMessage,
+    pub(crate) properties: BasicProperties,
+    pub(crate) body: Bytes,
 }
 
 /// The held deliveries of one channel, by delivery tag.
@@ -126,7 +129,7 @@ impl Quarantine {
     /// delivery unacked.
     pub(crate) async fn put(&self, connection: &lapin::Connection, held: Held) -> Result<()> {
         let target = quarantine_of(&held.queue);
-        let mut message = held.message;
+        let mut message = to_raw_message(&held.properties, held.body);
         add_x_death(
             &mut message.headers,
             &held.queue,
@@ -238,26 +241,30 @@ fn add_x_death(headers: &mut Map<String, Value>, queue: &str, exchange: &str, ro
         .or_insert_with(|| queue.into());
 }
 
-/// Hold `delivery` in `held` when its queue has a quarantine.
-pub(crate) fn hold_if_kept(
+/// A lapin delivery from `queue` as a kombu delivery, held in `held` when
+/// it is acked by the user (not `no_ack`) and `queue` has a quarantine.
+pub(crate) fn receive(
     quarantine: &Quarantine,
     held: &HeldDeliveries,
-    delivery: &kombu_core::Delivery,
-) {
-    let Some(queue) = delivery.info.queue.as_deref() else {
-        return;
-    };
-    if quarantine.keeps(queue) {
+    delivery: lapin::message::Delivery,
+    consumer_tag: Option<&str>,
+    queue: &str,
+    no_ack: bool,
+) -> Delivery {
+    let (delivery, properties, body) = to_delivery(delivery, consumer_tag, queue);
+    if !no_ack && quarantine.keeps(queue) {
         held.hold(
             delivery.delivery_tag,
             Held {
                 queue: queue.to_owned(),
                 exchange: delivery.info.exchange.clone(),
                 routing_key: delivery.info.routing_key.clone(),
-                message: delivery.message.clone(),
+                properties,
+                body,
             },
         );
     }
+    delivery
 }
 
 #[cfg(test)]
@@ -283,7 +290,8 @@ mod tests {
             queue: "q".into(),
             exchange: String::new(),
             routing_key: "q".into(),
-            message: RawMessage::new(bytes::Bytes::from_static(b"x")),
+            properties: BasicProperties::default(),
+            body: Bytes::from_static(b"x"),
         };
         for tag in 1..=4 {
             held.hold(tag, one.clone());
