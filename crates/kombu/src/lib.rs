@@ -86,4 +86,6 @@ mod user_guide {
     struct Pools;
     #[doc = include_str!("../../../docs/tls.md")]
     struct Tls;
+    #[doc = include_str!("../../../docs/metrics.md")]
+    struct Metrics;
 }
