@@ -180,7 +180,10 @@ pub fn formed(service: &Service) -> bool {
             .members
             .iter()
             .all(|m| cluster_ok(m.port, service.members.len())),
-        Some(Formation::RabbitCluster | Formation::TlsServers) | None => true,
+        // The servers read their certificates at start: with the files
+        // gone (made again by the next start) they are not up.
+        Some(Formation::TlsServers) => crate::tls::certificates_present(&crate::workspace_root()),
+        Some(Formation::RabbitCluster) | None => true,
     }
 }
 

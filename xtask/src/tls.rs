@@ -183,13 +183,20 @@ const FILES: &[&str] = &[
     "client-key.pem",
 ];
 
+/// Whether every certificate file is in `.services/tls/` (a TLS group whose
+/// files are gone is not up: its next start makes new ones, and restarts it).
+pub fn certificates_present(root: &Path) -> bool {
+    let dir = dir(root);
+    FILES.iter().all(|f| dir.join(f).exists())
+}
+
 /// Make the certificates unless they are there and the server certificate
 /// has more than a day left. Made in a scratch folder and moved into
 /// place, so a failed run leaves no half set.
 pub fn ensure_certificates(root: &Path) -> Result<(), String> {
     let _making = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = dir(root);
-    if FILES.iter().all(|f| dir.join(f).exists()) && server_cert_lasts(&dir) {
+    if certificates_present(root) && server_cert_lasts(&dir) {
         return Ok(());
     }
     let scratch = services_dir(root).join("tls.new");
