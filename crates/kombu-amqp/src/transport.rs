@@ -278,8 +278,10 @@ impl AmqpTransport {
 
 #[async_trait]
 impl Transport for AmqpTransport {
+    /// The transport's capabilities, without the quarantine when the
+    /// `quarantine` option turned it off.
     fn capabilities(&self) -> Capabilities {
-        crate::capabilities()
+        crate::capabilities().with_quarantine(self.settings.quarantine)
     }
 
     async fn create_channel(&self) -> Result<Arc<dyn Channel>> {

@@ -112,6 +112,7 @@ async fn with_quarantine_off_or_a_queue_declared_elsewhere_rabbitmq_decides() {
         // quarantine=false: the reject is RabbitMQ's (no dead-letter
         // exchange: dropped).
         let off = connect(&url, false);
+        assert!(!off.capabilities().await.unwrap().quarantine);
         let channel = off.channel().await.unwrap();
         let queue = kombu_testkit::unique("amqp-quar-off");
         Queue::new(&queue).declare(channel.as_ref()).await.unwrap();
