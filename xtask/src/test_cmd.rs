@@ -18,7 +18,10 @@ pub struct TestArgs {
     /// Test only these packages (default: the whole workspace).
     #[arg(short = 'p', long = "package", value_name = "NAME")]
     packages: Vec<String>,
-    /// Extra arguments for `cargo test` (after `--`).
+    /// Run the tests with `cargo test` even where cargo-nextest is installed.
+    #[arg(long)]
+    cargo_test: bool,
+    /// Extra arguments for `cargo test` (after `--`; they imply --cargo-test).
     #[arg(last = true)]
     cargo_args: Vec<String>,
 }
@@ -28,7 +31,7 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
-/// Run `cargo xtask test`; the exit code is `cargo test`'s.
+/// Run `cargo xtask test`; it fails when a test run failed.
 pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
     let ci = in_ci();
     let mut up = services::UpTimings::default();
@@ -54,35 +57,29 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
     }
     let services_time = services_started.elapsed();
 
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.current_dir(root).arg("test");
-    if args.packages.is_empty() {
-        command.arg("--workspace");
-    } else {
-        for package in &args.packages {
-            command.args(["--package", package]);
-        }
-    }
-    command.arg("--all-features").args(&args.cargo_args);
-    for (var, url) in services::env_pairs(root) {
+    let env = services::env_pairs(root);
+    for (var, url) in &env {
         eprintln!("xtask: {var}={url}");
-        command.env(var, url);
     }
     if ci {
         eprintln!("xtask: CI is set: KOMBU_TEST_REQUIRE=1 (a missing server fails its tests)");
-        command.env("KOMBU_TEST_REQUIRE", "1");
     }
-
+    let runner = Runner::choose(args);
     let limit = crate::watch::test_limit();
-    eprintln!(
-        "xtask: watching the services that are up, and every test (limit {} s each, \
-         KOMBU_TEST_LIMIT_SECS)",
-        limit.as_secs()
-    );
+    eprintln!("xtask: running the tests with {}", runner.describe(limit));
     let tests_started = Instant::now();
-    let outcome = crate::watch::run(root, command, limit)?;
+    let mut outcomes = Vec::new();
+    for command in runner.commands(args) {
+        let mut command = command;
+        command.current_dir(root);
+        command.envs(env.iter().map(|(var, url)| (var, url)));
+        if ci {
+            command.env("KOMBU_TEST_REQUIRE", "1");
+        }
+        outcomes.push(crate::watch::run(root, command, limit)?);
+    }
     let tests_time = tests_started.elapsed();
+    let outcome = crate::watch::Outcome::merge(outcomes);
 
     eprintln!("xtask: timing");
     eprintln!("  services up  {}", secs(services_time));
@@ -92,12 +89,13 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
     if up.start > Duration::ZERO {
         eprintln!("    start      {}", secs(up.start));
     }
-    eprintln!("  cargo test   {} (build + run)", secs(tests_time));
+    eprintln!("  tests        {} (build + run)", secs(tests_time));
     if let Some(build) = outcome.build_time {
         eprintln!("    build      {}", secs(build));
     }
     eprintln!("  total        {}", secs(services_started.elapsed()));
-    print_slowest(&outcome.binary_times);
+    print_slowest(&outcome.binary_times, "test binaries (and doctests)");
+    print_slowest(&outcome.test_times, "tests");
 
     for dead in &outcome.dead_services {
         eprintln!("xtask: FAILED: service died during the run: {dead}");
@@ -115,11 +113,101 @@ pub fn run(root: &Path, args: &TestArgs) -> Result<ExitCode> {
     })
 }
 
-/// How many of the slowest test binaries the summary names.
+/// The filter of the tests that must run alone (they restart the
+/// machine's shared RabbitMQ), after the others.
+const EXCLUSIVE: &str = "package(kombu-amqp) & binary(restart)";
+
+/// What runs the tests.
+enum Runner {
+    /// cargo nextest (.config/nextest.toml): every test binary's tests in
+    /// one pool, then the exclusive ones, then the doctests with cargo test.
+    Nextest,
+    /// cargo test: one test binary after another (libtest's threads within
+    /// each); extra arguments after `--` go to it.
+    CargoTest,
+}
+
+impl Runner {
+    /// nextest when it is installed and no `cargo test` arguments were given.
+    fn choose(args: &TestArgs) -> Runner {
+        if args.cargo_test || !args.cargo_args.is_empty() {
+            return Runner::CargoTest;
+        }
+        let nextest = Command::new(cargo())
+            .args(["nextest", "--version"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if nextest {
+            Runner::Nextest
+        } else {
+            eprintln!("xtask: cargo-nextest is not installed: running the tests with cargo test");
+            Runner::CargoTest
+        }
+    }
+
+    fn describe(&self, limit: Duration) -> String {
+        match self {
+            Runner::Nextest => "cargo nextest (.config/nextest.toml: 4 at a time, \
+                                killed after 240 s), then the doctests"
+                .into(),
+            Runner::CargoTest => format!(
+                "cargo test (each test killed after {} s, KOMBU_TEST_LIMIT_SECS)",
+                limit.as_secs()
+            ),
+        }
+    }
+
+    /// The commands to run, in order (each is run even if one before failed).
+    fn commands(&self, args: &TestArgs) -> Vec<Command> {
+        let select = |command: &mut Command| {
+            if args.packages.is_empty() {
+                command.arg("--workspace");
+            } else {
+                for package in &args.packages {
+                    command.args(["--package", package]);
+                }
+            }
+            command.arg("--all-features");
+        };
+        match self {
+            Runner::Nextest => {
+                let mut pool = Command::new(cargo());
+                pool.args(["nextest", "run"]);
+                select(&mut pool);
+                pool.args(["--no-tests", "pass", "-E", &format!("not ({EXCLUSIVE})")]);
+                let mut alone = Command::new(cargo());
+                alone.args(["nextest", "run"]);
+                select(&mut alone);
+                alone.args(["--no-tests", "pass", "--test-threads", "1", "-E", EXCLUSIVE]);
+                let mut doc = Command::new(cargo());
+                doc.arg("test");
+                select(&mut doc);
+                doc.arg("--doc");
+                vec![pool, alone, doc]
+            }
+            Runner::CargoTest => {
+                let mut command = Command::new(cargo());
+                command.arg("test");
+                select(&mut command);
+                command.args(&args.cargo_args);
+                vec![command]
+            }
+        }
+    }
+}
+
+/// The cargo that runs xtask.
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// How many of the slowest tests (or test binaries) the summary names.
 const SLOWEST_SHOWN: usize = 15;
 
-/// The slowest test binaries (where the run's time goes).
-fn print_slowest(times: &[(String, Duration)]) {
+/// The slowest of `times` (where the run's time goes).
+fn print_slowest(times: &[(String, Duration)], what: &str) {
     if times.is_empty() {
         return;
     }
@@ -127,7 +215,7 @@ fn print_slowest(times: &[(String, Duration)]) {
     sorted.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     let total: Duration = times.iter().map(|(_, d)| *d).sum();
     eprintln!(
-        "xtask: {} test binaries ran for {}; the slowest:",
+        "xtask: {} {what} ran for {} in all; the slowest:",
         times.len(),
         secs(total).trim_start()
     );

@@ -45,8 +45,31 @@ pub struct Outcome {
     pub killed_tests: Vec<String>,
     /// How long the build took (until cargo's `Finished` line).
     pub build_time: Option<Duration>,
-    /// How long each test binary (or crate's doctests) ran, in run order.
+    /// How long each test binary (or crate's doctests) ran, in run order
+    /// (cargo test).
     pub binary_times: Vec<(String, Duration)>,
+    /// How long each test ran, as cargo nextest reported it.
+    pub test_times: Vec<(String, Duration)>,
+}
+
+impl Outcome {
+    /// The outcomes of runs one after another, as one: it fails if one
+    /// did (the status is the first failure's); the build time is the
+    /// first run's.
+    pub fn merge(outcomes: Vec<Outcome>) -> Outcome {
+        let mut outcomes = outcomes.into_iter();
+        let mut merged = outcomes.next().expect("at least one run");
+        for next in outcomes {
+            if merged.status.success() {
+                merged.status = next.status;
+            }
+            merged.dead_services.extend(next.dead_services);
+            merged.killed_tests.extend(next.killed_tests);
+            merged.binary_times.extend(next.binary_times);
+            merged.test_times.extend(next.test_times);
+        }
+        merged
+    }
 }
 
 /// The per-test limit: `KOMBU_TEST_LIMIT_SECS` or [`DEFAULT_TEST_LIMIT`].
@@ -136,6 +159,7 @@ pub fn run(root: &Path, mut command: Command, limit: Duration) -> Result<Outcome
         killed_tests: tests.killed,
         build_time: tests.timings.build_done.map(|at| at - started),
         binary_times: tests.timings.binaries,
+        test_times: tests.timings.tests,
     })
 }
 
@@ -251,6 +275,8 @@ struct Timings {
     /// The binary running now: its name and start.
     current: Option<(String, Instant)>,
     binaries: Vec<(String, Duration)>,
+    /// Tests cargo nextest reported done, with their durations.
+    tests: Vec<(String, Duration)>,
 }
 
 impl Timings {
@@ -282,7 +308,14 @@ impl TestWatch {
     /// Follow one line of cargo's or libtest's output.
     fn saw(&mut self, line: &str) {
         let line = line.trim();
-        if line.starts_with("Finished ") && self.timings.build_done.is_none() {
+        if let Some((status, took, name)) = nextest_result(line) {
+            if status == "TIMEOUT" {
+                self.killed.push(format!(
+                    "{name} (killed by cargo nextest at its slow-timeout)"
+                ));
+            }
+            self.timings.tests.push((name, took));
+        } else if line.starts_with("Finished ") && self.timings.build_done.is_none() {
             self.timings.build_done = Some(Instant::now());
         } else if let Some(rest) = line.strip_prefix("Running ") {
             // `Running tests/conformance.rs (target/debug/deps/conformance-0123)`
@@ -360,6 +393,25 @@ impl TestWatch {
     }
 }
 
+/// A cargo nextest result line: `PASS [   1.244s] (764/903) crate::binary
+/// test_name` (also FAIL, TIMEOUT, ...) as (status, duration, test).
+fn nextest_result(line: &str) -> Option<(&str, Duration, String)> {
+    let (status, rest) = line.split_once(" [")?;
+    if !matches!(
+        status,
+        "PASS" | "FAIL" | "TIMEOUT" | "SIGKILL" | "SIGSEGV" | "ABORT"
+    ) {
+        return None;
+    }
+    let (took, rest) = rest.split_once("s]")?;
+    let took = Duration::try_from_secs_f64(took.trim().parse().ok()?).ok()?;
+    let name = match rest.trim_start().split_once(") ") {
+        Some((counter, name)) if counter.starts_with('(') => name,
+        _ => rest.trim_start(),
+    };
+    Some((status, took, name.to_owned()))
+}
+
 /// The PIDs of the processes running the executable `binary`.
 fn processes_running(binary: &Path) -> Vec<u32> {
     let Ok(wanted) = binary.canonicalize() else {
@@ -381,6 +433,29 @@ fn processes_running(binary: &Path) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_nextest_results() {
+        let mut watch = TestWatch::new(Path::new("/w"), Duration::from_secs(1));
+        watch.saw("        PASS [   1.244s] (764/903) kombu-redis::interop requeue_both_ways");
+        watch.saw("     TIMEOUT [ 240.003s] (765/903) kombu-nats::faults stuck");
+        watch.saw("        SLOW [> 60.000s] (766/903) kombu-nats::faults slow");
+        assert_eq!(
+            watch.timings.tests,
+            [
+                (
+                    "kombu-redis::interop requeue_both_ways".to_owned(),
+                    Duration::from_millis(1244)
+                ),
+                (
+                    "kombu-nats::faults stuck".to_owned(),
+                    Duration::from_millis(240_003)
+                ),
+            ]
+        );
+        assert_eq!(watch.killed.len(), 1, "{:?}", watch.killed);
+        assert!(watch.killed[0].starts_with("kombu-nats::faults stuck "));
+    }
 
     #[test]
     fn follows_binaries_and_slow_tests() {
