@@ -17,6 +17,26 @@ const NAMESPACE_EXISTS: i32 = 48;
 /// The login is the URL's, as written, tried once (none when absent).
 pub(crate) async fn open(config: &MongoConfig) -> Result<(Client, Database)> {
     let secret = config.secret();
+    let options = client_options(config).await?;
+    let client =
+        Client::with_options(options).map_err(|e| map_driver(e, "creating the client", secret))?;
+    let database = client.database(&config.database);
+    // listCollections needs a login where the server wants one, so this
+    // checks the address and the credentials at once.
+    database.list_collection_names().await.map_err(|e| {
+        map_driver(
+            e,
+            &format!("connecting to {}", config.redacted_uri()),
+            secret,
+        )
+    })?;
+    Ok((client, database))
+}
+
+/// The driver's options: its connection string, then kombu-rs's settings
+/// where the string has none of its own.
+async fn client_options(config: &MongoConfig) -> Result<ClientOptions> {
+    let secret = config.secret();
     let uri = config.driver_uri();
     let mut options = ClientOptions::parse(&uri)
         .await
@@ -38,25 +58,20 @@ pub(crate) async fn open(config: &MongoConfig) -> Result<(Client, Database)> {
             options.server_selection_timeout = Some(timeout);
         }
     }
-    if !given("tls") && !given("ssl") {
+    // The driver's own TLS keys (`tls`, `tlsCAFile`, ...) are the whole TLS
+    // configuration; without them kombu's `ssl` settings apply, `ssl=true`
+    // in the URL with `ssl_ca_certs` and the other `ssl_*` keys included.
+    let driver_tls = config
+        .driver_query
+        .iter()
+        .any(|(k, _)| k.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("tls")));
+    if !driver_tls {
         apply_ssl(&mut options, &config.ssl)?;
     }
-    let client =
-        Client::with_options(options).map_err(|e| map_driver(e, "creating the client", secret))?;
-    let database = client.database(&config.database);
-    // listCollections needs a login where the server wants one, so this
-    // checks the address and the credentials at once.
-    database.list_collection_names().await.map_err(|e| {
-        map_driver(
-            e,
-            &format!("connecting to {}", config.redacted_uri()),
-            secret,
-        )
-    })?;
-    Ok((client, database))
+    Ok(options)
 }
 
-/// kombu's `ssl` settings, when the URL says nothing about TLS.
+/// kombu's `ssl` settings, when the URL has none of the driver's TLS keys.
 fn apply_ssl(options: &mut ClientOptions, ssl: &SslOptions) -> Result<()> {
     match ssl {
         SslOptions::Disabled => {}
@@ -73,6 +88,11 @@ fn apply_ssl(options: &mut ClientOptions, ssl: &SslOptions) -> Result<()> {
                      (tlsCertificateKeyFile): give ssl_certfile only, or \
                      tlsCertificateKeyFile in the URL",
                 ));
+            }
+            if !verify {
+                tracing::warn!(
+                    "mongodb: ssl_cert_reqs=CERT_NONE: the server's certificate is not verified"
+                );
             }
             let mut tls = TlsOptions::default();
             tls.ca_file_path = ca_certs.clone();
@@ -215,4 +235,65 @@ async fn same_index_exists(
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kombu_core::{BrokerUrl, ConnectionOptions};
+
+    async fn options_for(url: &str) -> ClientOptions {
+        let url = BrokerUrl::parse(url).unwrap();
+        let mut options = ConnectionOptions::new();
+        options.apply_query(&url).unwrap();
+        let config = MongoConfig::new(&url, &options).unwrap();
+        client_options(&config).await.unwrap()
+    }
+
+    fn tls_of(options: &ClientOptions) -> Option<&TlsOptions> {
+        match &options.tls {
+            Some(Tls::Enabled(tls)) => Some(tls),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn kombu_ssl_keys_reach_the_driver_with_ssl_in_the_url() {
+        let options =
+            options_for("mongodb://h:27017/db?ssl=true&ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem")
+                .await;
+        let tls = tls_of(&options).expect("TLS on");
+        assert_eq!(
+            tls.ca_file_path.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        assert_eq!(
+            tls.cert_key_file_path.as_deref(),
+            Some(std::path::Path::new("/c.pem"))
+        );
+        assert_eq!(tls.allow_invalid_certificates, Some(false));
+    }
+
+    #[tokio::test]
+    async fn the_drivers_tls_keys_win() {
+        let options =
+            options_for("mongodb://h:27017/db?tls=true&tlsCAFile=/driver.pem&ssl_ca_certs=/ca.pem")
+                .await;
+        let tls = tls_of(&options).expect("TLS on");
+        assert_eq!(
+            tls.ca_file_path.as_deref(),
+            Some(std::path::Path::new("/driver.pem"))
+        );
+    }
+
+    #[tokio::test]
+    async fn cert_none_allows_invalid_certificates_and_ssl_off_is_off() {
+        let options = options_for("mongodb://h:27017/db?ssl=true&ssl_cert_reqs=CERT_NONE").await;
+        assert_eq!(
+            tls_of(&options).expect("TLS on").allow_invalid_certificates,
+            Some(true)
+        );
+        let options = options_for("mongodb://h:27017/db?ssl=false").await;
+        assert!(tls_of(&options).is_none());
+    }
 }
