@@ -336,4 +336,28 @@ mod tests {
         assert_eq!(crash_artifact(crash), Some("/x/crash-d756"));
         assert_eq!(crash_artifact(log), None);
     }
+
+    /// A target that crashes: the error names it, the saved input and the
+    /// log (a script stands in for the libFuzzer binary).
+    #[test]
+    fn a_crash_names_the_target_and_the_input() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("xtask-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let binary = dir.join("fake_target");
+        std::fs::write(
+            &binary,
+            "#!/bin/sh\necho 'ERROR: libFuzzer: deadly signal' >&2\n\
+             echo 'Test unit written to /x/crash-d756' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = run_target(&dir, &binary, "fake_target", &dir, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fuzz target fake_target crashed"), "{err}");
+        assert!(err.contains("input: /x/crash-d756"), "{err}");
+        assert!(err.contains("fake_target.log"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
