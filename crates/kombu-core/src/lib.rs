@@ -17,6 +17,8 @@ pub mod retry;
 pub mod routing;
 pub mod serialization;
 pub mod simple;
+#[cfg(feature = "rustls")]
+pub mod tls_refusal;
 mod topology;
 pub mod trace;
 #[cfg(feature = "opentelemetry")]
