@@ -30,6 +30,7 @@ pub mod checks;
 mod garbage;
 pub mod liveness;
 mod support;
+pub mod tls;
 
 pub use garbage::{GarbagePath, HookError, GARBAGE};
 #[doc(hidden)]
