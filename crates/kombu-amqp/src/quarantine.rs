@@ -14,13 +14,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kombu_core::{quarantine_of, Delivery, DeliveryMode, Error, ErrorKind, Queue, Result};
+use kombu_core::{
+    add_x_death, quarantine_of, Delivery, DeliveryMode, Error, ErrorKind, Queue, Result,
+};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::{BasicProperties, Confirmation};
-use serde_json::{Map, Value};
 
 use crate::errors::op;
 use crate::field_table::short_string;
@@ -133,6 +133,7 @@ impl Quarantine {
         add_x_death(
             &mut message.headers,
             &held.queue,
+            "rejected",
             &held.exchange,
             &held.routing_key,
         );
@@ -199,48 +200,6 @@ impl Quarantine {
     }
 }
 
-/// RabbitMQ's `x-death` entry for a reject from `queue` (counted up when
-/// the message was rejected from it before), newest first.
-fn add_x_death(headers: &mut Map<String, Value>, queue: &str, exchange: &str, routing_key: &str) {
-    let reason = "rejected";
-    let deaths = headers
-        .entry("x-death")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if !deaths.is_array() {
-        *deaths = Value::Array(Vec::new());
-    }
-    let list = deaths.as_array_mut().expect("x-death is an array");
-    let same = list.iter_mut().find(|d| {
-        d.get("queue").and_then(Value::as_str) == Some(queue)
-            && d.get("reason").and_then(Value::as_str) == Some(reason)
-    });
-    if let Some(Value::Object(entry)) = same {
-        let count = entry.get("count").and_then(Value::as_u64).unwrap_or(0) + 1;
-        entry.insert("count".into(), count.into());
-        return;
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut entry = Map::new();
-    entry.insert("count".into(), 1.into());
-    entry.insert("reason".into(), reason.into());
-    entry.insert("queue".into(), queue.into());
-    entry.insert("time".into(), now.into());
-    entry.insert("exchange".into(), exchange.into());
-    entry.insert(
-        "routing-keys".into(),
-        Value::Array(vec![routing_key.into()]),
-    );
-    list.insert(0, Value::Object(entry));
-    headers
-        .entry("x-first-death-reason")
-        .or_insert_with(|| reason.into());
-    headers
-        .entry("x-first-death-queue")
-        .or_insert_with(|| queue.into());
-}
-
 /// A lapin delivery from `queue` as a kombu delivery, held in `held` when
 /// it is acked by the user (not `no_ack`) and `queue` has a quarantine.
 pub(crate) fn receive(
@@ -270,12 +229,13 @@ pub(crate) fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
     #[test]
     fn x_death_counts_repeated_rejects() {
         let mut headers = Map::new();
-        add_x_death(&mut headers, "q", "ex", "rk");
-        add_x_death(&mut headers, "q", "ex", "rk");
+        add_x_death(&mut headers, "q", "rejected", "ex", "rk");
+        add_x_death(&mut headers, "q", "rejected", "ex", "rk");
         let death = &headers["x-death"][0];
         assert_eq!(death["count"], 2);
         assert_eq!(death["reason"], "rejected");

@@ -63,5 +63,5 @@ pub use trace::TraceContext;
 pub use transport::{Capabilities, Channel, DeliveryStream, QueueInfo, TransportKind};
 pub use transport_info::TransportInfo;
 pub use url::BrokerUrl;
-pub use virtual_channel::{quarantine_of, QUARANTINE_SUFFIX};
+pub use virtual_channel::{add_x_death, quarantine_of, QUARANTINE_SUFFIX};
 pub use worker::{Worker, WorkerStats};

@@ -645,8 +645,20 @@ impl<B: VirtualBackend> State<B> {
     }
 }
 
-/// Record a dead-lettering in the `x-death` header, as RabbitMQ does.
-fn add_x_death(
+/// Record a dead-lettering of a message from `queue` (published to
+/// `exchange` with routing key `rk`) for `reason` (`rejected`, `expired`,
+/// `maxlen`, `delivery_limit`) in its `x-death` header, as RabbitMQ does:
+/// newest first, a repeat of the same queue and reason counted up, and
+/// `x-first-death-reason`/`-queue` kept from the first.
+///
+/// ```
+/// let mut headers = serde_json::Map::new();
+/// kombu_core::add_x_death(&mut headers, "q", "rejected", "ex", "rk");
+/// kombu_core::add_x_death(&mut headers, "q", "rejected", "ex", "rk");
+/// assert_eq!(headers["x-death"][0]["count"], 2);
+/// assert_eq!(headers["x-first-death-queue"], "q");
+/// ```
+pub fn add_x_death(
     headers: &mut Map<String, Value>,
     queue: &str,
     reason: &str,
