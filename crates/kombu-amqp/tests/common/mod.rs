@@ -59,3 +59,69 @@ pub fn credentials(base: &str) -> String {
         url.password().unwrap_or("guest")
     )
 }
+
+/// The garbage check's raw write (`conformance_tests!(.., garbage: ..)`): a
+/// message published with lapin to `queue` (default exchange, confirmed)
+/// on the broker of the kombu URL `url` (over TLS with the CA of its
+/// `ssl_ca_certs` where it has one), whose body claims to be JSON and is
+/// not. RabbitMQ delivers it like any other; the consumer cannot decode it
+/// and rejects it, and the reject puts it in the quarantine.
+pub async fn publish_garbage(
+    url: &str,
+    queue: &str,
+    bytes: &[u8],
+) -> Result<kombu_testkit::GarbagePath, kombu_testkit::HookError> {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::tcp::OwnedTLSConfig;
+    use lapin::{BasicProperties, ConnectionProperties};
+
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let ca = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("ssl_ca_certs="));
+    let tls = match ca {
+        Some(ca) => OwnedTLSConfig {
+            cert_chain: Some(std::fs::read_to_string(ca)?),
+            ..OwnedTLSConfig::default()
+        },
+        None => OwnedTLSConfig::default(),
+    };
+    // lapin reads the vhost from the path: kombu's `//` is `/`, `%2f` to lapin.
+    let base = base
+        .strip_suffix("//")
+        .map_or(base.to_owned(), |u| format!("{u}/%2f"));
+    let publish = async {
+        let conn = lapin::Connection::connect_with_config(
+            &base,
+            ConnectionProperties::default(),
+            tls,
+            lapin::runtime::default_runtime()?,
+        )
+        .await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                bytes,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_content_encoding("utf-8".into()),
+            )
+            .await?
+            .await?;
+        let _ = conn.close(200, "".into()).await;
+        if !confirm.is_ack() {
+            return Err::<(), kombu_testkit::HookError>(
+                "RabbitMQ did not confirm the publish".into(),
+            );
+        }
+        Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), publish).await??;
+    Ok(kombu_testkit::GarbagePath::DeliveredAsBody)
+}
