@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kombu_core::BrokerUrl;
+use kombu_testkit::raw_bench::RawBenchReport;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -32,7 +33,6 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use serde_json::json;
 
 /// Acks go out as one `multiple=true` ack per this many messages.
 const ACK_EVERY: u64 = 50;
@@ -257,28 +257,6 @@ async fn rtt_phase(
     Ok(samples)
 }
 
-/// The process's peak resident set size (`VmHWM`), in bytes (Linux).
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// The `p`-th percentile by nearest rank, in microseconds (as `kombu bench`).
-fn percentile_us(sorted: &[Duration], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted.len()) - 1;
-    Some((sorted[index].as_secs_f64() * 1e7).round() / 10.0)
-}
-
-fn per_sec(count: u64, took: Duration) -> f64 {
-    (count as f64 / took.as_secs_f64().max(f64::MIN_POSITIVE) * 10.0).round() / 10.0
-}
-
 async fn run(args: &Args) -> Fallible<()> {
     let url = BrokerUrl::parse(&args.url)?;
     let uri = lapin_uri(&url);
@@ -316,55 +294,28 @@ async fn run(args: &Args) -> Fallible<()> {
     }
     let _ = admin.close(200, "OK".into()).await;
     let (publish, consume, rtt) = measured?;
-    let report = json!({
-        "url": url.as_uri(false),
-        "transport": "amqp-raw",
-        "messages": args.messages,
-        "size": args.size,
-        "producers": 1,
-        "in_flight": args.window,
-        "consumers": 1,
-        "prefetch": args.prefetch,
-        "publish_secs": publish.as_secs_f64(),
-        "publish_per_sec": per_sec(args.messages, publish),
-        "consume_secs": consume.as_secs_f64(),
-        "consume_per_sec": per_sec(args.messages, consume),
-        "rtt_samples": rtt.len(),
-        "rtt_p50_us": percentile_us(&rtt, 50.0),
-        "rtt_p99_us": percentile_us(&rtt, 99.0),
-        "peak_rss_bytes": peak_rss_bytes(),
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        println!(
-            "raw lapin on {}: {} messages of {} bytes, prefetch {}, acks multiple every {ACK_EVERY}{}",
-            url.as_uri(false),
+    let shown = url.as_uri(false);
+    RawBenchReport {
+        url: &shown,
+        transport: "amqp-raw",
+        messages: args.messages,
+        size: args.size,
+        in_flight: Some(args.window as u64),
+        prefetch: u64::from(args.prefetch),
+        publish,
+        consume,
+        rtt,
+    }
+    .print(
+        args.json,
+        &format!(
+            "raw lapin on {shown}: {} messages of {} bytes, prefetch {}, acks multiple every {ACK_EVERY}{}",
             args.messages,
             args.size,
             args.prefetch,
             if args.confirm { ", publisher confirms" } else { "" }
-        );
-        println!(
-            "  publish      {:>10.0} msgs/s  ({:.2} s)",
-            per_sec(args.messages, publish),
-            publish.as_secs_f64()
-        );
-        println!(
-            "  consume+ack  {:>10.0} msgs/s  ({:.2} s)",
-            per_sec(args.messages, consume),
-            consume.as_secs_f64()
-        );
-        if let (Some(p50), Some(p99)) = (percentile_us(&rtt, 50.0), percentile_us(&rtt, 99.0)) {
-            println!(
-                "  round trip   p50 {p50:.1} µs, p99 {p99:.1} µs  ({} samples)",
-                rtt.len()
-            );
-        }
-        if let Some(bytes) = peak_rss_bytes() {
-            println!("  peak RSS     {:.1} MiB", bytes as f64 / 1048576.0);
-        }
-    }
+        ),
+    );
     Ok(())
 }
 

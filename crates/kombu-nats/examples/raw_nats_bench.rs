@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use kombu_core::envelope::{Envelope, PublishProperties};
+use kombu_testkit::raw_bench::RawBenchReport;
 use serde_json::{json, Map};
 
 /// Round trips before the timed ones.
@@ -263,26 +264,6 @@ async fn round_trips(
     samples
 }
 
-fn percentile_us(sorted: &[Duration], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted.len()) - 1;
-    Some((sorted[index].as_secs_f64() * 1e7).round() / 10.0)
-}
-
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-fn per_sec(n: u64, took: Duration) -> f64 {
-    n as f64 / took.as_secs_f64().max(f64::MIN_POSITIVE)
-}
-
 #[tokio::main]
 async fn main() {
     let args = parse_args();
@@ -330,46 +311,22 @@ async fn main() {
     )
     .await;
 
-    let report = json!({
-        "url": shown,
-        "transport": "nats-raw",
-        "messages": args.messages,
-        "size": args.size,
-        "producers": 1,
-        "in_flight": args.in_flight,
-        "consumers": 1,
-        "prefetch": args.prefetch,
-        "publish_secs": publish_took.as_secs_f64(),
-        "publish_per_sec": per_sec(args.messages, publish_took),
-        "consume_secs": consume_took.as_secs_f64(),
-        "consume_per_sec": per_sec(args.messages, consume_took),
-        "rtt_samples": rtt.len(),
-        "rtt_p50_us": percentile_us(&rtt, 50.0),
-        "rtt_p99_us": percentile_us(&rtt, 99.0),
-        "peak_rss_bytes": peak_rss_bytes(),
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        println!(
+    RawBenchReport {
+        url: &shown,
+        transport: "nats-raw",
+        messages: args.messages,
+        size: args.size,
+        in_flight: Some(args.in_flight as u64),
+        prefetch: args.prefetch as u64,
+        publish: publish_took,
+        consume: consume_took,
+        rtt,
+    }
+    .print(
+        args.json,
+        &format!(
             "nats-raw on {shown}: {} messages of {} bytes, {} publishes in flight, pulls of {}",
             args.messages, args.size, args.in_flight, args.prefetch
-        );
-        println!(
-            "  publish      {:>10.0} msgs/s  ({:.3} s)",
-            per_sec(args.messages, publish_took),
-            publish_took.as_secs_f64()
-        );
-        println!(
-            "  consume+ack  {:>10.0} msgs/s  ({:.3} s)",
-            per_sec(args.messages, consume_took),
-            consume_took.as_secs_f64()
-        );
-        if let (Some(p50), Some(p99)) = (percentile_us(&rtt, 50.0), percentile_us(&rtt, 99.0)) {
-            println!(
-                "  round trip   p50 {p50} µs, p99 {p99} µs ({} samples)",
-                rtt.len()
-            );
-        }
-    }
+        ),
+    );
 }

@@ -28,8 +28,9 @@
 use std::time::{Duration, Instant};
 
 use kombu_core::envelope::{Envelope, PublishProperties};
+use kombu_testkit::raw_bench::RawBenchReport;
 use redis::aio::MultiplexedConnection;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 /// Round trips before the timed ones.
 const WARM_UP: u32 = 10;
@@ -255,26 +256,6 @@ async fn round_trips(
     samples
 }
 
-fn percentile_us(sorted: &[Duration], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted.len()) - 1;
-    Some((sorted[index].as_secs_f64() * 1e7).round() / 10.0)
-}
-
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-fn per_sec(n: u64, took: Duration) -> f64 {
-    n as f64 / took.as_secs_f64().max(f64::MIN_POSITIVE)
-}
-
 #[tokio::main]
 async fn main() {
     let args = parse_args();
@@ -298,45 +279,22 @@ async fn main() {
         .query_async(&mut conn)
         .await;
 
-    let report = json!({
-        "url": shown,
-        "transport": "redis-raw",
-        "messages": args.messages,
-        "size": args.size,
-        "producers": 1,
-        "consumers": 1,
-        "prefetch": args.batch,
-        "publish_secs": publish_took.as_secs_f64(),
-        "publish_per_sec": per_sec(args.messages, publish_took),
-        "consume_secs": consume_took.as_secs_f64(),
-        "consume_per_sec": per_sec(args.messages, consume_took),
-        "rtt_samples": rtt.len(),
-        "rtt_p50_us": percentile_us(&rtt, 50.0),
-        "rtt_p99_us": percentile_us(&rtt, 99.0),
-        "peak_rss_bytes": peak_rss_bytes(),
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        println!(
+    RawBenchReport {
+        url: &shown,
+        transport: "redis-raw",
+        messages: args.messages,
+        size: args.size,
+        in_flight: None,
+        prefetch: args.batch as u64,
+        publish: publish_took,
+        consume: consume_took,
+        rtt,
+    }
+    .print(
+        args.json,
+        &format!(
             "redis-raw on {shown}: {} messages of {} bytes, batches of {}",
             args.messages, args.size, args.batch
-        );
-        println!(
-            "  publish      {:>10.0} msgs/s  ({:.3} s)",
-            per_sec(args.messages, publish_took),
-            publish_took.as_secs_f64()
-        );
-        println!(
-            "  consume+ack  {:>10.0} msgs/s  ({:.3} s)",
-            per_sec(args.messages, consume_took),
-            consume_took.as_secs_f64()
-        );
-        if let (Some(p50), Some(p99)) = (percentile_us(&rtt, 50.0), percentile_us(&rtt, 99.0)) {
-            println!(
-                "  round trip   p50 {p50:.0} us, p99 {p99:.0} us ({} samples)",
-                rtt.len()
-            );
-        }
-    }
+        ),
+    );
 }

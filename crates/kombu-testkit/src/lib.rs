@@ -29,6 +29,7 @@
 pub mod checks;
 mod garbage;
 pub mod liveness;
+pub mod raw_bench;
 mod support;
 pub mod tls;
 
