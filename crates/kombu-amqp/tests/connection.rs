@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::Vhost;
+
 use std::time::{Duration, Instant};
 
 use kombu_amqp::AmqpTransport;
@@ -10,23 +12,6 @@ use kombu_core::{
     TransportOptions,
 };
 use kombu_testkit::unique;
-
-/// A virtual host made for one test, deleted at the end.
-struct Vhost(String);
-
-impl Vhost {
-    fn create(name: &str, user: &str) -> Option<Self> {
-        common::rabbitmqctl(&["add_vhost", name])?;
-        common::rabbitmqctl(&["set_permissions", "-p", name, user, ".*", ".*", ".*"])?;
-        Some(Vhost(name.to_owned()))
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = common::rabbitmqctl(&["delete_vhost", &self.0]);
-    }
-}
 
 #[tokio::test]
 async fn virtual_host_forms_reach_the_right_vhost() {
@@ -37,7 +22,6 @@ async fn virtual_host_forms_reach_the_right_vhost() {
     let suffix = unique("kombu-amqp-vh");
     // `//name` is the vhost `/name`; `/name` is the vhost `name`.
     let Some(slashed) = Vhost::create(&format!("/{suffix}"), &user) else {
-        eprintln!("SKIP: rabbitmqctl is not available");
         return;
     };
     let Some(plain) = Vhost::create(&suffix, &user) else {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::Vhost;
+
 use std::time::{Duration, Instant};
 
 use kombu_amqp::delayed::{self, DelayQueueType};
@@ -12,23 +14,6 @@ use kombu_core::{
 };
 use kombu_testkit::{python_peer, recv, recv_within, run_python, unique, Cleanup};
 use serde_json::json;
-
-/// A virtual host made for one test, deleted at the end.
-struct Vhost(String);
-
-impl Vhost {
-    fn create(name: &str, user: &str) -> Option<Self> {
-        common::rabbitmqctl(&["add_vhost", name])?;
-        common::rabbitmqctl(&["set_permissions", "-p", name, user, ".*", ".*", ".*"])?;
-        Some(Vhost(name.to_owned()))
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = common::rabbitmqctl(&["delete_vhost", &self.0]);
-    }
-}
 
 /// Every queue, exchange and binding of the delay topology in `vhost`, as
 /// `rabbitmqctl` lists them (sorted lines), leaving out what binds
@@ -117,7 +102,6 @@ async fn topology_is_the_one_kombu_declares() {
     let hp = common::host_port(&base);
     let tag = unique("kombu-delay");
     let Some(py_vhost) = Vhost::create(&format!("{tag}-py"), &user) else {
-        eprintln!("SKIP: rabbitmqctl is not available");
         return;
     };
     let rs_vhost = Vhost::create(&format!("{tag}-rs"), &user).unwrap();
@@ -382,7 +366,6 @@ async fn classic_topology_is_the_one_kombu_declares() {
     let hp = common::host_port(&base);
     let tag = unique("kombu-delay-classic");
     let Some(py_vhost) = Vhost::create(&format!("{tag}-py"), &user) else {
-        eprintln!("SKIP: rabbitmqctl is not available");
         return;
     };
     let rs_vhost = Vhost::create(&format!("{tag}-rs"), &user).unwrap();

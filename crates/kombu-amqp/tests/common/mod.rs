@@ -125,3 +125,35 @@ pub async fn publish_garbage(
     tokio::time::timeout(std::time::Duration::from_secs(20), publish).await??;
     Ok(kombu_testkit::GarbagePath::DeliveredAsBody)
 }
+
+/// A virtual host made for one test (by rabbitmqctl), deleted when dropped.
+pub struct Vhost(pub String);
+
+impl Vhost {
+    /// The vhost `name`, every permission in it for `user`; `None` after a
+    /// skip line where rabbitmqctl is not installed (a panic under
+    /// `KOMBU_TEST_REQUIRE=1`).
+    pub fn create(name: &str, user: &str) -> Option<Self> {
+        let made = rabbitmqctl(&["add_vhost", name])
+            .and_then(|_| rabbitmqctl(&["set_permissions", "-p", name, user, ".*", ".*", ".*"]));
+        if made.is_none() {
+            let required = matches!(
+                std::env::var("KOMBU_TEST_REQUIRE").as_deref(),
+                Ok("1") | Ok("true") | Ok("yes")
+            );
+            assert!(
+                !required,
+                "rabbitmqctl is not available and KOMBU_TEST_REQUIRE=1: it makes the test's vhost"
+            );
+            eprintln!("SKIP: rabbitmqctl is not available");
+            return None;
+        }
+        Some(Vhost(name.to_owned()))
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.0]);
+    }
+}
